@@ -1,0 +1,39 @@
+"""Process-level settings that must be in place before `import paddle`.
+
+Paddle pins OpenMP to one thread at import unless OMP_NUM_THREADS is already
+set, logs every static-graph pass at INFO, and the MKL it bundles picks a slow
+code path on AMD CPUs unless told otherwise.  Each setting here is a default:
+a value the user exported wins.
+"""
+import os
+
+
+def _local_world_size():
+    for var in ('PADDLE_LOCAL_SIZE', 'PADDLE_TRAINERS_NUM', 'LOCAL_WORLD_SIZE'):
+        if os.environ.get(var, '').isdigit():
+            return max(1, int(os.environ[var]))
+    return 1
+
+
+def _is_amd_cpu():
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            return 'AuthenticAMD' in f.read(4096)
+    except OSError:
+        return False
+
+
+def cpu_threads():
+    """CPU cores available to this process, shared evenly among local ranks."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // _local_world_size())
+
+
+def configure_environment():
+    os.environ.setdefault('GLOG_minloglevel', '1')
+    os.environ.setdefault('OMP_NUM_THREADS', str(cpu_threads()))
+    if _is_amd_cpu():
+        os.environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
