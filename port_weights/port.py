@@ -44,6 +44,9 @@ def port(src, cfg_file, opts=None, log=print):
     model.eval()
     official = load_checkpoint(src)
     state = porter_for(family.name).convert(official, config)
+    if hasattr(model, 'adapt_state_dict'):   # e.g. a 384 checkpoint for a 224 config
+        for message in model.adapt_state_dict(state):
+            log(f'WARNING: {message}')
     expected = {k: v.shape for k, v in model.state_dict().items()}
     check_state(expected, state, source=src)
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
