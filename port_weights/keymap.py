@@ -15,11 +15,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from engine.checkpoint import KeyMismatchError, check_state  # noqa: F401  (re-exported)
+
 __all__ = ['Rule', 'KeyMismatchError', 'apply_rules', 'check_state', 'transpose', 'bn_rules']
-
-
-class KeyMismatchError(ValueError):
-    """Keys or shapes of two state dicts do not line up; the message lists them."""
 
 
 def transpose(a):
@@ -88,25 +86,3 @@ def apply_rules(state, rules, source='checkpoint'):
     if problems:
         raise KeyMismatchError('; '.join(problems))
     return converted, dropped
-
-
-def check_state(expected_shapes, state, source='checkpoint', ignore=()):
-    """Raise KeyMismatchError unless `state` has exactly the keys and shapes expected.
-
-    `expected_shapes`: `{name: shape}` of the model; `ignore`: names allowed to
-    be absent from `state` (e.g. a classifier head dropped on purpose).
-    """
-    missing = [k for k in expected_shapes if k not in state and k not in ignore]
-    unexpected = [k for k in state if k not in expected_shapes]
-    wrong = [f'{k}: {tuple(np.shape(state[k]))} in {source}, {tuple(expected_shapes[k])} in model'
-             for k in expected_shapes
-             if k in state and tuple(np.shape(state[k])) != tuple(expected_shapes[k])]
-    problems = []
-    if missing:
-        problems.append(f'{len(missing)} missing key(s): {_limited(missing)}')
-    if unexpected:
-        problems.append(f'{len(unexpected)} unexpected key(s): {_limited(unexpected)}')
-    if wrong:
-        problems.append(f'{len(wrong)} shape mismatch(es): {_limited(wrong, 20)}')
-    if problems:
-        raise KeyMismatchError(f'{source} does not fit the model: ' + '; '.join(problems))

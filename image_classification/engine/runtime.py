@@ -33,7 +33,14 @@ def cpu_threads():
 
 
 def configure_environment():
+    """Set Paddle's import-time variables, import it, and give it this process's cores.
+
+    Threads are set after the import through `set_num_threads` rather than
+    OMP_NUM_THREADS, which Paddle answers with a warning on every start.
+    """
     os.environ.setdefault('GLOG_minloglevel', '1')
-    os.environ.setdefault('OMP_NUM_THREADS', str(cpu_threads()))
     if _is_amd_cpu():
         os.environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
+    import paddle
+    if 'OMP_NUM_THREADS' not in os.environ or os.environ['OMP_NUM_THREADS'] == '1':
+        paddle.base.core.set_num_threads(cpu_threads())

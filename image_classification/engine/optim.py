@@ -1,0 +1,107 @@
+"""Optimizer, weight-decay exclusion and the per-step learning-rate schedule.
+
+Weight decay: Paddle calls `apply_decay_param_fun` with each parameter's
+*framework* name (`linear_3.w_0`), not the structured name a model author
+knows (`blocks.0.attn.qkv.weight`).  PaddleViT compared structured names there,
+so its exclusion never fired.  Here the decision is made on structured names
+and translated to framework names once.
+"""
+import math
+
+import paddle
+from paddle.optimizer.lr import LRScheduler
+
+
+def no_decay_names(model):
+    """Structured names of parameters that must not be decayed.
+
+    All 1-D parameters (biases, norm scales and shifts) plus what the model
+    lists in `no_weight_decay()` (position embeddings, class tokens, ...).
+    """
+    listed = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
+    names = set()
+    for name, param in model.named_parameters():
+        if param.stop_gradient:
+            continue
+        if param.ndim <= 1 or name in listed or name.split('.')[-1] in listed:
+            names.add(name)
+    return names
+
+
+def decay_filter(model):
+    """`apply_decay_param_fun` for Paddle: True for framework names to decay."""
+    skip = no_decay_names(model)
+    decay = {p.name for n, p in model.named_parameters() if n not in skip}
+    return lambda framework_name: framework_name in decay
+
+
+def scaled_lrs(config, world_size):
+    """(base, warmup_start, end) learning rates scaled by global batch / LINEAR_SCALED_LR."""
+    train = config.TRAIN
+    lrs = (train.BASE_LR, train.WARMUP_START_LR, train.END_LR)
+    if train.LINEAR_SCALED_LR:
+        factor = config.DATA.BATCH_SIZE * world_size * train.ACCUM_ITER / train.LINEAR_SCALED_LR
+        lrs = tuple(lr * factor for lr in lrs)
+    return lrs
+
+
+class WarmupCosine(LRScheduler):
+    """Linear warmup from `warmup_start_lr` to `base_lr` over `warmup_steps`, then
+    half-cosine down to `end_lr` at `total_steps`; stepped once per optimizer step.
+
+    lr(0) = warmup_start_lr, lr(warmup_steps) = base_lr, lr(total_steps) = end_lr.
+    """
+
+    def __init__(self, base_lr, warmup_start_lr, end_lr, warmup_steps, total_steps, last_epoch=-1):
+        if total_steps <= 0:
+            raise ValueError(f'total_steps must be positive, got {total_steps}')
+        self.warmup_start_lr = warmup_start_lr
+        self.end_lr = end_lr
+        self.warmup_steps = min(warmup_steps, total_steps)
+        self.total_steps = total_steps
+        super().__init__(learning_rate=base_lr, last_epoch=last_epoch)
+
+    def get_lr(self):
+        step = self.last_epoch
+        if step < self.warmup_steps:
+            return self.warmup_start_lr + (self.base_lr - self.warmup_start_lr) * step / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.end_lr + (self.base_lr - self.end_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(config, steps_per_epoch, world_size):
+    """The schedule named by TRAIN.LR_SCHEDULER.NAME, in optimizer steps."""
+    name = config.TRAIN.LR_SCHEDULER.NAME.lower()
+    base, start, end = scaled_lrs(config, world_size)
+    total = config.TRAIN.NUM_EPOCHS * steps_per_epoch
+    warmup = config.TRAIN.WARMUP_EPOCHS * steps_per_epoch
+    if name == 'warmupcosine':
+        return WarmupCosine(base, start, end, warmup, total)
+    if name == 'constant':
+        return WarmupCosine(base, base, base, 0, total)
+    raise ValueError(f'TRAIN.LR_SCHEDULER.NAME {config.TRAIN.LR_SCHEDULER.NAME!r}: '
+                     f'expected warmupcosine or constant')
+
+
+def build_optimizer(config, model, scheduler):
+    """AdamW or SGD (momentum) over `model`'s trainable parameters."""
+    opt = config.TRAIN.OPTIMIZER
+    clip = paddle.nn.ClipGradByGlobalNorm(config.TRAIN.GRAD_CLIP) if config.TRAIN.GRAD_CLIP else None
+    params = [p for p in model.parameters() if not p.stop_gradient]
+    name = opt.NAME.lower()
+    if name == 'adamw':
+        return paddle.optimizer.AdamW(
+            learning_rate=scheduler, parameters=params, beta1=opt.BETAS[0], beta2=opt.BETAS[1],
+            epsilon=opt.EPS, weight_decay=config.TRAIN.WEIGHT_DECAY,
+            apply_decay_param_fun=decay_filter(model), grad_clip=clip)
+    if name == 'sgd':
+        skip = no_decay_names(model)
+        decayed = [p for n, p in model.named_parameters() if not p.stop_gradient and n not in skip]
+        kept = [p for n, p in model.named_parameters() if not p.stop_gradient and n in skip]
+        groups = [{'params': decayed, 'weight_decay': config.TRAIN.WEIGHT_DECAY},
+                  {'params': kept, 'weight_decay': 0.0}]
+        return paddle.optimizer.Momentum(
+            learning_rate=scheduler, momentum=opt.MOMENTUM, parameters=[g for g in groups if g['params']],
+            grad_clip=clip, use_nesterov=False)
+    raise ValueError(f'TRAIN.OPTIMIZER.NAME {opt.NAME!r}: expected AdamW or SGD')

@@ -1,0 +1,140 @@
+"""One training epoch and one evaluation pass, for any family.
+
+The training step reads nothing back from the device except every
+REPORT_FREQ steps (loss average, skipped-step count), so GPU kernels stay
+queued.  A non-finite loss found then stops the run with a message; under fp16
+loss scaling the scaler skips such steps by itself and the count is logged.
+"""
+import contextlib
+import math
+import time
+
+import paddle
+import paddle.nn.functional as F
+
+from . import distributed as dist
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _unwrap(model):
+    return model._layers if isinstance(model, paddle.DataParallel) else model
+
+
+class TrainState:
+    """What the step loop needs besides the model: optimizer, schedule, AMP, EMA."""
+
+    def __init__(self, optimizer, scheduler, criterion, scaler, amp, ema=None, batch_mix=None,
+                 accum_iter=1, distill=False):
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.criterion = criterion
+        self.scaler = scaler
+        self.amp = amp                   # dict(enable, level, dtype) for paddle.amp.auto_cast
+        self.ema = ema
+        self.batch_mix = batch_mix
+        self.accum_iter = max(1, accum_iter)
+        self.distill = distill           # criterion takes (images, outputs, targets)
+
+
+def _loss(state, images, outputs, targets):
+    if state.distill:
+        return state.criterion(images, outputs, targets)
+    if isinstance(outputs, (tuple, list)):   # distilled model trained without a teacher
+        outputs = outputs[0]
+    return state.criterion(outputs, targets)
+
+
+def _fmt_time(seconds):
+    seconds = int(seconds)
+    return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def train_one_epoch(model, loader, state, epoch, num_epochs, logger, report_freq, writer=None):
+    """Train for one pass over `loader`; returns the mean training loss."""
+    model.train()
+    steps = len(loader)
+    loss_sum = paddle.zeros([1], dtype='float32')
+    skipped = paddle.zeros([1], dtype='float32')
+    window_loss = paddle.zeros([1], dtype='float32')
+    seen, window_steps, window_start, epoch_start = 0, 0, time.time(), time.time()
+    for step, (images, targets) in enumerate(loader):
+        if state.batch_mix is not None:
+            images, targets = state.batch_mix(images, targets)
+        with paddle.amp.auto_cast(**state.amp):
+            outputs = model(images)
+            loss = _loss(state, images, outputs, targets)
+        update = (step + 1) % state.accum_iter == 0 or step + 1 == steps
+        sync = contextlib.nullcontext()
+        if not update and isinstance(model, paddle.DataParallel):
+            sync = model.no_sync()   # accumulate locally, all-reduce once per update
+        with sync:
+            state.scaler.scale(loss / state.accum_iter).backward()
+        if update:
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
+            found_inf = getattr(state.scaler, '_found_inf', None)
+            if state.scaler.is_enable() and found_inf is not None:
+                skipped += found_inf.astype('float32')
+            state.optimizer.clear_grad()
+            state.scheduler.step()
+            if state.ema is not None:
+                state.ema.update(_unwrap(model))
+        detached = loss.detach().astype('float32').reshape([1])
+        loss_sum += detached
+        window_loss += detached
+        seen += images.shape[0]
+        window_steps += 1
+        if (step + 1) % report_freq == 0 or step + 1 == steps:
+            avg = window_loss.item() / window_steps
+            if not math.isfinite(avg):
+                raise NonFiniteLossError(
+                    f'loss is {avg} at epoch {epoch}, step {step + 1}: stopping instead of training on. '
+                    f'Lower TRAIN.BASE_LR, set TRAIN.GRAD_CLIP, or check the data; '
+                    f'resume from the last checkpoint with -resume.')
+            elapsed = time.time() - window_start
+            rate = seen * dist.world_size() / max(elapsed, 1e-9)
+            eta = (time.time() - epoch_start) / (step + 1) * (steps - step - 1)
+            lr = state.optimizer.get_lr()
+            message = (f'Epoch[{epoch:03d}/{num_epochs:03d}], Step[{step + 1:04d}/{steps:04d}], '
+                       f'Loss: {avg:.4f}, LR: {lr:.6e}, {rate:.1f} img/s, ETA: {_fmt_time(eta)}')
+            if state.scaler.is_enable():
+                message += f', skipped steps (inf/nan under loss scaling): {int(skipped.item())}'
+            logger.info(message)
+            if writer is not None:
+                global_step = (epoch - 1) * steps + step + 1
+                writer.add_scalar('train/loss', avg, global_step)
+                writer.add_scalar('train/lr', lr, global_step)
+            window_loss.zero_()
+            seen, window_steps, window_start = 0, 0, time.time()
+    return loss_sum.item() / max(steps, 1)
+
+
+@paddle.no_grad()
+def evaluate(model, loader, amp=None):
+    """(loss, top-1 %, top-5 %, count) over the whole validation set, summed over ranks.
+
+    Each rank evaluates a disjoint share (see the val sampler); sums of
+    correct predictions, losses and sample counts are all-reduced once at the
+    end, so no sample is counted twice or dropped.
+    """
+    model = _unwrap(model)
+    model.eval()
+    totals = paddle.zeros([4], dtype='float64')   # loss sum, top-1, top-5, count
+    for images, labels in loader:
+        with paddle.amp.auto_cast(**(amp or {'enable': False})):
+            logits = model(images)
+        logits = logits.astype('float32')
+        labels = labels.reshape([-1]).astype('int64')
+        loss = F.cross_entropy(logits, labels, reduction='sum')
+        k = min(5, logits.shape[-1])
+        top = paddle.topk(logits, k=k, axis=-1)[1]
+        hits = (top == labels.unsqueeze(-1)).astype('float64')
+        totals += paddle.stack([loss.astype('float64').reshape([]), hits[:, 0].sum(), hits.sum(),
+                                paddle.to_tensor(float(labels.shape[0]), dtype='float64')])
+    dist.all_reduce_sum(totals)
+    loss_sum, top1, top5, count = totals.numpy().tolist()
+    count = max(count, 1.0)
+    return loss_sum / count, 100.0 * top1 / count, 100.0 * top5 / count, int(count)
