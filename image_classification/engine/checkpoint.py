@@ -75,7 +75,9 @@ def _load_params(path):
 
 def _set_state_strict(model, state, source, ignore=()):
     check_state(model_shapes(model), state, source=source, ignore=ignore)
-    model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+    full = dict(model.state_dict())   # keys in `ignore` keep the model's own values
+    full.update({k: paddle.to_tensor(v) for k, v in state.items()})
+    model.set_state_dict(full)
 
 
 def _is_classifier_key(model, key):
