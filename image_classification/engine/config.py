@@ -82,6 +82,8 @@ def base_config():
     c.TRAIN.RAND_AUGMENT_LAYERS = 2
     c.TRAIN.RAND_AUGMENT_MAGNITUDE = 9
     c.TRAIN.TRAIN_INTERPOLATION = 'bicubic'
+    c.TRAIN.CROP_SCALE = (0.08, 1.0)      # RandomResizedCrop area range
+    c.TRAIN.HFLIP_PROB = 0.5              # 0 for data where mirroring changes the class (digits, text)
     c.TRAIN.MIXUP_ALPHA = 0.8
     c.TRAIN.MIXUP_PROB = 1.0
     c.TRAIN.MIXUP_SWITCH_PROB = 0.5
@@ -150,10 +152,10 @@ def _coerce(value, original, key, source):
         return value
     if isinstance(value, str) and not isinstance(original, str):
         try:
-            value = literal_eval(value)   # PyYAML reads 1e-3 as a string
+            value = literal_eval(value)   # PyYAML reads 1e-3 and None as strings
         except (ValueError, SyntaxError):
             pass
-        if type(value) is type(original):
+        if value is None or type(value) is type(original):
             return value
     if isinstance(original, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

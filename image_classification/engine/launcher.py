@@ -9,6 +9,7 @@ run directly, it spawns one process per visible GPU (or `-nprocs N` CPU
 processes) with `paddle.distributed.spawn`.  No process-group code lives here.
 """
 import argparse
+import os
 import random
 import sys
 import time
@@ -17,6 +18,7 @@ import numpy as np
 import paddle
 
 from . import distributed as dist
+from . import runtime
 from .checkpoint import CheckpointManager, load_pretrained, resolve_resume, resume
 from .config import ConfigError
 from .ema import ModelEMA
@@ -99,7 +101,7 @@ def run(config, build_model, hooks, args, distributed):
     paddle.set_device(device)
     logger = get_logger(config.SAVE, rank)
     logger.info(f'{" ".join(sys.argv)}\nprocess {rank}/{world} on {device}, '
-                f'paddle {paddle.__version__}, CPU threads {paddle.base.core.get_num_threads()}')
+                f'paddle {paddle.__version__}, CPU threads {runtime.threads or os.environ.get("OMP_NUM_THREADS")}')
     if rank == 0:
         logger.info(f'config:\n{config}')
     _seed_everything(config.SEED + rank)

@@ -7,6 +7,8 @@ a value the user exported wins.
 """
 import os
 
+threads = None   # CPU threads given to Paddle by configure_environment (None: left to OMP_NUM_THREADS)
+
 
 def _local_world_size():
     for var in ('PADDLE_LOCAL_SIZE', 'PADDLE_TRAINERS_NUM', 'LOCAL_WORLD_SIZE'):
@@ -41,6 +43,9 @@ def configure_environment():
     os.environ.setdefault('GLOG_minloglevel', '1')
     if _is_amd_cpu():
         os.environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
+    global threads
+    user_set = 'OMP_NUM_THREADS' in os.environ   # Paddle's import sets it to 1 otherwise
     import paddle
-    if 'OMP_NUM_THREADS' not in os.environ or os.environ['OMP_NUM_THREADS'] == '1':
-        paddle.base.core.set_num_threads(cpu_threads())
+    if not user_set:
+        threads = cpu_threads()
+        paddle.base.core.set_num_threads(threads)
