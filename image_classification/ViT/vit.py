@@ -1,0 +1,369 @@
+"""Vision Transformer (Dosovitskiy et al., ICLR 2021) and its ResNet hybrid, in Paddle.
+
+Numerically the model of ViT-pytorch (`models/modeling.py`, `modeling_resnet.py`):
+pre-norm blocks with LayerNorm eps 1e-6, exact GELU, the class token's final
+feature as the image representation (`classifier='token'`), the ResNetV2 stem
+(weight-standardised convs + GroupNorm) for R50+ViT, and the same initialisation
+(PyTorch's default Linear/Conv init, Xavier-uniform MLP weights with ~0 biases,
+zero class token and position embedding).  Two deliberate differences in form,
+none in value:
+
+* query, key and value are one fused Linear (`attn.qkv`), so a block runs one
+  matmul and Paddle's fused attention kernel; the weight porter concatenates the
+  official q/k/v weights.
+* the optional `pre_logits` layer (Linear + tanh) of Google's ImageNet-21k
+  checkpoints, which ViT-pytorch ignores, is built when MODEL.REPRESENTATION_SIZE
+  is set.
+
+Attention probabilities are not kept during a normal forward; `forward_attention`
+recomputes them explicitly (softmax(q k^T / sqrt(d))) for visualisation.
+"""
+import math
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from engine.layers import DropPath, Mlp, multi_head_attention, to_2tuple
+
+__all__ = ['VisionTransformer', 'ResNetV2', 'build_vit', 'zoom_linear']
+
+
+# ---------------------------------------------------------------- initialisation
+def _torch_default_init(weight, bias, fan_in):
+    """PyTorch's default for Linear / Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    nn.initializer.Uniform(-bound, bound)(weight)
+    if bias is not None:
+        nn.initializer.Uniform(-bound, bound)(bias)
+
+
+def _init_official(layer):
+    """ViT-pytorch's initialisation, applied with `model.apply` (MLPs are re-done after)."""
+    if isinstance(layer, nn.Linear):
+        _torch_default_init(layer.weight, layer.bias, layer.weight.shape[0])   # Paddle: [in, out]
+    elif isinstance(layer, nn.Conv2D):
+        w = layer.weight.shape                                                 # [out, in/g, kh, kw]
+        _torch_default_init(layer.weight, layer.bias, w[1] * w[2] * w[3])
+    elif isinstance(layer, (nn.LayerNorm, nn.GroupNorm)):
+        nn.initializer.Constant(1.)(layer.weight)
+        nn.initializer.Constant(0.)(layer.bias)
+
+
+def _init_mlp(mlp):
+    """ViT-pytorch's `Mlp._init_weights`: Xavier-uniform weights, N(0, 1e-6) biases."""
+    for fc in (mlp.fc1, mlp.fc2):
+        nn.initializer.XavierUniform()(fc.weight)
+        nn.initializer.Normal(std=1e-6)(fc.bias)
+
+
+# ------------------------------------------------------------ ResNetV2 (hybrid)
+class StdConv2D(nn.Conv2D):
+    """Conv2D with weight standardisation: each filter is centred and scaled to unit
+    (biased) variance, eps 1e-5, before the convolution (BiT / ViT-pytorch)."""
+
+    def forward(self, x):
+        w = self.weight
+        mean = w.mean(axis=[1, 2, 3], keepdim=True)
+        var = ((w - mean) ** 2).mean(axis=[1, 2, 3], keepdim=True)
+        w = (w - mean) / paddle.sqrt(var + 1e-5)
+        return F.conv2d(x, w, self.bias, self._stride, self._padding, self._dilation, self._groups,
+                        self._data_format)
+
+
+def _conv(cin, cout, kernel, stride=1):
+    return StdConv2D(cin, cout, kernel, stride=stride, padding=kernel // 2, bias_attr=False)
+
+
+class Bottleneck(nn.Layer):
+    """ResNetV2 bottleneck as ViT-pytorch builds it (`PreActBottleneck`; despite the
+    name the norms follow the convs): conv1x1-GN-ReLU, conv3x3(stride)-GN-ReLU,
+    conv1x1-GN, plus the (projected) shortcut, then ReLU.  GroupNorm: 32 groups,
+    eps 1e-6; the projection's GroupNorm has one group per channel and eps 1e-5."""
+
+    def __init__(self, cin, cout, cmid, stride=1):
+        super().__init__()
+        self.gn1 = nn.GroupNorm(32, cmid, epsilon=1e-6)
+        self.conv1 = _conv(cin, cmid, 1)
+        self.gn2 = nn.GroupNorm(32, cmid, epsilon=1e-6)
+        self.conv2 = _conv(cmid, cmid, 3, stride)
+        self.gn3 = nn.GroupNorm(32, cout, epsilon=1e-6)
+        self.conv3 = _conv(cmid, cout, 1)
+        self.relu = nn.ReLU()
+        if stride != 1 or cin != cout:
+            self.downsample = _conv(cin, cout, 1, stride)
+            self.gn_proj = nn.GroupNorm(cout, cout, epsilon=1e-5)
+        else:
+            self.downsample = None
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.gn_proj(self.downsample(x))
+        y = self.relu(self.gn1(self.conv1(x)))
+        y = self.relu(self.gn2(self.conv2(y)))
+        y = self.gn3(self.conv3(y))
+        return self.relu(shortcut + y)
+
+
+class ResNetV2(nn.Layer):
+    """The R50 stem of R50+ViT: root (7x7/2 conv, GN, ReLU, 3x3/2 max-pool without
+    padding) and three stages of bottlenecks (`layers` units each, the first of
+    stages 2 and 3 with stride 2): total stride 16, 1024 * width_factor channels.
+    Sub-layer names follow ViT-pytorch (`root.conv`, `body.block1.unit1.gn1`, ...)."""
+
+    def __init__(self, layers=(3, 4, 9), width_factor=1):
+        super().__init__()
+        width = int(64 * width_factor)
+        self.out_channels = width * 16
+        self.root = nn.Sequential(
+            ('conv', StdConv2D(3, width, 7, stride=2, padding=3, bias_attr=False)),
+            ('gn', nn.GroupNorm(32, width, epsilon=1e-6)),
+            ('relu', nn.ReLU()),
+            ('pool', nn.MaxPool2D(kernel_size=3, stride=2, padding=0)))
+        stages, cin = [], width
+        for i, (units, mult) in enumerate(zip(layers, (1, 2, 4))):
+            cmid, cout = width * mult, width * mult * 4
+            blocks = [(f'unit{u + 1}', Bottleneck(cin if u == 0 else cout, cout, cmid,
+                                                  stride=2 if (u == 0 and i > 0) else 1))
+                      for u in range(units)]
+            stages.append((f'block{i + 1}', nn.Sequential(*blocks)))
+            cin = cout
+        self.body = nn.Sequential(*stages)
+
+    def forward(self, x):
+        return self.body(self.root(x))
+
+
+# ------------------------------------------------------------------ transformer
+class PatchEmbed(nn.Layer):
+    """Image -> [B, N, C] patch tokens: a patch_size-strided conv, after the ResNet
+    stem for the hybrid (whose stride 16 leaves a patch_size // 16 conv)."""
+
+    def __init__(self, image_size, patch_size, embed_dim, resnet_layers=(), resnet_width=1):
+        super().__init__()
+        image_size, patch_size = to_2tuple(image_size), to_2tuple(patch_size)
+        self.grid_size = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        if resnet_layers:
+            if patch_size[0] % 16 or patch_size[1] % 16:
+                raise ValueError(f'hybrid ViT: MODEL.PATCH_SIZE {patch_size} must be a multiple of '
+                                 f'the ResNet stride 16')
+            self.backbone = ResNetV2(resnet_layers, resnet_width)
+            in_channels, kernel = self.backbone.out_channels, (patch_size[0] // 16, patch_size[1] // 16)
+        else:
+            self.backbone = None
+            in_channels, kernel = 3, patch_size
+        self.proj = nn.Conv2D(in_channels, embed_dim, kernel, stride=kernel)
+
+    def forward(self, x):
+        if self.backbone is not None:
+            x = self.backbone(x)
+        x = self.proj(x)                                  # [B, C, h, w]
+        return x.flatten(2).transpose([0, 2, 1])          # [B, h*w, C]
+
+
+class Attention(nn.Layer):
+    """Multi-head self-attention with one fused qkv projection.
+
+    Normally runs Paddle's fused scaled-dot-product kernel and keeps nothing.  With
+    `keep_attention = True` it computes softmax(q k^T / sqrt(d)) explicitly and
+    stores it in `self.attention` ([B, heads, N, N]); the output is the same.
+    """
+
+    def __init__(self, dim, num_heads, attn_drop=0., proj_drop=0.):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'embed dim {dim} is not divisible by {num_heads} heads')
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.keep_attention = False
+        self.attention = None
+
+    def forward(self, x):
+        qkv = self.qkv(x).reshape([0, 0, 3, self.num_heads, self.head_dim])
+        q, k, v = qkv.unbind(axis=2)                      # each [B, N, heads, d]
+        if self.keep_attention:
+            q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))      # [B, heads, N, d]
+            attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
+            self.attention = attn
+            attn = F.dropout(attn, self.attn_drop, training=self.training)
+            x = paddle.matmul(attn, v).transpose([0, 2, 1, 3])
+        else:
+            x = multi_head_attention(q, k, v, self.attn_drop, self.training)
+        x = x.reshape([0, 0, self.dim])
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Layer):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim, num_heads, mlp_dim, drop=0., attn_drop=0., drop_path=0.):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, epsilon=1e-6)
+        # ViT-pytorch applies attention_dropout_rate after the output projection too
+        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=attn_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, epsilon=1e-6)
+        self.mlp = Mlp(dim, mlp_dim, drop=drop)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Layer):
+    """ViT: patch (or ResNet-feature) tokens, a class token, learned position
+    embeddings, `depth` pre-norm blocks, a final LayerNorm and a linear head on the
+    class token (through tanh(pre_logits) when `representation_size` is set)."""
+
+    CLASSIFIER = ('head',)
+
+    def __init__(self, image_size=224, patch_size=16, num_classes=1000, embed_dim=768, depth=12,
+                 num_heads=12, mlp_dim=3072, representation_size=0, dropout=0.,
+                 attention_dropout=0., droppath=0., resnet_layers=(), resnet_width=1,
+                 pos_embed_resize='zoom_linear', zero_head=False):
+        super().__init__()
+        if pos_embed_resize not in ('zoom_linear', 'bicubic'):
+            raise ValueError(f'pos_embed_resize {pos_embed_resize!r}: expected zoom_linear or bicubic')
+        self.num_classes = num_classes
+        self.pos_embed_resize = pos_embed_resize
+        self.patch_embed = PatchEmbed(image_size, patch_size, embed_dim, resnet_layers, resnet_width)
+        self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=nn.initializer.Constant(0.))
+        self.pos_embed = self.create_parameter([1, self.patch_embed.num_patches + 1, embed_dim],
+                                               default_initializer=nn.initializer.Constant(0.))
+        self.pos_drop = nn.Dropout(dropout)
+        rates = np.linspace(0, droppath, depth) if depth > 1 else [droppath]
+        self.blocks = nn.LayerList([
+            Block(embed_dim, num_heads, mlp_dim, drop=dropout, attn_drop=attention_dropout,
+                  drop_path=float(rates[i])) for i in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-6)
+        self.pre_logits = nn.Linear(embed_dim, representation_size) if representation_size else None
+        self.head = nn.Linear(representation_size or embed_dim, num_classes)
+
+        self.apply(_init_official)
+        for block in self.blocks:
+            _init_mlp(block.mlp)
+        if zero_head:
+            nn.initializer.Constant(0.)(self.head.weight)
+            nn.initializer.Constant(0.)(self.head.bias)
+
+    def no_weight_decay(self):
+        return {'pos_embed', 'cls_token'}
+
+    def forward_features(self, x):
+        """[B, 3, H, W] -> the class token's final feature [B, C] (before pre_logits)."""
+        x = self.patch_embed(x)
+        cls = self.cls_token.expand([x.shape[0], -1, -1])
+        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 0]
+
+    def forward(self, x):
+        x = self.forward_features(x)
+        if self.pre_logits is not None:
+            x = paddle.tanh(self.pre_logits(x))
+        return self.head(x)
+
+    def forward_attention(self, x):
+        """(logits, [attention of each block, [B, heads, N, N]]), N = 1 + patches.
+
+        The probabilities are recomputed explicitly for this call only; the logits
+        equal `forward(x)`'s.
+        """
+        attns = [block.attn for block in self.blocks]
+        for attn in attns:
+            attn.keep_attention = True
+        try:
+            logits = self.forward(x)
+            maps = [attn.attention for attn in attns]
+        finally:
+            for attn in attns:
+                attn.keep_attention, attn.attention = False, None
+        return logits, maps
+
+    def adapt_state_dict(self, state):
+        """Fit an image-size-dependent `state` to this model, in place; one message per change.
+
+        `pos_embed` of another grid (a 384 checkpoint for a 224 model, ...) is resized
+        with MODEL.POS_EMBED_RESIZE: 'zoom_linear' as Google's and ViT-pytorch's
+        `load_from` do (scipy.ndimage.zoom, order=1), or 'bicubic' as timm/DeiT do.
+        A `pre_logits` layer this model does not have is dropped, as ViT-pytorch does.
+        """
+        messages = []
+        ours = self.pos_embed.shape
+        if 'pos_embed' in state and tuple(state['pos_embed'].shape) != tuple(ours):
+            old = state['pos_embed']
+            if old.shape[-1] != ours[-1]:
+                return messages      # another width: not ours to fix, the key check reports it
+            state['pos_embed'] = resize_pos_embed(old, self.patch_embed.grid_size, self.pos_embed_resize)
+            g_old = int(round(math.sqrt(old.shape[1] - 1)))
+            gh, gw = self.patch_embed.grid_size
+            messages.append(f'pos_embed resized from a {g_old}x{g_old} to a {gh}x{gw} grid '
+                            f'({self.pos_embed_resize}; class token kept): shape {tuple(old.shape)} '
+                            f'-> {tuple(state["pos_embed"].shape)}')
+        if self.pre_logits is None:
+            extra = sorted(k for k in state if k.startswith('pre_logits.'))
+            for k in extra:
+                del state[k]
+            if extra:
+                messages.append(f'dropped {", ".join(extra)}: this model has no pre-logits layer '
+                                f'(MODEL.REPRESENTATION_SIZE is 0)')
+        return messages
+
+
+# ------------------------------------------------------- position-embedding resize
+def _linear_axis(a, new, axis):
+    """Resize `a` along `axis` to `new` samples by linear interpolation with the end
+    points aligned (sample i of the result sits at i * (old - 1) / (new - 1))."""
+    old = a.shape[axis]
+    if old == new:
+        return a
+    if old == 1 or new == 1:
+        return np.take(a, np.zeros(new, dtype=np.int64), axis=axis)
+    pos = np.arange(new, dtype=np.float64) * (old - 1) / (new - 1)
+    lo = np.clip(np.floor(pos).astype(np.int64), 0, old - 2)
+    frac = pos - lo
+    shape = [1] * a.ndim
+    shape[axis] = new
+    frac = frac.reshape(shape)
+    return np.take(a, lo, axis=axis) * (1 - frac) + np.take(a, lo + 1, axis=axis) * frac
+
+
+def zoom_linear(grid, new_hw):
+    """[h, w, C] -> [new_h, new_w, C] as `scipy.ndimage.zoom(grid, (new_h/h, new_w/w, 1),
+    order=1)` computes it (linear spline, corners aligned), in float64, without scipy."""
+    out = np.asarray(grid, dtype=np.float64)
+    out = _linear_axis(out, new_hw[0], 0)
+    return _linear_axis(out, new_hw[1], 1)
+
+
+def resize_pos_embed(pos_embed, new_grid, mode='zoom_linear'):
+    """Resize a [1, 1 + h*w, C] position embedding (class token first) to `new_grid`."""
+    pos_embed = np.asarray(pos_embed)
+    if mode == 'bicubic':
+        from engine.layers import resize_pos_embed as bicubic
+        return bicubic(pos_embed, new_grid, num_prefix_tokens=1, mode='bicubic')
+    cls, grid = pos_embed[:, :1], pos_embed[0, 1:]
+    old = int(round(math.sqrt(grid.shape[0])))
+    if old * old != grid.shape[0]:
+        raise ValueError(f'position embedding grid of {grid.shape[0]} tokens is not square')
+    new_grid = to_2tuple(new_grid)
+    grid = zoom_linear(grid.reshape(old, old, -1), new_grid).reshape(1, new_grid[0] * new_grid[1], -1)
+    return np.concatenate([cls, grid.astype(pos_embed.dtype)], axis=1)
+
+
+def build_vit(config):
+    """A VisionTransformer from a ViT config (see config.py for the keys)."""
+    m = config.MODEL
+    return VisionTransformer(
+        image_size=config.DATA.IMAGE_SIZE, patch_size=m.PATCH_SIZE, num_classes=m.NUM_CLASSES,
+        embed_dim=m.EMBED_DIM, depth=m.DEPTH, num_heads=m.NUM_HEADS, mlp_dim=m.MLP_DIM,
+        representation_size=m.REPRESENTATION_SIZE, dropout=m.DROPOUT,
+        attention_dropout=m.ATTENTION_DROPOUT, droppath=m.DROPPATH,
+        resnet_layers=tuple(m.RESNET_LAYERS), resnet_width=m.RESNET_WIDTH,
+        pos_embed_resize=m.POS_EMBED_RESIZE, zero_head=m.ZERO_HEAD)
