@@ -55,7 +55,7 @@ def base_config():
     c.TRAIN = CN()
     c.TRAIN.LAST_EPOCH = 0
     c.TRAIN.NUM_EPOCHS = 300
-    c.TRAIN.WARMUP_EPOCHS = 5
+    c.TRAIN.WARMUP_EPOCHS = 5.0         # may be fractional (ViT fine-tuning warms up 500 steps)
     c.TRAIN.WEIGHT_DECAY = 0.05
     c.TRAIN.BASE_LR = 5e-4
     c.TRAIN.WARMUP_START_LR = 1e-6

@@ -75,7 +75,7 @@ def build_scheduler(config, steps_per_epoch, world_size):
     name = config.TRAIN.LR_SCHEDULER.NAME.lower()
     base, start, end = scaled_lrs(config, world_size)
     total = config.TRAIN.NUM_EPOCHS * steps_per_epoch
-    warmup = config.TRAIN.WARMUP_EPOCHS * steps_per_epoch
+    warmup = int(round(config.TRAIN.WARMUP_EPOCHS * steps_per_epoch))
     if name == 'warmupcosine':
         return WarmupCosine(base, start, end, warmup, total)
     if name == 'constant':
