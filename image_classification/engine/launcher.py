@@ -107,8 +107,8 @@ def run(config, build_model, hooks, args, distributed):
     _seed_everything(config.SEED + rank)
 
     model = build_model(config)
-    params = sum(int(np.prod(p.shape)) for p in model.parameters())
-    logger.info(f'model {config.MODEL.NAME} ({config.MODEL.TYPE}): {params:,} parameters')
+    params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
+    logger.info(f'model {config.MODEL.NAME} ({config.MODEL.TYPE}): {params:,} trainable parameters')
     if config.MODEL.PRETRAINED:
         load_pretrained(model, config.MODEL.PRETRAINED, log=logger.info)
 
