@@ -25,27 +25,16 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import DropPath, Mlp, multi_head_attention, to_2tuple
+from engine.layers import DropPath, Mlp, multi_head_attention, to_2tuple, torch_default_init
 
 __all__ = ['VisionTransformer', 'ResNetV2', 'build_vit', 'zoom_linear']
 
 
 # ---------------------------------------------------------------- initialisation
-def _torch_default_init(weight, bias, fan_in):
-    """PyTorch's default for Linear / Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-    nn.initializer.Uniform(-bound, bound)(weight)
-    if bias is not None:
-        nn.initializer.Uniform(-bound, bound)(bias)
-
-
 def _init_official(layer):
     """ViT-pytorch's initialisation, applied with `model.apply` (MLPs are re-done after)."""
-    if isinstance(layer, nn.Linear):
-        _torch_default_init(layer.weight, layer.bias, layer.weight.shape[0])   # Paddle: [in, out]
-    elif isinstance(layer, nn.Conv2D):
-        w = layer.weight.shape                                                 # [out, in/g, kh, kw]
-        _torch_default_init(layer.weight, layer.bias, w[1] * w[2] * w[3])
+    if isinstance(layer, (nn.Linear, nn.Conv2D)):
+        torch_default_init(layer)
     elif isinstance(layer, (nn.LayerNorm, nn.GroupNorm)):
         nn.initializer.Constant(1.)(layer.weight)
         nn.initializer.Constant(0.)(layer.bias)

@@ -98,6 +98,7 @@ def base_config():
     c.TRAIN.DISTILLATION_TYPE = 'none'  # none | soft | hard
     c.TRAIN.DISTILLATION_ALPHA = 0.5
     c.TRAIN.DISTILLATION_TAU = 1.0
+    c.TRAIN.DISTILLATION_SOFT_REDUCTION = 'numel'   # DeiT: KL sum / (batch x classes); or 'batchmean'
     c.TRAIN.TEACHER_MODEL = None        # teacher .pdparams
     c.TRAIN.TEACHER_CONFIG = None       # teacher yaml (family found from its MODEL.TYPE)
 

@@ -142,12 +142,18 @@ def run(config, build_model, hooks, args, distributed):
     distill = config.TRAIN.DISTILLATION_TYPE != 'none'
     if distill:
         from .distillation import DistillationLoss, build_teacher
-        teacher = build_teacher(config)
+        teacher = build_teacher(config, log=logger.info)
         criterion = DistillationLoss(criterion, teacher, config.TRAIN.DISTILLATION_TYPE,
-                                     config.TRAIN.DISTILLATION_ALPHA, config.TRAIN.DISTILLATION_TAU)
+                                     config.TRAIN.DISTILLATION_ALPHA, config.TRAIN.DISTILLATION_TAU,
+                                     soft_reduction=config.TRAIN.DISTILLATION_SOFT_REDUCTION)
         logger.info(f'distillation: {config.TRAIN.DISTILLATION_TYPE}, alpha {config.TRAIN.DISTILLATION_ALPHA}, '
                     f'tau {config.TRAIN.DISTILLATION_TAU}, teacher {config.TRAIN.TEACHER_CONFIG} '
                     f'<- {config.TRAIN.TEACHER_MODEL}')
+
+    elif getattr(model, 'head_dist', None) is not None:
+        logger.info('WARNING: this model has a distillation head but TRAIN.DISTILLATION_TYPE is none: '
+                    'only the class head is trained, while evaluation averages both heads. Train with a '
+                    'teacher, or build it with MODEL.DISTILLED False.')
 
     checkpoints = CheckpointManager(config.SAVE, config.MODEL.NAME, config.SAVE_FREQ)
     start_epoch, best_acc = config.TRAIN.LAST_EPOCH, 0.0

@@ -39,6 +39,21 @@ def init_vit_weights(layer):
             zeros_(layer.bias)
 
 
+def torch_default_init(layer):
+    """PyTorch's default Linear / Conv init, which many official models keep:
+    weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform, a=sqrt(5))."""
+    if isinstance(layer, nn.Linear):
+        fan_in = layer.weight.shape[0]                        # Paddle Linear weight: [in, out]
+    elif isinstance(layer, nn.Conv2D):
+        fan_in = int(np.prod(layer.weight.shape[1:]))         # [out, in / groups, kh, kw]
+    else:
+        return
+    bound = 1.0 / math.sqrt(fan_in)
+    nn.initializer.Uniform(-bound, bound)(layer.weight)
+    if layer.bias is not None:
+        nn.initializer.Uniform(-bound, bound)(layer.bias)
+
+
 def drop_path(x, drop_prob=0., training=False):
     """Stochastic depth per sample: zero whole residual branches, rescale the rest."""
     if drop_prob == 0. or not training:
