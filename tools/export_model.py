@@ -1,0 +1,151 @@
+"""Export a trained model of any family as a static inference model.
+
+    python tools/export_model.py -cfg image_classification/PiT/configs/pit_s_224.yaml \\
+        -pretrained pit_s_224.pdparams -output ./inference/pit_s_224 \\
+        [-image_size 384] [-num_classes 100] [-opts KEY VALUE ...] [--adapt] [--onnx [--opset 13]]
+
+Writes into `-output`:
+
+    inference.json        the static graph (Paddle 3 / PIR; older Paddle wrote .pdmodel)
+    inference.pdiparams   the weights
+    config.yaml           the full config used, so `tools/predict.py` preprocesses
+                          images exactly as this model expects
+    inference.onnx        with --onnx (needs paddle2onnx, see below)
+
+The model is built from the config (its MODEL.TYPE picks the family), put in
+eval mode and saved by `paddle.jit.save` for an input of shape
+[batch, 3, IMAGE_SIZE, IMAGE_SIZE], any batch.  Run it with `tools/predict.py`
+or any Paddle Inference deployment.
+
+The weights must fit the model exactly: every parameter present, with the
+shape the model has, and nothing else, or nothing is written and the keys at
+fault are named (`set_state_dict` alone would skip a mis-shaped tensor with a
+warning and export random weights).  With `--adapt`, image-size-dependent
+tensors (position embeddings, ...) of a checkpoint trained at another
+resolution are first resized by the model's `adapt_state_dict`, each change
+printed; export at the resolution the model was fine-tuned at whenever you can.
+
+ONNX (optional): `pip install paddle2onnx onnx onnxoptimizer` (and
+`onnxruntime` to run it).  The conversion uses onnxoptimizer; paddle2onnx's
+default optimiser would pip-install packages while it runs.  Without
+paddle2onnx, `--onnx` prints how to install it and the Paddle export stands.
+"""
+import argparse
+import os
+import sys
+import warnings
+
+warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _path in (REPO, os.path.join(REPO, 'image_classification')):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+from paddle.static import InputSpec  # noqa: E402
+
+from port_weights.checkpoint_io import load_checkpoint  # noqa: E402
+from port_weights.keymap import check_state  # noqa: E402
+
+__all__ = ['MODEL_NAME', 'export', 'export_onnx', 'load_weights']
+
+MODEL_NAME = 'inference'    # file stem of the exported files
+
+
+def load_weights(model, path, adapt=False, log=print):
+    """Fill `model` with the weights of `path`, refusing any missing, extra or mis-shaped key.
+
+    `adapt`: let the model's `adapt_state_dict` resize image-size-dependent
+    tensors first (each change is logged).
+    """
+    state = load_checkpoint(path)
+    if adapt and hasattr(model, 'adapt_state_dict'):
+        for message in model.adapt_state_dict(state):
+            log(f'WARNING: {message}')
+    own = model.state_dict()
+    check_state({k: v.shape for k, v in own.items()}, state, source=path)
+    model.set_state_dict({k: paddle.to_tensor(np.asarray(v), dtype=own[k].dtype)
+                          for k, v in state.items()})
+    for key, value in model.state_dict().items():   # what was set is what we read
+        if not np.array_equal(value.numpy(), np.asarray(state[key], dtype=value.numpy().dtype)):
+            raise RuntimeError(f'{path}: {key} was not loaded into the model')
+    return model
+
+
+def export(model, image_size, output_dir, name=MODEL_NAME):
+    """Save `model` (in eval mode) for [batch, 3, S, S] float32 input; returns the path prefix."""
+    model.eval()
+    os.makedirs(output_dir, exist_ok=True)
+    prefix = os.path.join(output_dir, name)
+    spec = InputSpec([None, 3, image_size, image_size], 'float32', name='x')
+    paddle.jit.save(model, prefix, input_spec=[spec])
+    return prefix
+
+
+def _model_file(prefix):
+    for ext in ('.json', '.pdmodel'):
+        if os.path.isfile(prefix + ext):
+            return prefix + ext
+    raise FileNotFoundError(f'no {prefix}.json or {prefix}.pdmodel')
+
+
+def export_onnx(prefix, opset=13, log=print):
+    """Convert the exported `prefix` to `prefix.onnx`; returns its path, or None without paddle2onnx."""
+    try:
+        import paddle2onnx
+    except ImportError:
+        log('ONNX export skipped: paddle2onnx is not installed. '
+            'Install it with `pip install paddle2onnx onnx onnxoptimizer` and run again with --onnx.')
+        return None
+    save_file = prefix + '.onnx'
+    if os.path.exists(save_file):
+        os.remove(save_file)
+    # paddle2onnx logs conversion errors instead of raising them: check the file it leaves
+    paddle2onnx.export(_model_file(prefix), prefix + '.pdiparams', save_file=save_file,
+                       opset_version=opset, enable_onnx_checker=True, optimize_tool='onnxoptimizer')
+    if not os.path.isfile(save_file) or os.path.getsize(save_file) == 0:
+        raise RuntimeError(f'paddle2onnx could not convert {prefix} (see its log above)')
+    return save_file
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-cfg', required=True, help='YAML config of the model (any family)')
+    parser.add_argument('-pretrained', required=True, help='trained weights (.pdparams)')
+    parser.add_argument('-output', required=True, help='folder for the inference model')
+    parser.add_argument('-image_size', type=int, default=None, help='override DATA.IMAGE_SIZE')
+    parser.add_argument('-num_classes', type=int, default=None, help='override MODEL.NUM_CLASSES')
+    parser.add_argument('-opts', nargs='+', default=None, help='config overrides: KEY VALUE ...')
+    parser.add_argument('--adapt', action='store_true',
+                        help='resize image-size-dependent tensors of -pretrained to this model')
+    parser.add_argument('--onnx', action='store_true', help='also write inference.onnx (paddle2onnx)')
+    parser.add_argument('--opset', type=int, default=13, help='ONNX opset version (default 13)')
+    args = parser.parse_args(argv)
+
+    from engine.families import build_from_config
+    opts = []
+    if args.image_size is not None:
+        opts += ['DATA.IMAGE_SIZE', str(args.image_size)]
+    if args.num_classes is not None:
+        opts += ['MODEL.NUM_CLASSES', str(args.num_classes)]
+    opts += list(args.opts or [])
+    config, model = build_from_config(args.cfg, opts)
+    load_weights(model, args.pretrained, adapt=args.adapt)
+    prefix = export(model, config.DATA.IMAGE_SIZE, args.output)
+    with open(os.path.join(args.output, 'config.yaml'), 'w', encoding='utf-8') as f:
+        f.write(config.dump())
+    print(f'exported {config.MODEL.NAME} ({config.MODEL.NUM_CLASSES} classes, input '
+          f'[N, 3, {config.DATA.IMAGE_SIZE}, {config.DATA.IMAGE_SIZE}]) from {args.pretrained} to '
+          f'{_model_file(prefix)} + {prefix}.pdiparams')
+    if args.onnx:
+        onnx_file = export_onnx(prefix, args.opset)
+        if onnx_file:
+            print(f'exported ONNX (opset {args.opset}) to {onnx_file}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,196 @@
+"""Classify images with a model exported by `tools/export_model.py`, through Paddle Inference.
+
+    python tools/predict.py --model_dir ./inference/pit_s_224 cat.jpg dog.png ... \\
+        [-cfg image_classification/PiT/configs/pit_s_224.yaml] [--labels names.txt] [--topk 5]
+
+Each image is preprocessed exactly as the config's evaluation does it
+(`engine.data`'s eval transform: resize the short side to
+IMAGE_SIZE / CROP_PCT with DATA.INTERPOLATION, centre-crop IMAGE_SIZE,
+normalise with DATA.MEAN / DATA.STD).  The config defaults to the
+`config.yaml` the export wrote next to the model.  For each image the top-k
+classes are printed, one per line: rank, class index, softmax probability and,
+with `--labels` (a text file with one class name per line, line i = class i),
+the name.
+
+The CPU path uses oneDNN (the fastest measured) on this process's cores;
+models whose channels-last convolutions Paddle Inference's oneDNN rejects
+(VVT) fall back to plain kernels, with a message; `--no-onednn` skips oneDNN.
+`--device gpu` runs on the first GPU of a CUDA build of Paddle.
+"""
+import argparse
+import os
+import sys
+import warnings
+
+warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _path in (REPO, os.path.join(REPO, 'image_classification')):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
+import numpy as np  # noqa: E402
+from paddle import inference  # noqa: E402
+
+from engine.data import DecodeError, build_transform, decode_image, describe_eval_transform  # noqa: E402
+from engine.families import family_for_config  # noqa: E402
+from engine.runtime import cpu_threads  # noqa: E402
+
+__all__ = ['Classifier', 'create_predictor', 'load_config', 'read_labels', 'run', 'softmax', 'topk']
+
+MODEL_NAME = 'inference'
+
+
+def load_config(model_dir, cfg_file=None):
+    """The config of the exported model: `cfg_file`, else `model_dir/config.yaml`.
+
+    A `cfg_file` whose DATA.IMAGE_SIZE differs from the one exported is refused:
+    the graph only accepts its own input size.
+    """
+    exported = os.path.join(model_dir, 'config.yaml')
+    path = cfg_file or exported
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} not found: pass -cfg, the YAML the model was exported with')
+    config = family_for_config(path).get_config(path)
+    if cfg_file and os.path.isfile(exported):
+        size = family_for_config(exported).get_config(exported).DATA.IMAGE_SIZE
+        if size != config.DATA.IMAGE_SIZE:
+            raise ValueError(f'{cfg_file} has DATA.IMAGE_SIZE {config.DATA.IMAGE_SIZE}, but the model in '
+                             f'{model_dir} was exported for {size}')
+    return config
+
+
+def create_predictor(model_dir, device='cpu', threads=None, onednn=True):
+    """A Paddle Inference predictor for `model_dir/inference.{json,pdiparams}`."""
+    prefix = os.path.join(model_dir, MODEL_NAME)
+    model_file = next((prefix + ext for ext in ('.json', '.pdmodel') if os.path.isfile(prefix + ext)), None)
+    if model_file is None or not os.path.isfile(prefix + '.pdiparams'):
+        raise FileNotFoundError(f'{model_dir} holds no {MODEL_NAME}.json/.pdiparams: '
+                                'make it with tools/export_model.py')
+    config = inference.Config(model_file, prefix + '.pdiparams')
+    config.disable_glog_info()
+    if device == 'gpu':
+        config.enable_use_gpu(256, 0)
+    else:
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(threads or cpu_threads())
+        if onednn:
+            config.enable_onednn()
+        else:
+            config.disable_onednn()
+    return inference.create_predictor(config)
+
+
+class Classifier:
+    """An exported model with the eval preprocessing of its config.
+
+    On CPU it runs through oneDNN, the fastest path measured.  Paddle
+    Inference 3.3's oneDNN convolution rejects channels-last (NHWC)
+    convolutions, which some models use (VVT); when the first batch fails in a
+    oneDNN kernel the predictor is rebuilt without oneDNN, and the switch is
+    printed.
+    """
+
+    def __init__(self, model_dir, config, device='cpu', threads=None, onednn=True, log=print):
+        self.model_dir, self.config, self.device, self.threads = model_dir, config, device, threads
+        self.onednn = onednn and device == 'cpu'
+        self.log = log
+        self.predictor = create_predictor(model_dir, device, threads, self.onednn)
+        self.transform = build_transform(config, 'val')
+        self.checked = False        # whether a batch has run
+
+    def logits(self, images):
+        """Logits [N, classes] for a float32 [N, 3, S, S] batch of preprocessed images."""
+        try:
+            out = run(self.predictor, images)
+        except (ValueError, RuntimeError) as e:
+            if not self.onednn or self.checked or 'onednn' not in str(e).lower():
+                raise
+            lines = [ln.strip() for ln in str(e).splitlines() if 'Error' in ln] or [str(e)]
+            self.log(f'oneDNN could not run this model ({lines[0][:200]}); running without oneDNN')
+            self.onednn = False
+            self.predictor = create_predictor(self.model_dir, self.device, self.threads, onednn=False)
+            out = run(self.predictor, images)
+        self.checked = True
+        return out
+
+    def preprocess(self, paths):
+        """[N, 3, S, S] float32 batch of the image files, through the config's eval transform."""
+        batch = []
+        for path in paths:
+            with open(path, 'rb') as f:
+                data = f.read()
+            try:
+                batch.append(self.transform(decode_image(data)))
+            except DecodeError as e:
+                raise DecodeError(f'{path}: {e}') from None
+        return np.stack(batch)
+
+    def predict(self, paths, k=5):
+        """(indices [N, k], probabilities [N, k]) of the top-k classes of each image file."""
+        return topk(softmax(self.logits(self.preprocess(paths))), k)
+
+
+def run(predictor, images):
+    """Logits [N, classes] of the predictor on a float32 [N, 3, S, S] batch."""
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    handle.reshape(list(images.shape))
+    handle.copy_from_cpu(np.ascontiguousarray(images, dtype=np.float32))
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+
+def softmax(logits):
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def topk(probs, k):
+    """(indices, probabilities) of the k largest probabilities per row, largest first."""
+    k = min(k, probs.shape[-1])
+    order = np.argsort(-probs, axis=-1, kind='stable')[:, :k]
+    return order, np.take_along_axis(probs, order, axis=-1)
+
+
+def read_labels(path, num_classes=None):
+    """Class names, one per line (line i names class i)."""
+    with open(path, encoding='utf-8') as f:
+        names = [line.rstrip('\r\n') for line in f]
+    while names and not names[-1].strip():
+        names.pop()
+    if num_classes is not None and len(names) != num_classes:
+        raise ValueError(f'{path} names {len(names)} classes, the model predicts {num_classes}')
+    return names
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('images', nargs='+', help='image files')
+    parser.add_argument('--model_dir', required=True, help='folder written by tools/export_model.py')
+    parser.add_argument('-cfg', default=None, help='YAML config (default: MODEL_DIR/config.yaml)')
+    parser.add_argument('--labels', default=None, help='class names, one per line')
+    parser.add_argument('--topk', type=int, default=5)
+    parser.add_argument('--batch_size', type=int, default=16)
+    parser.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: all cores)')
+    parser.add_argument('--no-onednn', action='store_true', help='CPU: plain kernels instead of oneDNN')
+    args = parser.parse_args(argv)
+
+    config = load_config(args.model_dir, args.cfg)
+    classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=not args.no_onednn)
+    print(f'preprocessing: {describe_eval_transform(config)}')
+    labels = read_labels(args.labels, config.MODEL.NUM_CLASSES) if args.labels else None
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start:start + args.batch_size]
+        indices, probs = classifier.predict(paths, args.topk)
+        for path, row_idx, row_prob in zip(paths, indices, probs):
+            print(path)
+            for rank, (i, p) in enumerate(zip(row_idx, row_prob), 1):
+                name = f'  {labels[i]}' if labels else ''
+                print(f'  {rank}. class {i:>4d}  prob {p:.4f}{name}')
+
+if __name__ == '__main__':
+    main()
