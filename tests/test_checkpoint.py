@@ -14,6 +14,9 @@ from engine.checkpoint import (CheckpointManager, KeyMismatchError, load_pretrai
 from engine.ema import ModelEMA
 from engine.optim import WarmupCosine
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+
 
 class _Net(paddle.nn.Layer):
     CLASSIFIER = ('head',)
@@ -109,7 +112,7 @@ def test_sigkill_while_saving_keeps_previous_checkpoint(tmp_path):
     """A process killed in the middle of writing epoch 2 leaves epoch 1 as the latest, loadable."""
     script = textwrap.dedent(f'''
         import os, sys, time
-        sys.path[:0] = {sys.path[:3]!r}
+        sys.path[:0] = {[TESTS, os.path.join(REPO, 'image_classification'), REPO]!r}
         import engine, paddle
         from engine import checkpoint
         from test_checkpoint import _Net, _train_parts
@@ -125,8 +128,7 @@ def test_sigkill_while_saving_keeps_previous_checkpoint(tmp_path):
         checkpoint.paddle.save = slow_save
         manager.save(2, model, opt, sched)
     ''')
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
-    proc = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
             if 'WRITING' in line:

@@ -1,0 +1,350 @@
+"""SP-ViT: Learning 2D Spatial Priors for Vision Transformers (Zhou et al., BMVC 2022).
+
+SP-ViT is LV-ViT (Token Labeling, Jiang et al. 2021) whose first
+`local_up_to_layer` blocks use spatial-prior self-attention (SP-SA): the
+query-key score of every head is multiplied by a learned function of the 2-D
+offset between the two patches,
+
+    prior_h(dx, dy) = w2_h . relu(W1 [dx, dy] + b1)_h + b2_h
+    attn = softmax((q k^T / sqrt(d)) * prior)
+
+(`W1` is a Linear(2, dim) whose output is split into heads, `w2_h` a
+per-head vector).  The class token joins only after those blocks, so the SP
+blocks and the position embedding see the patch grid alone.  The rest is
+LV-ViT: a 4-layer convolutional patch embedding (three convs at stride 2, then
+an 8x8 patch projection), residual branches scaled by 1 / skip_lam, a depthwise
+3x3 convolution on the patch tokens after every block, and an auxiliary head
+on the patch tokens trained with token labels.
+
+Outputs
+    eval:   head(cls) + 0.5 * max over patch tokens of aux_head(tokens)   [B, classes]
+    train:  with `dense_training`, a `DenseOutput(cls_logits, aux_logits, box)`
+            for the token-labeling loss (`engine.token_labeling`), MixToken
+            applied in token space when `mix_token`; otherwise the eval-style
+            logits, so a plain cross-entropy trains it.
+
+The three official variants (tlt/models/spvit.py of ZhouYuxuanYX/SP-ViT):
+    spvit_s  lvvit_s, local_up_to_layer=14   26,234,468 parameters at 224
+    spvit_m  lvvit_m, local_up_to_layer=10   55,952,992
+    spvit_l  lvvit_l, local_up_to_layer=22  150,205,520
+The official `lvvit_l` builds its blocks from an explicit `order` list, a code
+path that never turns on SP attention: the released SP-ViT-L has plain
+attention in every block and differs from LV-ViT-L only by the class token
+joining at block 22.  `sp_attention=False` reproduces that (configs/spvit_l_*).
+"""
+import math
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from engine.layers import DropPath, Mlp, multi_head_attention, ones_, resize_pos_embed, trunc_normal_, zeros_
+from engine.token_labeling import DenseOutput, MixToken
+
+__all__ = ['SPViT', 'build_spvit']
+
+
+def _torch_conv_init(conv):
+    """PyTorch's default Conv2d init (kaiming-uniform, a=sqrt(5)): U(+-1/sqrt(fan_in))."""
+    fan_in = conv.weight.shape[1] * conv.weight.shape[2] * conv.weight.shape[3]
+    bound = 1.0 / math.sqrt(fan_in)
+    nn.initializer.Uniform(-bound, bound)(conv.weight)
+    if conv.bias is not None:
+        nn.initializer.Uniform(-bound, bound)(conv.bias)
+
+
+class ConvPatchEmbed(nn.Layer):
+    """LV-ViT's patch embedding ('4_2'): conv7x7/2 + two conv3x3, each BN + ReLU,
+    then a (patch/2)x(patch/2) projection at stride patch/2.  '4_2_128' widens
+    the stem from 64 to 128 channels (SP-ViT-L)."""
+
+    def __init__(self, patch_size=16, in_chans=3, embed_dim=384, stem_dim=64):
+        super().__init__()
+        self.patch_size = patch_size
+        self.conv1 = nn.Conv2D(in_chans, stem_dim, 7, stride=2, padding=3, bias_attr=False)
+        self.bn1 = nn.BatchNorm2D(stem_dim, momentum=0.9, epsilon=1e-5)
+        self.conv2 = nn.Conv2D(stem_dim, stem_dim, 3, stride=1, padding=1, bias_attr=False)
+        self.bn2 = nn.BatchNorm2D(stem_dim, momentum=0.9, epsilon=1e-5)
+        self.conv3 = nn.Conv2D(stem_dim, stem_dim, 3, stride=1, padding=1, bias_attr=False)
+        self.bn3 = nn.BatchNorm2D(stem_dim, momentum=0.9, epsilon=1e-5)
+        self.proj = nn.Conv2D(stem_dim, embed_dim, patch_size // 2, stride=patch_size // 2)
+        for conv in (self.conv1, self.conv2, self.conv3, self.proj):
+            _torch_conv_init(conv)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
+        return self.proj(x)   # [B, C, H/patch, W/patch]
+
+
+class Attention(nn.Layer):
+    """Plain multi-head self-attention, fused q/k/v projection (no bias by default)."""
+
+    def __init__(self, dim, num_heads, qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0.):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        if qk_scale is not None and qk_scale != self.head_dim ** -0.5:
+            raise ValueError('qk_scale other than head_dim ** -0.5 is not supported')
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x, grid=None):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim])
+        q, k, v = qkv.unbind(axis=2)                               # [B, N, heads, d]
+        x = multi_head_attention(q, k, v, self.attn_drop, self.training)
+        return self.proj_drop(self.proj(x.reshape([B, N, C])))
+
+
+def relative_offsets(grid):
+    """Offsets between all pairs of patches of an (H, W) grid, row-major order.
+
+    Returns (table, index): `table` [(2H-1)(2W-1), 2] float32 lists every
+    distinct (dx, dy) = (col_j - col_i, row_j - row_i) once; `index` [N*N] int64
+    gives, for query i and key j (flattened i*N + j), the row of `table`.
+    """
+    h, w = grid
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
+    rows, cols = rows.reshape(-1), cols.reshape(-1)
+    dy = rows[None, :] - rows[:, None]                 # [N, N]
+    dx = cols[None, :] - cols[:, None]
+    ys, xs = np.meshgrid(np.arange(-(h - 1), h), np.arange(-(w - 1), w), indexing='ij')
+    table = np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1).astype('float32')
+    index = (dy + h - 1) * (2 * w - 1) + (dx + w - 1)
+    return table, index.reshape(-1).astype('int64')
+
+
+class SpatialPriorAttention(nn.Layer):
+    """SP-SA: attention whose q.k scores are multiplied by a learned 2-D spatial prior.
+
+    The official layer evaluates the prior MLP on all N x N offset pairs; it is
+    a function of the offset alone, so here it is evaluated once per distinct
+    offset ((2H-1)(2W-1) of them, 729 instead of 38,416 at 14x14) and gathered:
+    the same numbers at a fraction of the cost.  The parameters do not depend on
+    the image size; at 384 the prior is simply evaluated on the 24x24 grid.
+    """
+
+    def __init__(self, dim, num_heads, grid, qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0.):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.grid = tuple(grid)
+        self.qk = nn.Linear(dim, dim * 2, bias_attr=None if qkv_bias else False)
+        self.v = nn.Linear(dim, dim, bias_attr=None if qkv_bias else False)
+        self.w1 = nn.Linear(2, dim)       # offset (dx, dy) -> dim features, split into heads
+        # per-head reduction of the relu'd features to one prior value (official layout [dim, 1])
+        self.w2 = self.create_parameter([dim, 1], default_initializer=zeros_)
+        self.b2 = self.create_parameter([num_heads], default_initializer=ones_)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        table, index = relative_offsets(self.grid)
+        self.register_buffer('offset_table', paddle.to_tensor(table), persistable=False)
+        self.register_buffer('offset_index', paddle.to_tensor(index), persistable=False)
+
+    def spatial_prior(self):
+        """[heads, N, N]: the multiplicative prior for query i, key j of the patch grid."""
+        table = self.offset_table.astype(self.w1.weight.dtype)      # float16 weights under AMP O2
+        feats = F.relu(self.w1(table)).reshape([-1, self.num_heads, self.head_dim])
+        prior = (feats * self.w2.reshape([self.num_heads, self.head_dim])).sum(-1) + self.b2  # [T, heads]
+        n = self.grid[0] * self.grid[1]
+        return paddle.gather(prior, self.offset_index).transpose([1, 0]).reshape([self.num_heads, n, n])
+
+    def forward(self, x, grid):
+        if tuple(grid) != self.grid:
+            raise ValueError(f'spatial-prior attention built for a {self.grid} grid, got {tuple(grid)}')
+        B, N, C = x.shape
+        qk = self.qk(x).reshape([B, N, 2, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
+        q, k = qk[0], qk[1]                                                   # [B, heads, N, d]
+        v = self.v(x).reshape([B, N, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
+        score = paddle.matmul(q, k, transpose_y=True) * self.scale
+        attn = F.softmax(score * self.spatial_prior(), axis=-1)
+        x = paddle.matmul(self.attn_drop(attn), v)                           # [B, heads, N, d]
+        x = x.transpose([0, 2, 1, 3]).reshape([B, N, C])
+        return self.proj_drop(self.proj(x))
+
+
+class PosConv(nn.Layer):
+    """Depthwise 3x3 convolution added to the patch tokens (CPVT's PEG); the class
+    token, when present, passes unchanged."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.proj = nn.Conv2D(dim, dim, 3, stride=1, padding=1, groups=dim)
+        _torch_conv_init(self.proj)
+
+    def forward(self, x, grid, has_cls):
+        B, _, C = x.shape
+        cls, tokens = (x[:, :1], x[:, 1:]) if has_cls else (None, x)
+        feat = tokens.transpose([0, 2, 1]).reshape([B, C, grid[0], grid[1]])
+        tokens = (self.proj(feat) + feat).flatten(2).transpose([0, 2, 1])
+        return paddle.concat([cls, tokens], axis=1) if has_cls else tokens
+
+
+class Block(nn.Layer):
+    """Pre-norm transformer block with 1/skip_lam-scaled residual branches, then PosConv."""
+
+    def __init__(self, dim, num_heads, grid, mlp_ratio=3., qkv_bias=False, qk_scale=None, drop=0., attn_drop=0.,
+                 drop_path=0., skip_lam=1., spatial_prior=False):
+        super().__init__()
+        self.skip_lam = skip_lam
+        self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
+        if spatial_prior:
+            self.attn = SpatialPriorAttention(dim, num_heads, grid, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                                              attn_drop=attn_drop, proj_drop=drop)
+        else:
+            self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop,
+                                  proj_drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.pos_block = PosConv(dim)
+
+    def forward(self, x, grid, has_cls):
+        x = x + self.drop_path(self.attn(self.norm1(x), grid)) / self.skip_lam
+        x = x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
+        return self.pos_block(x, grid, has_cls)
+
+
+class SPViT(nn.Layer):
+    """SP-ViT / LV-ViT.  Arguments follow the official `SP_ViT` class.
+
+    Args:
+        stem_dim: channels of the convolutional patch embedding (64 for '4_2', 128 for '4_2_128').
+        skip_lam: residual branches are divided by this.
+        local_up_to_layer: blocks before this index see patch tokens only (and use SP
+            attention when `sp_attention`); the class token joins at this block.  0: the
+            class token is there from the start, as in LV-ViT.
+        sp_attention: SP attention in the blocks before `local_up_to_layer`.
+        dense_training: training forward returns `DenseOutput` for token labeling.
+        mix_token: MixToken in token space during dense training.
+    """
+
+    CLASSIFIER = ('head', 'aux_head')
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=384, depth=16,
+                 num_heads=6, mlp_ratio=3., qkv_bias=False, qk_scale=None, drop_rate=0., attn_drop_rate=0.,
+                 drop_path_rate=0., stem_dim=64, skip_lam=2., local_up_to_layer=0, sp_attention=True,
+                 dense_training=True, mix_token=True, mix_token_beta=1.0):
+        super().__init__()
+        if not 0 <= local_up_to_layer < depth:
+            raise ValueError(f'local_up_to_layer must be in [0, depth={depth}), got {local_up_to_layer}')
+        if img_size % patch_size:
+            raise ValueError(f'image size {img_size} is not a multiple of the patch size {patch_size}')
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.grid = (img_size // patch_size, img_size // patch_size)
+        self.local_up_to_layer = local_up_to_layer
+        self.dense_training = dense_training
+        self.mix_token = MixToken(mix_token_beta) if (mix_token and dense_training) else None
+
+        self.patch_embed = ConvPatchEmbed(patch_size, in_chans, embed_dim, stem_dim)
+        num_patches = self.grid[0] * self.grid[1]
+        self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=trunc_normal_)
+        # the class token has a position embedding only when it enters before the first block
+        prefix = 1 if local_up_to_layer == 0 else 0
+        self.pos_embed = self.create_parameter([1, prefix + num_patches, embed_dim],
+                                               default_initializer=trunc_normal_)
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = np.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.LayerList([
+            Block(embed_dim, num_heads, self.grid, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate,
+                  dpr[i], skip_lam, spatial_prior=sp_attention and i < local_up_to_layer)
+            for i in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.aux_head = nn.Linear(embed_dim, num_classes)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(layer):
+        if isinstance(layer, nn.Linear):
+            trunc_normal_(layer.weight)
+            if layer.bias is not None:
+                zeros_(layer.bias)
+        elif isinstance(layer, nn.LayerNorm):
+            ones_(layer.weight)
+            zeros_(layer.bias)
+
+    def no_weight_decay(self):
+        return {'pos_embed', 'cls_token'}
+
+    def forward_tokens(self, x):
+        """Patch tokens [B, N, C] (position embedding not yet added) -> normed [B, 1 + N, C]."""
+        cls = self.cls_token.expand([x.shape[0], -1, -1])
+        if self.local_up_to_layer == 0:
+            x = paddle.concat([cls, x], axis=1)
+        x = self.pos_drop(x + self.pos_embed)
+        for i, blk in enumerate(self.blocks):
+            if i == self.local_up_to_layer and i > 0:
+                x = paddle.concat([cls, x], axis=1)
+            x = blk(x, self.grid, has_cls=i >= self.local_up_to_layer)
+        return self.norm(x)
+
+    def forward_features(self, x):
+        """All output tokens [B, 1 + N, C], class token first (no MixToken)."""
+        return self.forward_tokens(self.patch_embed(x).flatten(2).transpose([0, 2, 1]))
+
+    def forward_dense(self, x):
+        """(class logits [B, classes], per-token logits [B, N, classes])."""
+        x = self.forward_features(x)
+        return self.head(x[:, 0]), self.aux_head(x[:, 1:])
+
+    def forward(self, x):
+        if not (self.training and self.dense_training):
+            cls_logits, aux_logits = self.forward_dense(x)
+            return cls_logits + 0.5 * aux_logits.max(axis=1)
+        x = self.patch_embed(x)                                   # [B, C, H, W]
+        box = self.mix_token.sample(x.shape[2:]) if self.mix_token is not None else None
+        if box is not None:
+            x = MixToken.mix(x, box)        # the box of each image replaced by the batch-flipped image's
+        x = self.forward_tokens(x.flatten(2).transpose([0, 2, 1]))
+        cls_logits, aux_logits = self.head(x[:, 0]), self.aux_head(x[:, 1:])
+        if box is not None:
+            # put every token's prediction back on the image it came from, so the
+            # per-token targets need no mixing (the official "recover the mixed part")
+            aux_logits = MixToken.unmix_tokens(aux_logits, self.grid, box)
+        return DenseOutput(cls_logits, aux_logits, box)
+
+    def adapt_state_dict(self, state):
+        """Resize `pos_embed` of a checkpoint for another image size, in place (bicubic,
+        as the official fine-tuning's `load_state_dict`); the spatial-prior parameters
+        (w1, w2, b2) are functions of the patch offset and fit any grid unchanged."""
+        messages = []
+        key = 'pos_embed'
+        if key in state and tuple(state[key].shape) != tuple(self.pos_embed.shape):
+            old = tuple(state[key].shape)
+            prefix = 1 if self.local_up_to_layer == 0 else 0
+            if old[1] - prefix <= 0 or math.isqrt(old[1] - prefix) ** 2 != old[1] - prefix:
+                raise ValueError(f'{key} {old} does not hold {prefix} prefix token(s) and a square grid '
+                                 f'(model expects {tuple(self.pos_embed.shape)})')
+            state[key] = resize_pos_embed(state[key], self.grid, num_prefix_tokens=prefix)
+            messages.append(f'{key} resized {old} -> {tuple(state[key].shape)} (bicubic, grid '
+                            f'{math.isqrt(old[1] - prefix)}x{math.isqrt(old[1] - prefix)} -> '
+                            f'{self.grid[0]}x{self.grid[1]})')
+        return messages
+
+
+PATCH_EMBED_STEMS = {'4_2': 64, '4_2_128': 128}
+
+
+def build_spvit(config):
+    """SP-ViT from a config (see SPViT/config.py for the keys)."""
+    m = config.MODEL
+    if m.PATCH_EMBED not in PATCH_EMBED_STEMS:
+        raise ValueError(f'MODEL.PATCH_EMBED {m.PATCH_EMBED!r}: expected one of {sorted(PATCH_EMBED_STEMS)}')
+    token_label = config.TRAIN.TOKEN_LABEL
+    return SPViT(img_size=config.DATA.IMAGE_SIZE, patch_size=m.PATCH_SIZE,
+                 in_chans=config.DATA.IMAGE_CHANNELS, num_classes=m.NUM_CLASSES, embed_dim=m.EMBED_DIM,
+                 depth=m.DEPTH, num_heads=m.NUM_HEADS, mlp_ratio=m.MLP_RATIO, qkv_bias=m.QKV_BIAS,
+                 qk_scale=m.QK_SCALE, drop_rate=m.DROPOUT, attn_drop_rate=m.ATTENTION_DROPOUT,
+                 drop_path_rate=m.DROPPATH, stem_dim=PATCH_EMBED_STEMS[m.PATCH_EMBED], skip_lam=m.SKIP_LAM,
+                 local_up_to_layer=m.LOCAL_UP_TO_LAYER, sp_attention=m.SP_ATTENTION,
+                 dense_training=token_label.ENABLE, mix_token=token_label.MIX_TOKEN,
+                 mix_token_beta=token_label.MIX_TOKEN_BETA)
