@@ -1,0 +1,200 @@
+"""Samplers and `build_dataloader`: who reads which sample, in how many processes, seeded how.
+
+Train: `paddle.io.DistributedBatchSampler` (one replica in a single process),
+shuffled with a seed made of (SEED, epoch), `drop_last=True` so every step sees
+a full batch (Mixup mixes image i with image B-1-i; a short last batch would
+also skew BatchNorm and the LR schedule's step count).
+
+Val: `EvalBatchSampler` gives rank r the indices r, r + world, r + 2 world, ...
+with no padding and no drop: each image is evaluated exactly once over all
+ranks.  Ranks may get one batch more or less than each other, so evaluation
+must sum its counts and all-reduce once at the end (engine.trainer.evaluate
+does), never per step.
+
+Randomness: for datasets that accept it (ImageListDataset), the batch sampler
+yields `(index, seed)` pairs with seed = (SEED, epoch, index): the
+augmentation of a sample depends on nothing else, not on the worker that
+loads it, the number of workers or processes, or what ran before, so a run
+resumed at an epoch boundary sees the same images.  `set_epoch(epoch)` on the
+loader's batch sampler selects the epoch (the launcher calls it); without it
+each pass over the loader advances the epoch by one.  Worker processes are
+also seeded (numpy / random) from (SEED, rank, worker id, the loader's per
+pass seed) for datasets that draw from the global generators.
+
+Shared memory: Paddle's workers hand batches over in /dev/shm.  When it is too
+small for the batches in flight (Docker's default is 64 MB), the loader would
+die with a bus error; `build_dataloader` checks the free space first and falls
+back to pipes (`use_shared_memory=False`, slower) with a warning.
+"""
+import functools
+import logging
+import math
+import os
+import random
+import shutil
+
+import numpy as np
+import paddle
+
+__all__ = ['DataLoader', 'SeededBatchSampler', 'EvalBatchSampler', 'build_dataloader', 'shared_memory_ok']
+
+logger = logging.getLogger(__name__)
+
+
+class DataLoader(paddle.io.DataLoader):
+    """paddle.io.DataLoader that re-raises a worker's failure with its message in this thread.
+
+    Paddle hands a worker's exception to a reader thread, which dies with it, and the
+    main thread only gets "SystemError: Blocking queue is killed".  Datasets with a
+    `take_error()` (ImageListDataset) keep the message, and it is raised here instead
+    (e.g. BadImageError naming the list file, line and image).
+    """
+
+    def __iter__(self):
+        return _ReraisingIterator(super().__iter__(), self)
+
+    def shutdown(self, timeout=5):
+        """Stop the worker processes now (persistent ones included); the next pass restarts them."""
+        iterator, self._iterator = getattr(self, '_iterator', None), None
+        if iterator is not None and hasattr(iterator, '_try_shutdown_all'):
+            iterator._try_shutdown_all(timeout)
+
+
+class _ReraisingIterator:
+    def __init__(self, iterator, loader):
+        self.iterator, self.loader = iterator, loader
+
+    def __iter__(self):
+        return self
+
+    def __len__(self):
+        return len(self.iterator)
+
+    def __next__(self):
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            raise
+        except BaseException as e:
+            # A failed Paddle iterator left to the garbage collector hangs in its clean-up
+            # (it joins workers that never get the stop message): stop the workers here.
+            iterator, self.iterator = self.iterator, None
+            if hasattr(iterator, '_try_shutdown_all'):
+                iterator._try_shutdown_all(5)
+            if getattr(self.loader, '_iterator', None) is iterator:
+                self.loader._iterator = None
+            take = getattr(self.loader.dataset, 'take_error', None)
+            error = take() if take is not None else None
+            if error is None or isinstance(e, KeyboardInterrupt):
+                raise
+            raise error from None
+
+
+class SeededBatchSampler(paddle.io.BatchSampler):
+    """Wraps a batch sampler; yields batches of (index, (seed, epoch, index)) for seeded datasets."""
+
+    def __init__(self, batch_sampler, seed):
+        self.batch_sampler = batch_sampler
+        self.seed = int(seed) % 2 ** 63
+        self.epoch = 0
+        self.batch_size = batch_sampler.batch_size
+        self.drop_last = getattr(batch_sampler, 'drop_last', False)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        if hasattr(self.batch_sampler, 'set_epoch'):
+            # the shuffle (numpy RandomState) takes a 32-bit seed made of SEED and epoch
+            self.batch_sampler.set_epoch((self.seed * 1_000_003 + epoch) % 2 ** 32)
+        for batch in self.batch_sampler:
+            yield [(int(i), (self.seed, epoch, int(i))) for i in batch]
+
+    def __len__(self):
+        return len(self.batch_sampler)
+
+
+class EvalBatchSampler(paddle.io.BatchSampler):
+    """Indices rank, rank + world, ... of range(num_samples) in batches; no padding, no drop."""
+
+    def __init__(self, num_samples, batch_size, rank=0, world_size=1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f'rank {rank} outside [0, {world_size})')
+        self.indices = range(rank, num_samples, world_size)
+        self.batch_size = batch_size
+        self.drop_last = False
+
+    def __iter__(self):
+        for start in range(0, len(self.indices), self.batch_size):
+            yield list(self.indices[start:start + self.batch_size])
+
+    def __len__(self):
+        return math.ceil(len(self.indices) / self.batch_size)
+
+
+def _local_processes(distributed):
+    for var in ('PADDLE_LOCAL_SIZE', 'LOCAL_WORLD_SIZE'):
+        if os.environ.get(var, '').isdigit():
+            return max(1, int(os.environ[var]))
+    return paddle.distributed.get_world_size() if distributed else 1
+
+
+def shared_memory_ok(batch_bytes, num_workers, processes=1, prefetch_factor=2, path='/dev/shm'):
+    """(ok, free_bytes, needed_bytes): room in `path` for every local process's batches in flight
+    (prefetch_factor per worker, plus two being handed over), with a 2x margin."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return False, 0, 0
+    needed = 2 * batch_bytes * (prefetch_factor * num_workers + 2) * processes
+    return free >= needed, free, needed
+
+
+def _seed_worker(seed, rank, worker_id):
+    info = paddle.io.get_worker_info()
+    pass_seed = info.seed if info is not None else 0
+    state = np.random.SeedSequence([int(seed) % 2 ** 63, rank, worker_id, int(pass_seed) % 2 ** 63])
+    np.random.seed(state.generate_state(4))
+    random.seed(int(state.generate_state(2, np.uint64)[0]))
+
+
+def build_dataloader(config, dataset, mode, distributed):
+    """A paddle.io.DataLoader over `dataset` for 'train' or 'val' (see the module docstring).
+
+    Batch size DATA.BATCH_SIZE (train) / DATA.BATCH_SIZE_EVAL (val, falling back
+    to BATCH_SIZE), DATA.NUM_WORKERS worker processes (0: load in this process),
+    persistent across epochs.  `distributed`: split across the ranks of the
+    current paddle.distributed group.
+    """
+    if mode not in ('train', 'val'):
+        raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
+    rank, world = (paddle.distributed.get_rank(), paddle.distributed.get_world_size()) \
+        if distributed else (0, 1)
+    train = mode == 'train'
+    batch_size = config.DATA.BATCH_SIZE if train else (config.DATA.BATCH_SIZE_EVAL or config.DATA.BATCH_SIZE)
+    if train:
+        sampler = paddle.io.DistributedBatchSampler(dataset, batch_size, num_replicas=world, rank=rank,
+                                                    shuffle=True, drop_last=True)
+        if len(sampler) == 0:
+            raise ValueError(f'{len(dataset)} training images cannot fill one batch of {batch_size} '
+                             f'per process on {world} process(es) (the last partial batch is dropped): '
+                             f'lower DATA.BATCH_SIZE')
+    else:
+        sampler = EvalBatchSampler(len(dataset), batch_size, rank, world)
+    if getattr(dataset, 'accepts_seeded_index', False):
+        sampler = SeededBatchSampler(sampler, config.SEED)
+
+    workers = max(0, int(config.DATA.NUM_WORKERS))
+    kwargs = {}
+    if workers > 0:
+        size = config.DATA.IMAGE_SIZE
+        batch_bytes = batch_size * config.DATA.IMAGE_CHANNELS * size * size * 4
+        ok, free, needed = shared_memory_ok(batch_bytes, workers, _local_processes(distributed))
+        if not ok:
+            logger.warning(f'/dev/shm has {free / 2**20:.0f} MB free, {needed / 2**20:.0f} MB wanted for '
+                           f'{workers} workers x batch {batch_size} at {size} px: loading without shared '
+                           f'memory (slower). Give the container more (docker --shm-size=8g) to avoid it.')
+        kwargs = dict(use_shared_memory=ok, persistent_workers=True,
+                      worker_init_fn=functools.partial(_seed_worker, config.SEED, rank))
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, return_list=True, **kwargs)
