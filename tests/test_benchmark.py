@@ -1,0 +1,80 @@
+"""tools/benchmark.py: its table parses, its figures are positive, memory grows with resolution."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FIXTURES, REPO
+
+TOOL = os.path.join(REPO, 'tools', 'benchmark.py')
+MINI_CFG = os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml')
+# wider than the golden mini so activations, not allocator noise, dominate the working memory
+WIDER = ['-opts', 'MODEL.EMBED_DIMS', '[32, 64, 96, 128]', 'MODEL.MLP_RATIOS', '[8, 8, 4, 4]']
+
+_spec = importlib.util.spec_from_file_location('tools_benchmark', TOOL)
+benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark)
+
+
+def run_tool(*args):
+    proc = subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def table_rows(text):
+    """Rows of the markdown table in `text` as dicts keyed by the header."""
+    lines = [line for line in text.splitlines() if line.startswith('|')]
+    header = [c.strip() for c in lines[0].strip('|').split('|')]
+    assert set(lines[1].replace('|', '')) == {'-'}
+    return [dict(zip(header, (c.strip() for c in line.strip('|').split('|')))) for line in lines[2:]]
+
+
+def test_eval_and_train_figures(tmp_path):
+    out = run_tool('-cfg', MINI_CFG, '--batch_size', '4', '--mode', 'both', '--warmup', '1',
+                   '--iters', '2', '--threads', '1', '--json', str(tmp_path / 'r.json'))
+    rows = table_rows(out)
+    assert [(r['model'], r['mode']) for r in rows] == [('vvt_mini', 'eval'), ('vvt_mini', 'train')]
+    for r in rows:
+        assert r['image size'] == '64' and r['batch'] == '4'
+        assert float(r['img/s']) > 0 and float(r['peak MB']) > 0
+        assert float(r['params (M)']) == pytest.approx(0.14, abs=0.005)   # 135,890
+    saved = json.loads((tmp_path / 'r.json').read_text())
+    assert saved[0]['to_static'] is True and saved[0]['threads'] == 1
+    # a train step holds activations, gradients and AdamW moments: it needs more than inference
+    assert saved[1]['work MB'] > saved[0]['work MB']
+
+
+def test_sweep_memory_grows_with_resolution(tmp_path):
+    plot = tmp_path / 'sweep.png'
+    out = run_tool('-cfg', MINI_CFG, *WIDER, '--sweep', '128,256,512', '--batch_size', '2',
+                   '--mode', 'eval', '--warmup', '1', '--iters', '1', '--no_to_static',
+                   '--plot', str(plot))
+    rows = table_rows(out)
+    assert [int(r['image size']) for r in rows] == [128, 256, 512]
+    work = [float(r['work MB']) for r in rows]
+    assert work[0] < work[1] < work[2], work
+    assert work[2] > 4 * work[0], work          # 16x the tokens
+    assert 'memory ~ tokens^' in out
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b'\x89PNG'
+
+
+def test_a_failing_measurement_is_reported_not_fatal():
+    proc = subprocess.run([sys.executable, TOOL, '-cfg', MINI_CFG, '-opts', 'MODEL.NO_SUCH_KEY', '1',
+                           '--mode', 'eval', '--iters', '1', '--warmup', '1'],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert 'failed:' in proc.stdout and 'NO_SUCH_KEY' in proc.stdout
+
+
+def test_memory_growth_slope():
+    rows = [{'model': 'm', 'mode': 'eval', 'image size': s, 'work MB': 10 * (s / 100) ** 2}
+            for s in (100, 200, 400)]
+    rows += [{'model': 'q', 'mode': 'eval', 'image size': s, 'work MB': 10 * (s / 100) ** 4}
+             for s in (100, 200, 400)]
+    text = benchmark.memory_growth(rows)
+    assert 'm eval: work memory x16.0 for x16.0 tokens' in text and 'tokens^1.00' in text
+    assert 'q eval: work memory x256.0' in text and 'tokens^2.00' in text
