@@ -270,6 +270,9 @@ def test_train_transform_picks_deit_components():
                       aa.AutoAugment)
     jitter = data.build_transform(make_config(**{'TRAIN.RAND_AUGMENT': False}), 'train').augment
     assert isinstance(jitter, tf.ColorJitter) and len(jitter.ops) == 3
+    digits = data.build_transform(make_config(**{'TRAIN.HFLIP_PROB': 0.0, 'TRAIN.CROP_SCALE': (0.5, 1.0)}),
+                                  'train')
+    assert digits.hflip == 0.0 and digits.crop.scale == (0.5, 1.0)
     with pytest.raises(ValueError, match='TRAIN.TRAIN_INTERPOLATION'):
         data.build_transform(make_config(**{'TRAIN.TRAIN_INTERPOLATION': 'bicubc'}), 'train')
 

@@ -89,9 +89,9 @@ def paddlevit_transform(config, mode):
     data, train = config.DATA, config.TRAIN
     mean, std = list(data.MEAN), list(data.STD)
     if mode == 'train':
-        ops = [T.RandomResizedCrop((data.IMAGE_SIZE, data.IMAGE_SIZE), scale=(0.08, 1.0),
+        ops = [T.RandomResizedCrop((data.IMAGE_SIZE, data.IMAGE_SIZE), scale=tuple(train.CROP_SCALE),
                                    interpolation=train.TRAIN_INTERPOLATION),
-               T.RandomHorizontalFlip()]
+               T.RandomHorizontalFlip(train.HFLIP_PROB)]
         if train.RAND_AUGMENT or train.AUTO_AUGMENT:
             ops.append(PilRandAugment(train.RAND_AUGMENT_LAYERS, train.RAND_AUGMENT_MAGNITUDE,
                                       fill=tuple(round(255 * m) for m in mean),

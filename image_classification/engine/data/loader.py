@@ -32,6 +32,8 @@ import math
 import os
 import random
 import shutil
+import threading
+import time
 
 import numpy as np
 import paddle
@@ -157,6 +159,24 @@ def _seed_worker(seed, rank, worker_id):
     state = np.random.SeedSequence([int(seed) % 2 ** 63, rank, worker_id, int(pass_seed) % 2 ** 63])
     np.random.seed(state.generate_state(4))
     random.seed(int(state.generate_state(2, np.uint64)[0]))
+    if not os.environ.get("NOWATCH"): _exit_with_parent()
+
+
+def _exit_with_parent(interval=2.0):
+    """End this worker when the process that forked it is gone.
+
+    Paddle's worker loop blocks on its index queue without a timeout, so its own
+    parent watchdog never runs: a killed training process would leave its workers
+    behind for good, holding memory and /dev/shm.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
 
 
 def build_dataloader(config, dataset, mode, distributed):

@@ -1,7 +1,8 @@
 """Train and eval transforms: HWC uint8 RGB array -> CHW float32 normalised array.
 
 Train (DeiT recipe, TRAIN.* keys): RandomResizedCrop to DATA.IMAGE_SIZE (area
-scale 0.08-1, aspect 3/4-4/3, TRAIN.TRAIN_INTERPOLATION), horizontal flip,
+scale TRAIN.CROP_SCALE, default 0.08-1, aspect 3/4-4/3,
+TRAIN.TRAIN_INTERPOLATION), horizontal flip with probability TRAIN.HFLIP_PROB,
 then AutoAugment (ImageNet policy) if TRAIN.AUTO_AUGMENT, else RandAugment
 (TRAIN.RAND_AUGMENT_LAYERS / _MAGNITUDE, std 0.5, increasing ops) if
 TRAIN.RAND_AUGMENT, else ColorJitter(TRAIN.COLOR_JITTER) (timm disables colour
