@@ -132,12 +132,12 @@ class ConvMlp(nn.Layer):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x, height, width):
-        batch, tokens, _ = x.shape
-        x = self.fc1(x).reshape([batch, height, width, -1]).transpose([0, 3, 1, 2])
+        hidden = self.dwconv.weight.shape[0]
+        x = self.fc1(x).reshape([-1, height, width, hidden]).transpose([0, 3, 1, 2])
         # the conv runs without its bias, which is added back in token layout: on CPU, Paddle's
         # depthwise kernel is fastest in NCHW but its per-channel add is fastest on the last axis
-        x = F.conv2d(x, self.dwconv.weight, None, padding=1, groups=self.dwconv._groups)
-        x = (x.transpose([0, 2, 3, 1]) + self.dwconv.bias).reshape([batch, tokens, -1])
+        x = F.conv2d(x, self.dwconv.weight, None, padding=1, groups=hidden)
+        x = (x.transpose([0, 2, 3, 1]) + self.dwconv.bias).reshape([-1, height * width, hidden])
         x = self.drop(self.act(x))
         return self.drop(self.fc2(x))
 
