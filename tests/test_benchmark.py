@@ -46,6 +46,8 @@ def test_eval_and_train_figures(tmp_path):
     assert saved[0]['to_static'] is True and saved[0]['threads'] == 1
     # a train step holds activations, gradients and AdamW moments: it needs more than inference
     assert saved[1]['work MB'] > saved[0]['work MB']
+    # the saved measurements print the same table again
+    assert table_rows(run_tool('--load_json', str(tmp_path / 'r.json'))) == rows
 
 
 def test_sweep_memory_grows_with_resolution(tmp_path):

@@ -304,8 +304,8 @@ def plot(results, path):
         ax_mem.plot(sizes, [r['work MB'] for r in rows], **style)
     sizes = sorted({r['image size'] for r in results})
     anchor = min(r['work MB'] for r in results if r['image size'] == sizes[-1])
-    ax_mem.plot(sizes, [anchor * (s / sizes[-1]) ** 2 for s in sizes], ':', color='gray',
-                label='slope of memory ~ tokens')
+    reference, = ax_mem.plot(sizes, [anchor * (s / sizes[-1]) ** 2 for s in sizes], ':', color='gray',
+                             label='slope of memory ~ tokens')
     for ax, title in ((ax_speed, 'throughput (img/s)'), (ax_mem, 'working memory (MB, peak - idle)')):
         ax.set_xscale('log')
         ax.set_yscale('log')
@@ -316,6 +316,7 @@ def plot(results, path):
         ax.minorticks_off()
         ax.grid(True, alpha=.3)
     ax_speed.legend(fontsize=7)
+    ax_mem.legend(handles=[reference], fontsize=7, loc='upper left')
     r0 = results[0]
     fig.suptitle(f'batch {r0.get("batch", r0.get("batch_size"))}, {r0.get("threads")} threads, '
                  f'{r0.get("device", "")}', fontsize=9)
