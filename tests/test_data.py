@@ -529,3 +529,65 @@ def test_shared_memory_fallback(tmp_path, monkeypatch, caplog):
     config.DATA.IMAGE_SIZE = 64
     assert data.build_dataloader(config, dataset, 'train', distributed=False).use_shared_memory is True
 
+
+
+def test_workers_exit_when_the_training_process_is_killed(tmp_path):
+    """A SIGKILLed parent must not leave its loader workers behind (Paddle's would wait for good)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    write_dataset(tmp_path, n=12, list_name='val_list.txt')
+    script = f'''
+import os, signal, sys
+sys.path[:0] = {[os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'image_classification'),
+                 os.path.dirname(os.path.abspath(__file__))]!r}
+import engine
+from engine import data
+from test_data import make_config
+config = make_config({str(tmp_path)!r}, **{{'DATA.NUM_WORKERS': 2}})
+loader = data.build_dataloader(config, data.build_dataset(config, 'val'), 'val', distributed=False)
+it = iter(loader)
+next(it)
+print(' '.join(str(w.pid) for w in it.iterator._workers), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+'''
+    log = tmp_path / 'out.txt'
+    with open(log, 'w') as f:           # a file, not a pipe: surviving workers would hold a pipe open
+        subprocess.run([sys.executable, '-c', script], stdout=f, stderr=subprocess.STDOUT, timeout=120)
+    pids = [int(p) for p in log.read_text().splitlines()[-1].split() if p.isdigit()]
+    assert len(pids) == 2, log.read_text()[-2000:]
+    deadline = time.time() + 15
+    alive = pids
+    while alive and time.time() < deadline:
+        time.sleep(0.5)
+        alive = [p for p in pids if os.path.exists(f'/proc/{p}') and
+                 open(f'/proc/{p}/stat').read().split()[2] != 'Z']
+    for p in alive:                      # do not leave them behind even when the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not alive
+
+
+# --------------------------------------------------------------------------- demo dataset
+def test_make_demo_dataset(tmp_path):
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools',
+                        'make_demo_dataset.py')
+    spec = importlib.util.spec_from_file_location('make_demo_dataset', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = str(tmp_path / 'digits')
+    meta, written = tool.make_dataset(out, size=16)
+    assert written and (meta['train'], meta['val'], meta['classes']) == (1438, 359, 10)
+    train = data.parse_list_file(os.path.join(out, 'train_list.txt'), 10)
+    val = data.parse_list_file(os.path.join(out, 'val_list.txt'), 10)
+    assert len(train) == 1438 and len(val) == 359
+    assert not {p for p, _, _ in train} & {p for p, _, _ in val}
+    per_class = np.bincount([label for _, label, _ in val], minlength=10)
+    assert per_class.min() >= 35 and per_class.max() <= 37             # stratified 20%
+    image, label = data.ImageListDataset(out, os.path.join(out, 'val_list.txt'), 10)[0]
+    assert image.shape == (16, 16, 3) and image.max() > 200 and f'val/{label}/' in val[0][0]
+    assert tool.make_dataset(out, size=16) == (meta, False)             # complete: nothing to do
+    os.remove(os.path.join(out, train[5][0]))
+    assert tool.make_dataset(out, size=16)[1]                           # incomplete: rewritten

@@ -102,8 +102,9 @@ def main(argv=None):
     args = parse_args(argv)
     meta, written = make_dataset(args.out, args.size, args.val_fraction, args.seed)
     state = 'wrote' if written else 'already complete:'
-    print(f'{state} {args.out}: {meta["train"]} train / {meta["val"]} val images, {meta["classes"]} classes, '
-          f'{meta["size"]}x{meta["size"]} grayscale PNG (sklearn handwritten digits, split seed {meta["seed"]})')
+    print(f'{state} {args.out}: {meta["train"]} train / {meta["val"]} val images, '
+          f'{meta["classes"]} classes, {meta["size"]}x{meta["size"]} grayscale PNG '
+          f'(sklearn handwritten digits, split seed {meta["seed"]})')
     return 0
 
 

@@ -5,6 +5,8 @@ Two uses: the speed baseline of `benchmark_baseline_loader` (and
 operations of `autoaugment` / `transforms` / `decode` against.  Not used for
 training.
 """
+import os
+
 import numpy as np
 import paddle
 from PIL import Image, ImageEnhance, ImageOps
@@ -112,8 +114,8 @@ class PaddleViTListDataset(paddle.io.Dataset):
 
     def __init__(self, root, list_file, num_classes, transform):
         super().__init__()
-        import os
-        self.samples = [(os.path.join(root, p), label) for p, label, _ in parse_list_file(list_file, num_classes)]
+        self.samples = [(os.path.join(root, path), label)
+                        for path, label, _ in parse_list_file(list_file, num_classes)]
         self.transform = transform
 
     def __len__(self):

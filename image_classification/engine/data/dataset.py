@@ -155,8 +155,9 @@ class ImageListDataset(paddle.io.Dataset):
                 problems = [f'{list_file}:{samples[i][2]}: image not found: '
                             f'{os.path.join(root, samples[i][0])}' for i in missing]
                 if not skip_bad_images:
-                    raise MissingImageError(_summarise(problems, f'missing image(s) listed in {list_file} '
-                                                       f'(root {root!r}; DATA.SKIP_BAD_IMAGES=True drops them)'))
+                    raise MissingImageError(_summarise(
+                        problems, f'missing image(s) listed in {list_file} '
+                                  f'(root {root!r}; DATA.SKIP_BAD_IMAGES=True drops them)'))
                 logger.warning(_summarise(problems, 'missing image(s) dropped (DATA.SKIP_BAD_IMAGES)'))
                 if len(missing) == len(samples):
                     raise MissingImageError(f'{list_file}: none of the listed images exist under {root!r}')

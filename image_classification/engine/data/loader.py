@@ -25,8 +25,20 @@ Shared memory: Paddle's workers hand batches over in /dev/shm.  When it is too
 small for the batches in flight (Docker's default is 64 MB), the loader would
 die with a bus error; `build_dataloader` checks the free space first and falls
 back to pipes (`use_shared_memory=False`, slower) with a warning.
+
+Paddle's multi-process loader needs three repairs, made by `DataLoader` and the
+worker initialisation here (each one seen on this machine with Paddle 3.3):
+- a worker's exception reaches the main thread only as "SystemError: Blocking
+  queue is killed"; the dataset's own message (file, line) is raised instead;
+- a failed iterator left to the garbage collector hangs the process in its
+  clean-up, and an old iterator collected inside a newly forked worker wrecks
+  the parent's queues: failed iterators are shut down at once, and garbage is
+  collected (and the rest frozen) before workers are forked;
+- workers block on their index queue without a timeout, so they outlive a
+  killed parent for good; a watchdog thread ends them.
 """
 import functools
+import gc
 import logging
 import math
 import os
@@ -53,7 +65,20 @@ class DataLoader(paddle.io.DataLoader):
     """
 
     def __iter__(self):
-        return _ReraisingIterator(super().__iter__(), self)
+        if self.num_workers > 0 and getattr(self, '_iterator', None) is None:
+            # Paddle forks the workers here.  Collect garbage first and freeze what is left
+            # for the children: an old loader iterator collected inside a forked worker runs
+            # its clean-up there, on the parent's queues and processes (seen: workers hung
+            # or aborted with std::system_error).
+            gc.collect()
+            gc.freeze()
+            try:
+                iterator = super().__iter__()
+            finally:
+                gc.unfreeze()
+        else:
+            iterator = super().__iter__()
+        return _ReraisingIterator(iterator, self)
 
     def shutdown(self, timeout=5):
         """Stop the worker processes now (persistent ones included); the next pass restarts them."""
@@ -159,7 +184,7 @@ def _seed_worker(seed, rank, worker_id):
     state = np.random.SeedSequence([int(seed) % 2 ** 63, rank, worker_id, int(pass_seed) % 2 ** 63])
     np.random.seed(state.generate_state(4))
     random.seed(int(state.generate_state(2, np.uint64)[0]))
-    if not os.environ.get("NOWATCH"): _exit_with_parent()
+    _exit_with_parent()
 
 
 def _exit_with_parent(interval=2.0):
