@@ -32,7 +32,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import DropPath, Mlp, multi_head_attention, ones_, torch_default_init, trunc_normal_, zeros_
+from engine.layers import DropPath, Linear, Mlp, multi_head_attention, ones_, torch_default_init, trunc_normal_, zeros_
 
 __all__ = ['PoolingTransformer', 'build_pit', 'patch_grid']
 
@@ -52,8 +52,8 @@ class Attention(nn.Layer):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x):
@@ -107,7 +107,7 @@ class ConvHeadPooling(nn.Layer):
         super().__init__()
         self.conv = nn.Conv2D(in_dim, out_dim, kernel_size=stride + 1, stride=stride,
                               padding=stride // 2, groups=in_dim)
-        self.fc = nn.Linear(in_dim, out_dim)
+        self.fc = Linear(in_dim, out_dim)
 
     def forward(self, x, cls_tokens):
         return self.conv(x), self.fc(cls_tokens)
@@ -161,9 +161,9 @@ class PoolingTransformer(nn.Layer):
                 self.pools.append(ConvHeadPooling(dims[s], dims[s + 1], stride=2))
 
         self.norm = nn.LayerNorm(self.embed_dim, epsilon=LN_EPS)
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if distilled:
-            self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            self.head_dist = Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod

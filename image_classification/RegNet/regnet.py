@@ -31,7 +31,7 @@ import math
 import numpy as np
 import paddle.nn as nn
 
-from engine.layers import DropPath
+from engine.layers import DropPath, Linear
 
 __all__ = ['RegNet', 'build_regnet', 'regnet_stage_specs']
 
@@ -139,7 +139,7 @@ class ClassifierHead(nn.Layer):
     def __init__(self, in_features, num_classes, drop_rate=0.):
         super().__init__()
         self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x):
         return self.fc(self.drop(x.mean(axis=[2, 3])))

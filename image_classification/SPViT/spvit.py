@@ -39,7 +39,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import DropPath, Mlp, multi_head_attention, ones_, resize_pos_embed, trunc_normal_, zeros_
+from engine.layers import DropPath, Linear, Mlp, multi_head_attention, ones_, resize_pos_embed, trunc_normal_, zeros_
 from engine.token_labeling import DenseOutput, MixToken
 
 __all__ = ['SPViT', 'build_spvit']
@@ -89,8 +89,8 @@ class Attention(nn.Layer):
         if qk_scale is not None and qk_scale != self.head_dim ** -0.5:
             raise ValueError('qk_scale other than head_dim ** -0.5 is not supported')
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x, grid=None):
@@ -135,14 +135,14 @@ class SpatialPriorAttention(nn.Layer):
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim ** -0.5
         self.grid = tuple(grid)
-        self.qk = nn.Linear(dim, dim * 2, bias_attr=None if qkv_bias else False)
-        self.v = nn.Linear(dim, dim, bias_attr=None if qkv_bias else False)
-        self.w1 = nn.Linear(2, dim)       # offset (dx, dy) -> dim features, split into heads
+        self.qk = Linear(dim, dim * 2, bias_attr=None if qkv_bias else False)
+        self.v = Linear(dim, dim, bias_attr=None if qkv_bias else False)
+        self.w1 = Linear(2, dim)       # offset (dx, dy) -> dim features, split into heads
         # per-head reduction of the relu'd features to one prior value (official layout [dim, 1])
         self.w2 = self.create_parameter([dim, 1], default_initializer=zeros_)
         self.b2 = self.create_parameter([num_heads], default_initializer=ones_)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         table, index = relative_offsets(self.grid)
         self.register_buffer('offset_table', paddle.to_tensor(table), persistable=False)
@@ -258,8 +258,8 @@ class SPViT(nn.Layer):
                   dpr[i], skip_lam, spatial_prior=sp_attention and i < local_up_to_layer)
             for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
-        self.head = nn.Linear(embed_dim, num_classes)
-        self.aux_head = nn.Linear(embed_dim, num_classes)
+        self.head = Linear(embed_dim, num_classes)
+        self.aux_head = Linear(embed_dim, num_classes)
         self.apply(self._init_weights)
 
     @staticmethod

@@ -33,26 +33,12 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import DropPath, init_vit_weights, zeros_
+from engine.layers import DropPath, Linear, init_vit_weights, zeros_
 
 __all__ = ['VicinityVisionTransformer', 'build_vvt', 'vicinity_phases', 'vicinity_attention']
 
 CLAMP_MIN, CLAMP_MAX = 1e-4, 1e4   # official `abs_clamp` bounds
 NORMALIZER_EPS = 1e-4
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` with the bias added inside the GEMM (`paddle.addmm`).
-
-    Same parameters and result; on CPU Paddle's separate broadcast bias add ran
-    single-threaded and cost as much as the matmul itself (VVT-tiny stage 1).
-    """
-
-    def forward(self, x):
-        if self.bias is None:
-            return paddle.matmul(x, self.weight)
-        out = paddle.addmm(self.bias, x.reshape([-1, x.shape[-1]]), self.weight)
-        return out.reshape(list(x.shape[:-1]) + [self.weight.shape[1]])
 
 
 def abs_clamp(t):

@@ -25,7 +25,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import DropPath, Mlp, multi_head_attention, to_2tuple, torch_default_init
+from engine.layers import DropPath, Linear, Mlp, multi_head_attention, to_2tuple, torch_default_init
 
 __all__ = ['VisionTransformer', 'ResNetV2', 'build_vit', 'zoom_linear']
 
@@ -165,9 +165,9 @@ class Attention(nn.Layer):
             raise ValueError(f'embed dim {dim} is not divisible by {num_heads} heads')
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3)
+        self.qkv = Linear(dim, dim * 3)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.keep_attention = False
         self.attention = None
@@ -230,8 +230,8 @@ class VisionTransformer(nn.Layer):
             Block(embed_dim, num_heads, mlp_dim, drop=dropout, attn_drop=attention_dropout,
                   drop_path=float(rates[i])) for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, epsilon=1e-6)
-        self.pre_logits = nn.Linear(embed_dim, representation_size) if representation_size else None
-        self.head = nn.Linear(representation_size or embed_dim, num_classes)
+        self.pre_logits = Linear(embed_dim, representation_size) if representation_size else None
+        self.head = Linear(representation_size or embed_dim, num_classes)
 
         self.apply(_init_official)
         for block in self.blocks:

@@ -26,6 +26,35 @@ def to_2tuple(x):
     return (x, x)
 
 
+def linear_with_gemm_bias(x, weight, bias):
+    """x @ weight + bias over the last axis of `x`, the bias added as a GEMM.
+
+    The bias goes in as ones[rows, 1] @ bias[1, out], so its gradient is
+    ones^T @ grad, another GEMM.  Paddle's broadcast add reduces that gradient
+    over rows with a CPU column sum that took 74 ms for a ViT-S MLP activation
+    at batch 32, against 2.4 ms for the GEMM.  Same result: the bias is added
+    once to each row.
+    """
+    rows = x.reshape([-1, x.shape[-1]])
+    out = paddle.matmul(rows, weight)
+    out = out + paddle.matmul(paddle.ones_like(rows[:, :1]), bias.unsqueeze(0))
+    return out.reshape(list(x.shape[:-1]) + [weight.shape[1]])
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters, same names) that trains faster on CPU.
+
+    In training mode on CPU the bias is added by `linear_with_gemm_bias`; in
+    eval mode, on GPU and without a bias it is `F.linear`, so inference and
+    exported graphs keep the plain matmul + add that Paddle Inference fuses.
+    """
+
+    def forward(self, x):
+        if self.training and self.bias is not None and paddle.get_device() == 'cpu':
+            return linear_with_gemm_bias(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
 def init_vit_weights(layer):
     """timm/DeiT initialisation: trunc-normal Linear, unit LayerNorm."""
     if isinstance(layer, nn.Linear):
@@ -90,9 +119,9 @@ class Mlp(nn.Layer):
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.fc2 = Linear(hidden_features, out_features)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):

@@ -1,0 +1,100 @@
+"""Shared layers and process settings that exist for speed: same results as the stock path."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from engine.layers import Linear, linear_with_gemm_bias
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('shape', [(5, 7), (2, 3, 7), (2, 2, 3, 7)])
+def test_gemm_bias_matches_f_linear_values_and_gradients(shape):
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal(shape).astype('float32')
+    w_np = rng.standard_normal((7, 4)).astype('float32')
+    b_np = rng.standard_normal(4).astype('float32')
+    grad_np = rng.standard_normal(shape[:-1] + (4,)).astype('float32')
+    results = []
+    for fn in (F.linear, linear_with_gemm_bias):
+        x, w, b = (paddle.to_tensor(a, stop_gradient=False) for a in (x_np, w_np, b_np))
+        out = fn(x, w, b)
+        grads = paddle.grad([out], [x, w, b], [paddle.to_tensor(grad_np)])
+        results.append([out.numpy()] + [g.numpy() for g in grads])
+    assert results[1][0].shape == shape[:-1] + (4,)
+    for ours, stock in zip(results[1], results[0]):
+        np.testing.assert_allclose(ours, stock, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_uses_gemm_bias_only_when_training_on_cpu():
+    """Eval (and export) keeps matmul + add, the pattern Paddle Inference fuses."""
+    paddle.seed(0)
+    layer = Linear(6, 3)
+    x = paddle.randn([4, 6])
+    stock = F.linear(x, layer.weight, layer.bias).numpy()
+    layer.eval()
+    program = paddle.jit.to_static(layer.forward, full_graph=True, input_spec=[
+        paddle.static.InputSpec([None, 6], 'float32')]).concrete_program.main_program
+    ops = [op.name() for op in program.global_block().ops]
+    assert ops.count('pd_op.matmul') == 1 and 'pd_op.ones_like' not in ops, ops
+    np.testing.assert_allclose(layer(x).numpy(), stock, rtol=1e-6)
+    layer.train()
+    np.testing.assert_allclose(layer(x).numpy(), stock, rtol=1e-5, atol=1e-6)
+    no_bias = Linear(6, 3, bias_attr=False)
+    np.testing.assert_allclose(no_bias(x).numpy(), (x @ no_bias.weight).numpy(), rtol=1e-6)
+
+
+def test_linear_trains_under_to_static_with_a_dynamic_batch():
+    paddle.seed(0)
+    layer = Linear(6, 3)
+    layer.train()
+    static = paddle.jit.to_static(layer, full_graph=True, input_spec=[
+        paddle.static.InputSpec([None, 5, 6], 'float32')])
+    x = paddle.randn([2, 5, 6])
+    out = static(x)
+    out.sum().backward()
+    np.testing.assert_allclose(out.numpy(), F.linear(x, layer.weight, layer.bias).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.bias.grad.numpy(), np.full(3, 10.), rtol=1e-6)
+
+
+_PAGE_FAULT_PROBE = '''
+import resource, sys
+sys.path[:0] = [{ic!r}]
+import engine, paddle
+from engine import runtime
+print('stride', paddle.get_flags(['FLAGS_use_stride_kernel'])['FLAGS_use_stride_kernel'])
+x = paddle.ones([64, 1024, 1024])           # 256 MB, far above glibc's mmap threshold
+for _ in range(5):                          # the first rounds grow the heap (3 here)
+    (x * 2.).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    (x * 2.).sum()                          # a 256 MB temporary made and freed each time
+print('faults', resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+'''
+
+
+def _probe(env):
+    script = _PAGE_FAULT_PROBE.format(ic=os.path.join(REPO, 'image_classification'))
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in env.items() if k != 'FLAGS_use_stride_kernel'}, check=True)
+    return dict(line.split() for line in out.stdout.splitlines() if line.split()[0] in ('stride', 'faults'))
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt')
+def test_runtime_recycles_freed_memory_and_uses_dense_kernels():
+    """Importing the engine stops large temporaries costing page faults on every op.
+
+    A 256 MB temporary is 65,536 pages: without `keep_freed_memory` each of the three
+    is mapped and faulted in afresh.  Exporting MALLOC_MMAP_MAX_ keeps glibc's behaviour.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
+    ours = _probe(env)
+    assert ours['stride'] == 'False'
+    assert int(ours['faults']) < 3000, ours
+    default = _probe(dict(env, MALLOC_MMAP_MAX_='65536'))
+    assert int(default['faults']) > 3 * 60000, default
