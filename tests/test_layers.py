@@ -98,3 +98,31 @@ def test_runtime_recycles_freed_memory_and_uses_dense_kernels():
     assert int(ours['faults']) < 3000, ours
     default = _probe(dict(env, MALLOC_MMAP_MAX_='65536'))
     assert int(default['faults']) > 3 * 60000, default
+
+
+@pytest.mark.parametrize('kwargs', [dict(stride=2, padding=1), dict(padding=0), dict(padding=1, groups=4),
+                                    dict(padding='SAME', dilation=2)])
+def test_conv_with_gemm_bias_matches_stock_conv_values_and_gradients(kwargs):
+    from engine.layers import Conv2D
+    paddle.seed(0)
+    ours = Conv2D(4, 8, 3, **kwargs)
+    stock = paddle.nn.Conv2D(4, 8, 3, **kwargs)
+    stock.set_state_dict(ours.state_dict())
+    x_np = np.random.default_rng(1).standard_normal((3, 4, 9, 11)).astype('float32')
+    results = []
+    for layer in (stock, ours):
+        layer.train()
+        x = paddle.to_tensor(x_np, stop_gradient=False)
+        out = layer(x)
+        grads = paddle.grad([(out * out).sum()], [x, layer.weight, layer.bias])
+        results.append([out.numpy()] + [g.numpy() for g in grads])
+    for a, b in zip(results[1], results[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_bias_helpers_add_the_bias_once_per_row_and_channel():
+    from engine.layers import add_bias_channels, add_bias_last_axis
+    x = paddle.zeros([2, 3, 4, 5])
+    np.testing.assert_array_equal(add_bias_channels(x, paddle.to_tensor([1., 2., 3.])).numpy()[1, :, 2, 4], [1, 2, 3])
+    np.testing.assert_array_equal(add_bias_last_axis(x, paddle.arange(5, dtype='float32')).numpy()[1, 2, 3],
+                                  [0, 1, 2, 3, 4])

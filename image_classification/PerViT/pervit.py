@@ -40,7 +40,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import DropPath, Linear, Mlp, trunc_normal_, zeros_
+from engine.layers import Conv2D, DropPath, Linear, Mlp, trunc_normal_, zeros_
 
 __all__ = ['PerViT', 'build_pervit', 'peripheral_distances']
 
@@ -89,7 +89,7 @@ def peripheral_distances(side, pad):
 class ConvBNReLU(nn.Layer):
     def __init__(self, in_chans, out_chans, stride):
         super().__init__()
-        self.conv = nn.Conv2D(in_chans, out_chans, 3, stride=stride, padding=1)
+        self.conv = Conv2D(in_chans, out_chans, 3, stride=stride, padding=1)
         self.bn = nn.BatchNorm2D(out_chans)
         self.act = nn.ReLU()
         _torch_default_init(self.conv)
@@ -105,7 +105,7 @@ class ConvStem(nn.Layer):
         super().__init__()
         chans = [in_chans] + list(dims)
         self.convs = nn.Sequential(*[ConvBNReLU(chans[i], chans[i + 1], stride=2) for i in range(len(dims))])
-        self.proj = nn.Conv2D(dims[-1], dims[-1], 1)
+        self.proj = Conv2D(dims[-1], dims[-1], 1)
         _torch_default_init(self.proj)
 
     def forward(self, x):
@@ -120,9 +120,9 @@ class PeripheralPositionEncoding(nn.Layer):
     def __init__(self, num_heads, peripheral_init, kernel_size=3):
         super().__init__()
         hidden = num_heads * 4
-        self.conv1 = nn.Conv2D(hidden, hidden, kernel_size)        # valid convs: no padding
+        self.conv1 = Conv2D(hidden, hidden, kernel_size)        # valid convs: no padding
         self.gn1 = nn.GroupNorm(hidden, hidden)
-        self.conv2 = nn.Conv2D(hidden, num_heads, kernel_size)
+        self.conv2 = Conv2D(hidden, num_heads, kernel_size)
         self.gn2 = nn.GroupNorm(num_heads, num_heads)
         for conv in (self.conv1, self.conv2):
             nn.initializer.Constant(0.02)(conv.weight)
@@ -177,7 +177,7 @@ class CPE(nn.Layer):
 
     def __init__(self, dim):
         super().__init__()
-        self.proj = nn.Conv2D(dim, dim, 3, padding=1, groups=dim)
+        self.proj = Conv2D(dim, dim, 3, padding=1, groups=dim)
         _torch_default_init(self.proj)
 
     def forward(self, x, grid):

@@ -32,7 +32,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import DropPath, Linear, Mlp, multi_head_attention, ones_, torch_default_init, trunc_normal_, zeros_
+from engine.layers import (Conv2D, DropPath, Linear, Mlp, multi_head_attention, ones_, torch_default_init,
+                           trunc_normal_, zeros_)
 
 __all__ = ['PoolingTransformer', 'build_pit', 'patch_grid']
 
@@ -105,7 +106,7 @@ class ConvHeadPooling(nn.Layer):
 
     def __init__(self, in_dim, out_dim, stride=2):
         super().__init__()
-        self.conv = nn.Conv2D(in_dim, out_dim, kernel_size=stride + 1, stride=stride,
+        self.conv = Conv2D(in_dim, out_dim, kernel_size=stride + 1, stride=stride,
                               padding=stride // 2, groups=in_dim)
         self.fc = Linear(in_dim, out_dim)
 
@@ -118,7 +119,7 @@ class ConvEmbedding(nn.Layer):
 
     def __init__(self, in_channels, out_channels, patch_size, stride):
         super().__init__()
-        self.conv = nn.Conv2D(in_channels, out_channels, kernel_size=patch_size, stride=stride, padding=0)
+        self.conv = Conv2D(in_channels, out_channels, kernel_size=patch_size, stride=stride, padding=0)
 
     def forward(self, x):
         return self.conv(x)

@@ -39,7 +39,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import DropPath, Linear, Mlp, multi_head_attention, ones_, resize_pos_embed, trunc_normal_, zeros_
+from engine.layers import (Conv2D, DropPath, Linear, Mlp, multi_head_attention, ones_, resize_pos_embed,
+                           trunc_normal_, zeros_)
 from engine.token_labeling import DenseOutput, MixToken
 
 __all__ = ['SPViT', 'build_spvit']
@@ -62,13 +63,13 @@ class ConvPatchEmbed(nn.Layer):
     def __init__(self, patch_size=16, in_chans=3, embed_dim=384, stem_dim=64):
         super().__init__()
         self.patch_size = patch_size
-        self.conv1 = nn.Conv2D(in_chans, stem_dim, 7, stride=2, padding=3, bias_attr=False)
+        self.conv1 = Conv2D(in_chans, stem_dim, 7, stride=2, padding=3, bias_attr=False)
         self.bn1 = nn.BatchNorm2D(stem_dim, momentum=0.9, epsilon=1e-5)
-        self.conv2 = nn.Conv2D(stem_dim, stem_dim, 3, stride=1, padding=1, bias_attr=False)
+        self.conv2 = Conv2D(stem_dim, stem_dim, 3, stride=1, padding=1, bias_attr=False)
         self.bn2 = nn.BatchNorm2D(stem_dim, momentum=0.9, epsilon=1e-5)
-        self.conv3 = nn.Conv2D(stem_dim, stem_dim, 3, stride=1, padding=1, bias_attr=False)
+        self.conv3 = Conv2D(stem_dim, stem_dim, 3, stride=1, padding=1, bias_attr=False)
         self.bn3 = nn.BatchNorm2D(stem_dim, momentum=0.9, epsilon=1e-5)
-        self.proj = nn.Conv2D(stem_dim, embed_dim, patch_size // 2, stride=patch_size // 2)
+        self.proj = Conv2D(stem_dim, embed_dim, patch_size // 2, stride=patch_size // 2)
         for conv in (self.conv1, self.conv2, self.conv3, self.proj):
             _torch_conv_init(conv)
 
@@ -176,7 +177,7 @@ class PosConv(nn.Layer):
 
     def __init__(self, dim):
         super().__init__()
-        self.proj = nn.Conv2D(dim, dim, 3, stride=1, padding=1, groups=dim)
+        self.proj = Conv2D(dim, dim, 3, stride=1, padding=1, groups=dim)
         _torch_conv_init(self.proj)
 
     def forward(self, x, grid, has_cls):

@@ -33,7 +33,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import DropPath, Linear, init_vit_weights, zeros_
+from engine.layers import Conv2D, DropPath, Linear, add_bias_last_axis, gemm_bias_wanted, init_vit_weights, zeros_
 
 __all__ = ['VicinityVisionTransformer', 'build_vvt', 'vicinity_phases', 'vicinity_attention']
 
@@ -112,7 +112,7 @@ class ConvMlp(nn.Layer):
     def __init__(self, dim, hidden, drop=0.):
         super().__init__()
         self.fc1 = Linear(dim, hidden)
-        self.dwconv = nn.Conv2D(hidden, hidden, 3, padding=1, groups=hidden)
+        self.dwconv = Conv2D(hidden, hidden, 3, padding=1, groups=hidden)
         self.act = nn.GELU()
         self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
@@ -122,8 +122,9 @@ class ConvMlp(nn.Layer):
         x = self.fc1(x).reshape([-1, height, width, hidden]).transpose([0, 3, 1, 2])
         # the conv runs without its bias, which is added back in token layout: on CPU, Paddle's
         # depthwise kernel is fastest in NCHW but its per-channel add is fastest on the last axis
-        x = F.conv2d(x, self.dwconv.weight, None, padding=1, groups=hidden)
-        x = (x.transpose([0, 2, 3, 1]) + self.dwconv.bias).reshape([-1, height * width, hidden])
+        x = F.conv2d(x, self.dwconv.weight, None, padding=1, groups=hidden).transpose([0, 2, 3, 1])
+        x = add_bias_last_axis(x, self.dwconv.bias) if gemm_bias_wanted(self.dwconv) else x + self.dwconv.bias
+        x = x.reshape([-1, height * width, hidden])
         x = self.drop(self.act(x))
         return self.drop(self.fc2(x))
 
@@ -149,7 +150,7 @@ class OverlapPatchEmbed(nn.Layer):
 
     def __init__(self, in_channels, dim, patch_size, stride):
         super().__init__()
-        self.proj = nn.Conv2D(in_channels, dim, patch_size, stride=stride, padding=patch_size // 2)
+        self.proj = Conv2D(in_channels, dim, patch_size, stride=stride, padding=patch_size // 2)
         self.norm = nn.LayerNorm(dim)   # the official uses the default eps here
 
     def forward(self, x):

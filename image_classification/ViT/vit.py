@@ -25,7 +25,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import DropPath, Linear, Mlp, multi_head_attention, to_2tuple, torch_default_init
+from engine.layers import Conv2D, DropPath, Linear, Mlp, multi_head_attention, to_2tuple, torch_default_init
 
 __all__ = ['VisionTransformer', 'ResNetV2', 'build_vit', 'zoom_linear']
 
@@ -142,7 +142,7 @@ class PatchEmbed(nn.Layer):
         else:
             self.backbone = None
             in_channels, kernel = 3, patch_size
-        self.proj = nn.Conv2D(in_channels, embed_dim, kernel, stride=kernel)
+        self.proj = Conv2D(in_channels, embed_dim, kernel, stride=kernel)
 
     def forward(self, x):
         if self.backbone is not None:
