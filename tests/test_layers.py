@@ -31,20 +31,20 @@ def test_gemm_bias_matches_f_linear_values_and_gradients(shape):
         np.testing.assert_allclose(ours, stock, rtol=1e-5, atol=1e-5)
 
 
-def test_linear_uses_gemm_bias_only_when_training_on_cpu():
-    """Eval (and export) keeps matmul + add, the pattern Paddle Inference fuses."""
+def test_traced_graphs_keep_the_plain_linear():
+    """to_static and export keep matmul + add, the pattern Paddle Inference fuses; dygraph
+    (train and eval) adds the bias by GEMM with the same result."""
     paddle.seed(0)
     layer = Linear(6, 3)
     x = paddle.randn([4, 6])
     stock = F.linear(x, layer.weight, layer.bias).numpy()
-    layer.eval()
-    program = paddle.jit.to_static(layer.forward, full_graph=True, input_spec=[
-        paddle.static.InputSpec([None, 6], 'float32')]).concrete_program.main_program
-    ops = [op.name() for op in program.global_block().ops]
-    assert ops.count('pd_op.matmul') == 1 and 'pd_op.ones_like' not in ops, ops
-    np.testing.assert_allclose(layer(x).numpy(), stock, rtol=1e-6)
-    layer.train()
-    np.testing.assert_allclose(layer(x).numpy(), stock, rtol=1e-5, atol=1e-6)
+    for training in (False, True):
+        layer.train() if training else layer.eval()
+        program = paddle.jit.to_static(layer.forward, full_graph=True, input_spec=[
+            paddle.static.InputSpec([None, 6], 'float32')]).concrete_program.main_program
+        ops = [op.name() for op in program.global_block().ops]
+        assert ops.count('pd_op.matmul') == 1 and 'pd_op.ones_like' not in ops, ops
+        np.testing.assert_allclose(layer(x).numpy(), stock, rtol=1e-5, atol=1e-6)
     no_bias = Linear(6, 3, bias_attr=False)
     np.testing.assert_allclose(no_bias(x).numpy(), (x @ no_bias.weight).numpy(), rtol=1e-6)
 

@@ -25,6 +25,8 @@ The model is built for each image size (`DATA.IMAGE_SIZE`), so position embeddin
 other size-dependent tensors are right.  By default the model runs in dygraph, as the
 launcher trains and evaluates it; `--to_static` runs it through `paddle.jit.to_static`
 (on this CPU it sped inference up by 0-5% and slowed training down by 20-50%).
+`--inference` measures eval through Paddle Inference on the exported model, the
+deployment path of `tools/export_model.py` + `tools/predict.py`.
 A model whose training output is not plain logits (a distilled (class, distillation)
 pair, token labeling's dense output) is trained on its class logits.
 """
@@ -75,6 +77,9 @@ def parse_args(argv=None):
                    help='run through paddle.jit.to_static')
     p.add_argument('--no_to_static', dest='to_static', action='store_false', help='plain dygraph (default)')
     p.add_argument('--device', choices=['auto', 'cpu', 'gpu'], default='auto')
+    p.add_argument('--inference', action='store_true',
+                   help='eval through Paddle Inference on the exported model (oneDNN on CPU), '
+                        'as tools/predict.py runs it')
     p.add_argument('--sweep', default=None, help='comma-separated image sizes, e.g. 224,384,512,768,1024')
     p.add_argument('--plot', default=None, help='PNG of img/s and memory per image size (with --sweep)')
     p.add_argument('--json', default=None, help='write the measurements to this JSON file')
@@ -142,7 +147,10 @@ def measure(job):
     labels = paddle.randint(0, config.MODEL.NUM_CLASSES, [batch])
 
     net = paddle.jit.to_static(model, full_graph=True, backend=None) if job['to_static'] else model
-    if job['mode'] == 'eval':
+    onednn = None
+    if job['mode'] == 'eval' and job.get('inference'):
+        step, onednn = _inference_step(model, size, images.numpy(), device, job['threads'])
+    elif job['mode'] == 'eval':
         model.eval()
 
         def step():
@@ -169,7 +177,7 @@ def measure(job):
     for _ in range(job['warmup']):
         out = step()
     sync()
-    if not bool(paddle.isfinite(out).all()):
+    if not bool(paddle.isfinite(paddle.to_tensor(out)).all()):
         raise FloatingPointError(f'{config.MODEL.NAME}: non-finite output in {job["mode"]} mode')
     start = time.perf_counter()
     for _ in range(job['iters']):
@@ -182,16 +190,41 @@ def measure(job):
         'mode': job['mode'], 'img/s': batch * job['iters'] / seconds,
         'peak MB': peak / 2 ** 20, 'work MB': (peak - base) / 2 ** 20,
         'params (M)': params / 1e6, 'threads': job['threads'], 'device': device,
-        'to_static': job['to_static'], 'seconds per iter': seconds / job['iters'],
+        'to_static': job['to_static'], 'inference': bool(job.get('inference')) and job['mode'] == 'eval',
+        'onednn': onednn, 'seconds per iter': seconds / job['iters'],
         'warmup': job['warmup'], 'iters': job['iters'],
     }
+
+
+def _inference_step(model, size, images, device, threads):
+    """One Paddle Inference run of `model`, exported to a temporary folder as
+    `tools/export_model.py` does and loaded as `tools/predict.py` does (oneDNN on
+    CPU; without it where a oneDNN kernel rejects the graph)."""
+    import tempfile
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import export_model
+    import predict
+    folder = tempfile.mkdtemp(prefix='benchmark_export_')
+    try:
+        export_model.export(model, size, folder)
+        for onednn in ((True, False) if device == 'cpu' else (None,)):
+            predictor = predict.create_predictor(folder, device, threads, onednn=bool(onednn))
+            try:
+                predict.run(predictor, images)
+                return (lambda: predict.run(predictor, images)), onednn
+            except Exception:                  # noqa: BLE001  (oneDNN refusing a kernel: retry without)
+                if onednn is not True:
+                    raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- isolation
 def _job(args, cfg, image_size, mode):
     return {'cfg': cfg, 'opts': args.opts, 'image_size': image_size, 'mode': mode,
             'batch_size': args.batch_size, 'warmup': args.warmup, 'iters': args.iters,
-            'threads': args.threads, 'to_static': args.to_static, 'device': args.device}
+            'threads': args.threads, 'to_static': args.to_static, 'device': args.device,
+            'inference': args.inference}
 
 
 def _available_bytes():
@@ -468,7 +501,9 @@ def report(results, args, sweep):
     if ok:
         r = ok[0]
         print(f'batch {r["batch"]}, {r["threads"]} threads, device {r["device"]}, '
-              f'{"to_static" if r["to_static"] else "dygraph"}, {r.get("warmup", args.warmup)} warm-up + '
+              f'{"to_static" if r["to_static"] else "dygraph"}'
+              f'{", eval through Paddle Inference" if r.get("inference") else ""}'
+              f'{" (oneDNN)" if r.get("onednn") else ""}, {r.get("warmup", args.warmup)} warm-up + '
               f'{r.get("iters", args.iters)} timed iterations\n')
     print(markdown_table(results))
     if sweep:

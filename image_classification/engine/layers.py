@@ -30,13 +30,15 @@ def to_2tuple(x):
 # over every other axis, a kernel that ran 20-30x slower than a GEMM doing the
 # same sum (74 ms against 2.4 ms for a ViT-S MLP activation at batch 32; the
 # 3x3 stem conv of PerViT with its bias took 516 ms to train a batch of 32, 63 ms
-# without).  The helpers below add the bias as products with a ones vector, so
-# that both passes are GEMMs; the sums are the same, the result equal.  The
-# layers use them only where they pay: training on CPU.
+# without, and 144 ms against 24 ms for inference alone).  The helpers below add
+# the bias as products with a ones vector, so that both passes are GEMMs; the
+# sums are the same, the result equal.  The layers use them in dygraph on CPU;
+# a traced graph (to_static, export) keeps the plain op + add, which Paddle
+# Inference fuses into its conv / fc kernels.
 
 def gemm_bias_wanted(layer):
-    """Whether `layer` should add its bias by GEMM now: training, on CPU, with a bias."""
-    return layer.training and layer.bias is not None and paddle.get_device() == 'cpu'
+    """Whether `layer` should add its bias by GEMM now: dygraph, on CPU, with a bias."""
+    return layer.bias is not None and paddle.in_dynamic_mode() and paddle.get_device() == 'cpu'
 
 
 def add_bias_last_axis(out, bias):
@@ -61,12 +63,8 @@ def linear_with_gemm_bias(x, weight, bias):
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, same names) that trains faster on CPU.
-
-    In training mode on CPU the bias is added by GEMM (see above); in eval mode,
-    on GPU and without a bias it is `F.linear`, so inference and exported graphs
-    keep the plain matmul + add that Paddle Inference fuses.
-    """
+    """`nn.Linear` (same parameters, same names) that runs faster on CPU: there, in
+    dygraph, the bias is added by GEMM (see above); elsewhere it is `F.linear`."""
 
     def forward(self, x):
         if gemm_bias_wanted(self):
@@ -75,8 +73,8 @@ class Linear(nn.Linear):
 
 
 class Conv2D(nn.Conv2D):
-    """`nn.Conv2D` (same parameters, same names) that trains faster on CPU: in training
-    mode on CPU, channels first, the bias is added by GEMM (see above)."""
+    """`nn.Conv2D` (same parameters, same names) that runs faster on CPU: there, in
+    dygraph and channels first, the bias is added by GEMM (see above)."""
 
     def forward(self, x):
         if not gemm_bias_wanted(self) or self._data_format != 'NCHW' or self._padding_mode != 'zeros':
