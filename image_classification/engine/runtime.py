@@ -57,9 +57,9 @@ def keep_freed_memory():
     """Make glibc keep freed memory for reuse instead of returning it to the kernel.
 
     mallopt(M_MMAP_MAX, 0) serves large blocks from the heap, and a huge
-    M_TRIM_THRESHOLD (2 GB, mallopt's largest) keeps the heap from shrinking, so memory a step frees is
-    reused by the next without page faults.  The resident size then stays at
-    the peak working set.  Skipped where the user set MALLOC_MMAP_MAX_ (glibc's
+    M_TRIM_THRESHOLD (2 GB, mallopt's largest) keeps the heap from shrinking,
+    so memory a step frees is reused by the next without page faults.  The
+    resident size then stays at the peak working set.  Skipped where the user set MALLOC_MMAP_MAX_ (glibc's
     own variable), or where the C library is not glibc.  Returns True if applied.
     """
     if 'MALLOC_MMAP_MAX_' in os.environ or not sys.platform.startswith('linux'):

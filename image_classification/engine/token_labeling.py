@@ -249,23 +249,15 @@ class _LabelAwareAugment:
     """Mixin for `engine.data.autoaugment`'s RandAugment / AutoAugment: records the
     geometric ops it applies (name, argument, image size) so the label map can follow.
 
-    `apply` draws exactly what `_Augmenter.apply` draws, in the same order, then
+    `apply` makes the same random draws as the plain augmenter (its `draw`), then
     applies the op to the image with the argument it recorded.
     """
 
     def apply(self, img, name, prob, magnitude, rng):
-        if prob < 1.0 and rng.random() > prob:
+        drawn = self.draw(name, prob, magnitude, rng)
+        if drawn is None:
             return img
-        if self.magnitude_std == float('inf'):
-            magnitude = rng.uniform(0, magnitude)
-        elif self.magnitude_std > 0:
-            magnitude = rng.normal(magnitude, self.magnitude_std)
-        magnitude = min(max(magnitude, 0.0), 10.0)
-        op, level_to_arg = aug.OPS[name]
-        arg = level_to_arg(magnitude, rng) if level_to_arg is not None else None
-        interpolation = self.interpolation
-        if isinstance(interpolation, tuple):
-            interpolation = interpolation[int(rng.integers(len(interpolation)))]
+        op, arg, interpolation = drawn
         if name in _GEOMETRIC_OPS:
             self.applied.append((name, arg, img.shape[1], img.shape[0]))
         return op(img, arg, (self.fill, interpolation))
@@ -325,16 +317,9 @@ class TokenLabelTransform:
                  random_erase_mode='pixel', random_erase_count=1, hflip=0.5):
         self.crop = _RecordingCrop(image_size, interpolation=interpolation)
         self.hflip = hflip
-        fill = tuple(min(255, round(255 * m)) for m in mean)
-        if auto_augment:
-            self.augment = LabelAutoAugment(fill=fill, interpolation=interpolation)
-        elif rand_augment:
-            self.augment = LabelRandAugment(rand_augment_layers, rand_augment_magnitude, magnitude_std=0.5,
-                                            fill=fill, interpolation=interpolation)
-        elif color_jitter:
-            self.augment = dtf.ColorJitter(color_jitter, color_jitter, color_jitter)
-        else:
-            self.augment = None
+        self.augment = dtf.build_augmenter(mean, interpolation, auto_augment, rand_augment, rand_augment_layers,
+                                           rand_augment_magnitude, color_jitter,
+                                           auto_augment_cls=LabelAutoAugment, rand_augment_cls=LabelRandAugment)
         self.normalize = dtf.Normalize(mean, std)
         self.erase = dtf.RandomErasing(random_erase_prob, random_erase_mode, random_erase_count) \
             if random_erase_prob > 0 else None

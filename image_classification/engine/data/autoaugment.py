@@ -290,9 +290,10 @@ class _Augmenter:
         self.fill = tuple(int(v) for v in fill)
         self.interpolation = _interpolation(interpolation)
 
-    def apply(self, img, name, prob, magnitude, rng):
+    def draw(self, name, prob, magnitude, rng):
+        """The random choices of one op: (op, argument, interpolation), or None if it is skipped."""
         if prob < 1.0 and rng.random() > prob:
-            return img
+            return None
         if self.magnitude_std == float('inf'):
             magnitude = rng.uniform(0, magnitude)
         elif self.magnitude_std > 0:
@@ -303,6 +304,13 @@ class _Augmenter:
         interpolation = self.interpolation
         if isinstance(interpolation, tuple):
             interpolation = interpolation[int(rng.integers(len(interpolation)))]
+        return op, arg, interpolation
+
+    def apply(self, img, name, prob, magnitude, rng):
+        drawn = self.draw(name, prob, magnitude, rng)
+        if drawn is None:
+            return img
+        op, arg, interpolation = drawn
         return op(img, arg, (self.fill, interpolation))
 
 

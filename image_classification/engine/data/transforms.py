@@ -165,6 +165,23 @@ class RandomErasing:
         return x
 
 
+
+def build_augmenter(mean, interpolation, auto_augment, rand_augment, rand_augment_layers,
+                    rand_augment_magnitude, color_jitter, auto_augment_cls=AutoAugment,
+                    rand_augment_cls=RandAugment):
+    """DeiT's choice of photometric/geometric augmentation: AutoAugment, else RandAugment
+    (std 0.5), else ColorJitter, else None.  Ops that shift pixels fill with the mean colour.
+    Token labeling passes its label-aware AutoAugment / RandAugment classes."""
+    fill = tuple(min(255, round(255 * m)) for m in mean)
+    if auto_augment:
+        return auto_augment_cls(fill=fill, interpolation=interpolation)
+    if rand_augment:
+        return rand_augment_cls(rand_augment_layers, rand_augment_magnitude, magnitude_std=0.5,
+                                fill=fill, interpolation=interpolation)
+    if color_jitter:
+        return ColorJitter(color_jitter, color_jitter, color_jitter)
+    return None
+
 class TrainTransform:
     """The DeiT training pipeline (see the module docstring); `__call__(img, rng)`."""
 
@@ -174,16 +191,8 @@ class TrainTransform:
                  crop_scale=(0.08, 1.0)):
         self.crop = RandomResizedCrop(image_size, scale=tuple(crop_scale), interpolation=interpolation)
         self.hflip = hflip
-        fill = tuple(min(255, round(255 * m)) for m in mean)
-        if auto_augment:
-            self.augment = AutoAugment(fill=fill, interpolation=interpolation)
-        elif rand_augment:
-            self.augment = RandAugment(rand_augment_layers, rand_augment_magnitude, magnitude_std=0.5,
-                                       fill=fill, interpolation=interpolation)
-        elif color_jitter:
-            self.augment = ColorJitter(color_jitter, color_jitter, color_jitter)
-        else:
-            self.augment = None
+        self.augment = build_augmenter(mean, interpolation, auto_augment, rand_augment, rand_augment_layers,
+                                       rand_augment_magnitude, color_jitter)
         self.normalize = Normalize(mean, std)
         self.erase = RandomErasing(random_erase_prob, random_erase_mode, random_erase_count) \
             if random_erase_prob > 0 else None
