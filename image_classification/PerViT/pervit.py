@@ -40,7 +40,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import Conv2D, DropPath, Linear, Mlp, trunc_normal_, zeros_
+from engine import fused_ops
+from engine.layers import Conv2D, DropPath, LayerNorm, Linear, Mlp, conv_tokens, trunc_normal_, zeros_
 
 __all__ = ['PerViT', 'build_pervit', 'peripheral_distances']
 
@@ -159,14 +160,17 @@ class MPA(nn.Layer):
         if dots.dtype != paddle.float32:   # under AMP: exp and the L1 norm in fp32, as torch autocast does
             dots = dots.astype('float32')
         dots = dots * self.scale
-        # The row max only keeps exp in range: the L1 normalisation below cancels it, so its exact
-        # gradient is zero and it is detached (Paddle's max backward cost 65% of a training step).
-        content = paddle.exp(dots - dots.max(axis=-1, keepdim=True).detach())
         if position_attn.dtype != paddle.float32:
             position_attn = position_attn.astype('float32')
-        attn = content * position_attn
-        # F.normalize(p=1) of the official code; the terms are positive, so |.| is not needed
-        attn = attn / paddle.clip(attn.sum(axis=-1, keepdim=True), min=1e-12)
+        if fused_ops.wanted(dots, position_attn, training_only=False):
+            attn = fused_ops.peripheral_attention(dots, position_attn)    # the same, in one CPU kernel
+        else:
+            # The row max only keeps exp in range: the L1 normalisation below cancels it, so its exact
+            # gradient is zero and it is detached (Paddle's max backward cost 65% of a training step).
+            content = paddle.exp(dots - dots.max(axis=-1, keepdim=True).detach())
+            attn = content * position_attn
+            # F.normalize(p=1) of the official code; the terms are positive, so |.| is not needed
+            attn = attn / paddle.clip(attn.sum(axis=-1, keepdim=True), min=1e-12)
         out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([B, N, C])
         out = self.proj_drop(self.proj(out))
         return (out, attn) if return_attention else out
@@ -181,19 +185,17 @@ class CPE(nn.Layer):
         _torch_default_init(self.proj)
 
     def forward(self, x, grid):
-        B, _, C = x.shape
-        x = x.transpose([0, 2, 1]).reshape([B, C, grid[0], grid[1]])
-        return self.proj(x).flatten(2).transpose([0, 2, 1])
+        return conv_tokens(self.proj, x, grid)
 
 
 class Block(nn.Layer):
     def __init__(self, dim, next_dim, num_heads, peripheral_init, mlp_ratio=4., drop=0., drop_path=0.):
         super().__init__()
         self.cpe = CPE(dim)
-        self.norm1 = nn.LayerNorm(dim, epsilon=LAYER_NORM_EPS)
+        self.norm1 = LayerNorm(dim, epsilon=LAYER_NORM_EPS)
         self.attn = MPA(dim, num_heads, peripheral_init, proj_drop=drop)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, epsilon=LAYER_NORM_EPS)
+        self.norm2 = LayerNorm(dim, epsilon=LAYER_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), next_dim, drop=drop)
         # at a stage end the MLP widens the tokens and the shortcut follows with a Linear
         self.res_path = Linear(dim, next_dim) if next_dim != dim else nn.Identity()
@@ -245,7 +247,7 @@ class PerViT(nn.Layer):
             Block(dims[i], dims[i + 1], num_heads, (float(biases[i]), float(weights[i])),
                   mlp_ratio=mlp_ratio, drop=drop_rate, drop_path=float(dpr[i]))
             for i in range(depth)])
-        self.norm = nn.LayerNorm(dims[-1], epsilon=LAYER_NORM_EPS)
+        self.norm = LayerNorm(dims[-1], epsilon=LAYER_NORM_EPS)
         self.head = Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             trunc_normal_(self.head.weight)

@@ -32,8 +32,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import (Conv2D, DropPath, Linear, Mlp, multi_head_attention, ones_, torch_default_init,
-                           trunc_normal_, zeros_)
+from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, multi_head_attention, ones_,
+                           torch_default_init, trunc_normal_, zeros_)
 
 __all__ = ['PoolingTransformer', 'build_pit', 'patch_grid']
 
@@ -71,10 +71,10 @@ class Block(nn.Layer):
 
     def __init__(self, dim, num_heads, mlp_ratio, drop=0., attn_drop=0., drop_path=0.):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, epsilon=LN_EPS)
+        self.norm1 = LayerNorm(dim, epsilon=LN_EPS)
         self.attn = Attention(dim, num_heads, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, epsilon=LN_EPS)
+        self.norm2 = LayerNorm(dim, epsilon=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x):
@@ -161,7 +161,7 @@ class PoolingTransformer(nn.Layer):
             if s < len(depth) - 1:
                 self.pools.append(ConvHeadPooling(dims[s], dims[s + 1], stride=2))
 
-        self.norm = nn.LayerNorm(self.embed_dim, epsilon=LN_EPS)
+        self.norm = LayerNorm(self.embed_dim, epsilon=LN_EPS)
         self.head = Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if distilled:
             self.head_dist = Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -39,8 +39,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import (Conv2D, DropPath, Linear, Mlp, multi_head_attention, ones_, resize_pos_embed,
-                           trunc_normal_, zeros_)
+from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, conv_tokens, multi_head_attention, ones_,
+                           resize_pos_embed, trunc_normal_, zeros_)
 from engine.token_labeling import DenseOutput, MixToken
 
 __all__ = ['SPViT', 'build_spvit']
@@ -181,10 +181,8 @@ class PosConv(nn.Layer):
         _torch_conv_init(self.proj)
 
     def forward(self, x, grid, has_cls):
-        B, _, C = x.shape
         cls, tokens = (x[:, :1], x[:, 1:]) if has_cls else (None, x)
-        feat = tokens.transpose([0, 2, 1]).reshape([B, C, grid[0], grid[1]])
-        tokens = (self.proj(feat) + feat).flatten(2).transpose([0, 2, 1])
+        tokens = conv_tokens(self.proj, tokens, grid) + tokens
         return paddle.concat([cls, tokens], axis=1) if has_cls else tokens
 
 
@@ -195,7 +193,7 @@ class Block(nn.Layer):
                  drop_path=0., skip_lam=1., spatial_prior=False):
         super().__init__()
         self.skip_lam = skip_lam
-        self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.norm1 = LayerNorm(dim, epsilon=1e-5)
         if spatial_prior:
             self.attn = SpatialPriorAttention(dim, num_heads, grid, qkv_bias=qkv_bias, qk_scale=qk_scale,
                                               attn_drop=attn_drop, proj_drop=drop)
@@ -203,7 +201,7 @@ class Block(nn.Layer):
             self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop,
                                   proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.norm2 = LayerNorm(dim, epsilon=1e-5)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.pos_block = PosConv(dim)
 
@@ -258,7 +256,7 @@ class SPViT(nn.Layer):
             Block(embed_dim, num_heads, self.grid, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate,
                   dpr[i], skip_lam, spatial_prior=sp_attention and i < local_up_to_layer)
             for i in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
+        self.norm = LayerNorm(embed_dim, epsilon=1e-5)
         self.head = Linear(embed_dim, num_classes)
         self.aux_head = Linear(embed_dim, num_classes)
         self.apply(self._init_weights)

@@ -33,7 +33,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import Conv2D, DropPath, Linear, add_bias_last_axis, gemm_bias_wanted, init_vit_weights, zeros_
+from engine.layers import Conv2D, DropPath, GELU, LayerNorm, Linear, conv_tokens, init_vit_weights, zeros_
 
 __all__ = ['VicinityVisionTransformer', 'build_vvt', 'vicinity_phases', 'vicinity_attention']
 
@@ -113,18 +113,12 @@ class ConvMlp(nn.Layer):
         super().__init__()
         self.fc1 = Linear(dim, hidden)
         self.dwconv = Conv2D(hidden, hidden, 3, padding=1, groups=hidden)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x, height, width):
-        hidden = self.dwconv.weight.shape[0]
-        x = self.fc1(x).reshape([-1, height, width, hidden]).transpose([0, 3, 1, 2])
-        # the conv runs without its bias, which is added back in token layout: on CPU, Paddle's
-        # depthwise kernel is fastest in NCHW but its per-channel add is fastest on the last axis
-        x = F.conv2d(x, self.dwconv.weight, None, padding=1, groups=hidden).transpose([0, 2, 3, 1])
-        x = add_bias_last_axis(x, self.dwconv.bias) if gemm_bias_wanted(self.dwconv) else x + self.dwconv.bias
-        x = x.reshape([-1, height * width, hidden])
+        x = conv_tokens(self.dwconv, self.fc1(x), (height, width))
         x = self.drop(self.act(x))
         return self.drop(self.fc2(x))
 
@@ -134,10 +128,10 @@ class Block(nn.Layer):
 
     def __init__(self, dim, num_heads, mlp_ratio, fr_ratio, se_ratio, drop=0., drop_path=0.):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, epsilon=1e-6)
+        self.norm1 = LayerNorm(dim, epsilon=1e-6)
         self.attn = VicinityAttention(dim, num_heads, fr_ratio, se_ratio)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, epsilon=1e-6)
+        self.norm2 = LayerNorm(dim, epsilon=1e-6)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop)
 
     def forward(self, x, height, width, phases):
@@ -151,7 +145,7 @@ class OverlapPatchEmbed(nn.Layer):
     def __init__(self, in_channels, dim, patch_size, stride):
         super().__init__()
         self.proj = Conv2D(in_channels, dim, patch_size, stride=stride, padding=patch_size // 2)
-        self.norm = nn.LayerNorm(dim)   # the official uses the default eps here
+        self.norm = LayerNorm(dim)   # the official uses the default eps here
 
     def forward(self, x):
         x = self.proj(x)
@@ -169,7 +163,7 @@ class Stage(nn.Layer):
         self.blocks = nn.LayerList([
             Block(dim, num_heads, mlp_ratio, fr_ratio, se_ratio, drop, drop_paths[j])
             for j in range(depth)])
-        self.norm = nn.LayerNorm(dim, epsilon=1e-6)
+        self.norm = LayerNorm(dim, epsilon=1e-6)
 
     def forward(self, x):
         x, height, width = self.patch_embed(x)

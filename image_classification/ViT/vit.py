@@ -25,7 +25,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import Conv2D, DropPath, Linear, Mlp, multi_head_attention, to_2tuple, torch_default_init
+from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, multi_head_attention, to_2tuple,
+                           torch_default_init)
 
 __all__ = ['VisionTransformer', 'ResNetV2', 'build_vit', 'zoom_linear']
 
@@ -192,11 +193,11 @@ class Block(nn.Layer):
 
     def __init__(self, dim, num_heads, mlp_dim, drop=0., attn_drop=0., drop_path=0.):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, epsilon=1e-6)
+        self.norm1 = LayerNorm(dim, epsilon=1e-6)
         # ViT-pytorch applies attention_dropout_rate after the output projection too
         self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=attn_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, epsilon=1e-6)
+        self.norm2 = LayerNorm(dim, epsilon=1e-6)
         self.mlp = Mlp(dim, mlp_dim, drop=drop)
 
     def forward(self, x):
@@ -229,7 +230,7 @@ class VisionTransformer(nn.Layer):
         self.blocks = nn.LayerList([
             Block(embed_dim, num_heads, mlp_dim, drop=dropout, attn_drop=attention_dropout,
                   drop_path=float(rates[i])) for i in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-6)
+        self.norm = LayerNorm(embed_dim, epsilon=1e-6)
         self.pre_logits = Linear(embed_dim, representation_size) if representation_size else None
         self.head = Linear(representation_size or embed_dim, num_classes)
 

@@ -14,6 +14,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from . import fused_ops
+
 trunc_normal_ = nn.initializer.TruncatedNormal(std=.02)
 zeros_ = nn.initializer.Constant(value=0.)
 ones_ = nn.initializer.Constant(value=1.)
@@ -84,6 +86,48 @@ class Conv2D(nn.Conv2D):
         return add_bias_channels(out, self.bias)
 
 
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` (same parameters, same names) that trains faster on CPU: there,
+    in dygraph with gradients on, it runs the fused kernel of `engine.fused_ops`."""
+
+    def forward(self, x):
+        if len(self._normalized_shape) == 1 and fused_ops.wanted(x, self.weight, self.bias):
+            return fused_ops.layer_norm(x, self.weight, self.bias, self._epsilon)
+        return super().forward(x)
+
+
+class GELU(nn.GELU):
+    """`nn.GELU` that trains faster on CPU: there, in dygraph with gradients on, the
+    exact (erf) form runs the fused kernel of `engine.fused_ops`."""
+
+    def forward(self, x):
+        if not self._approximate and fused_ops.wanted(x):
+            return fused_ops.gelu(x)
+        return super().forward(x)
+
+
+def conv_tokens(conv, tokens, grid):
+    """`conv` applied to tokens [B, H*W, C] seen as an image over `grid` (H, W), the
+    result again as tokens.  A 'same' depthwise conv (stride 1, odd k, padding
+    k // 2, with bias) runs on the tokens directly on CPU (`engine.fused_ops`);
+    otherwise the tokens go to NCHW and back."""
+    C = tokens.shape[-1]
+    if (conv._groups == C == conv.weight.shape[0] and conv.bias is not None and conv._data_format == 'NCHW'
+            and conv._padding_mode == 'zeros' and _is_same_conv(conv)
+            and fused_ops.wanted(tokens, conv.weight, conv.bias, training_only=False)):
+        return fused_ops.depthwise_conv_tokens(tokens, conv.weight, conv.bias, grid)
+    image = tokens.transpose([0, 2, 1]).reshape([-1, C, grid[0], grid[1]])
+    return conv(image).flatten(2).transpose([0, 2, 1])
+
+
+def _is_same_conv(conv):
+    """Whether `conv` keeps the grid: odd square kernel, stride 1, no dilation, padding k // 2."""
+    k, pad = conv.weight.shape[-1], conv._padding
+    pads = [pad] if isinstance(pad, int) else list(pad)
+    return (k % 2 == 1 and conv.weight.shape[-2] == k and list(conv._stride) == [1, 1]
+            and list(conv._dilation) == [1, 1] and (str(pad).lower() == 'same' or pads == [k // 2] * len(pads)))
+
+
 def init_vit_weights(layer):
     """timm/DeiT initialisation: trunc-normal Linear, unit LayerNorm."""
     if isinstance(layer, nn.Linear):
@@ -144,7 +188,7 @@ class Mlp(nn.Layer):
     """
 
     def __init__(self, in_features, hidden_features=None, out_features=None,
-                 act_layer=nn.GELU, drop=0.):
+                 act_layer=GELU, drop=0.):
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features

@@ -4,6 +4,7 @@ Both read DATA.DATA_PATH / the list of `mode`, with DATA.BATCH_SIZE (train) or
 BATCH_SIZE_EVAL (val) and DATA.NUM_WORKERS workers, in one process.  The first
 two batches (worker start-up) are not timed.
 """
+import gc
 import os
 import time
 
@@ -28,7 +29,13 @@ def time_loader(loader, num_batches, untimed=2):
             count += batch[0].shape[0]
     if start is None:   # untimed == 0
         raise ValueError('untimed must be >= 1')
-    return count / (time.perf_counter() - start)
+    rate = count / (time.perf_counter() - start)
+    # Stop the workers before the caller may delete the images they are still prefetching.
+    del it
+    if hasattr(loader, 'shutdown'):
+        loader.shutdown()
+    gc.collect()
+    return rate
 
 
 def benchmark_loader(config, mode='train', num_batches=30):

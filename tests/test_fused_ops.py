@@ -1,0 +1,218 @@
+"""The fused CPU kernels (engine/fused_ops.py) give Paddle's results, values and gradients,
+are used where they should be and nowhere else, and fall back cleanly."""
+import logging
+import os
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+import pytest
+
+from engine import fused_ops
+from engine.families import build_from_config
+from engine.layers import GELU, Conv2D, LayerNorm, conv_tokens
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
+CONFIGS = os.path.join(REPO, 'image_classification')
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the calls of each fused op (they still run)."""
+    counts = {}
+    for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention'):
+        original = getattr(fused_ops, name)
+
+        def counted(*args, _name=name, _original=original):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _original(*args)
+        monkeypatch.setattr(fused_ops, name, counted)
+    return counts
+
+
+def _grads(fn, inputs, grad_out):
+    out = fn(*inputs)
+    return [out.numpy()] + [g.numpy() for g in paddle.grad([out], list(inputs), [grad_out])]
+
+
+def _tensors(*arrays):
+    return [paddle.to_tensor(a, stop_gradient=False) for a in arrays]
+
+
+def test_kernels_build_here():
+    """CI has a C++ compiler: the kernels must build (a silent fallback would hide a broken build)."""
+    assert fused_ops.available()
+    assert os.path.exists(os.path.join(fused_ops.build_directory(), 'complete'))
+
+
+@pytest.mark.parametrize('shape,epsilon', [((2, 5, 7), 1e-5), ((3, 384), 1e-6), ((1, 1, 1, 16), 1e-6)])
+def test_layer_norm_matches_paddle(shape, epsilon, calls):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 3 + 5).astype('float32')     # a large mean: two-pass variance
+    w = (rng.random(shape[-1]) + .5).astype('float32')
+    b = rng.standard_normal(shape[-1]).astype('float32')
+    grad = paddle.to_tensor(rng.standard_normal(shape).astype('float32'))
+    ours = LayerNorm(shape[-1], epsilon=epsilon)
+    stock = nn.LayerNorm(shape[-1], epsilon=epsilon)
+    for layer in (ours, stock):
+        layer.weight.set_value(w)
+        layer.bias.set_value(b)
+    results = []
+    for layer in (ours, stock):
+        x_t, = _tensors(x)
+        out = layer(x_t)
+        results.append([out.numpy()] + [g.numpy() for g in paddle.grad(
+            [out], [x_t, layer.weight, layer.bias], [grad])])
+    assert calls == {'layer_norm': 1}
+    for a, b_ in zip(*results):
+        np.testing.assert_allclose(a, b_, rtol=2e-5, atol=2e-5)
+
+
+def test_gelu_matches_paddle_including_tails_and_non_finite(calls):
+    x = np.concatenate([np.linspace(-30, 30, 6001), [-1e4, -88, -87, 1e-30, 88, 1e4]]).astype('float32')
+    x_t, = _tensors(x)
+    ours = _grads(GELU(), [x_t], paddle.ones_like(x_t))
+    x_t, = _tensors(x)
+    stock = _grads(F.gelu, [x_t], paddle.ones_like(x_t))
+    assert calls == {'gelu': 1}
+    for a, b in zip(ours, stock):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6)
+    special = paddle.to_tensor([np.nan, np.inf, -np.inf], stop_gradient=False)
+    out = GELU()(special).numpy()
+    assert np.isnan(out[0]) and out[1] == np.inf and np.isnan(out[2]) == np.isnan(F.gelu(special).numpy()[2])
+
+
+@pytest.mark.parametrize('batch,height,width,channels,kernel', [
+    (2, 5, 7, 6, 3), (3, 4, 4, 8, 5), (1, 1, 3, 4, 3), (2, 9, 2, 3, 7)])
+def test_depthwise_conv_on_tokens_matches_the_nchw_conv(batch, height, width, channels, kernel, calls):
+    paddle.seed(0)
+    conv = Conv2D(channels, channels, kernel, padding=kernel // 2, groups=channels)
+    tokens = paddle.randn([batch, height * width, channels])
+    grad = paddle.randn([batch, height * width, channels])
+
+    def stock(x):
+        image = x.transpose([0, 2, 1]).reshape([batch, channels, height, width])
+        return F.conv2d(image, conv.weight, conv.bias, padding=kernel // 2,
+                        groups=channels).flatten(2).transpose([0, 2, 1])
+    results = []
+    for fn in (lambda x: conv_tokens(conv, x, (height, width)), stock):
+        x, = _tensors(tokens.numpy())
+        out = fn(x)
+        results.append([out.numpy()] + [g.numpy() for g in paddle.grad(
+            [out], [x, conv.weight, conv.bias], [grad])])
+    assert calls == {'depthwise_conv_tokens': 1}
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    with paddle.no_grad():      # inference takes the kernel too
+        np.testing.assert_allclose(conv_tokens(conv, tokens, (height, width)).numpy(), results[1][0],
+                                   rtol=1e-5, atol=1e-5)
+    assert calls == {'depthwise_conv_tokens': 2}
+
+
+@pytest.mark.parametrize('kwargs', [dict(stride=2, padding=1), dict(padding=0), dict(dilation=2, padding=2)])
+def test_other_convs_on_tokens_take_paddles_path(kwargs, calls):
+    conv = Conv2D(4, 4, 3, groups=4, **kwargs)
+    tokens = paddle.randn([2, 36, 4])
+    out = conv_tokens(conv, tokens, (6, 6))
+    image = tokens.transpose([0, 2, 1]).reshape([2, 4, 6, 6])
+    np.testing.assert_allclose(out.numpy(), conv(image).flatten(2).transpose([0, 2, 1]).numpy(), rtol=1e-6)
+    assert calls == {}
+
+
+def _peripheral_stock(dots, position):
+    content = paddle.exp(dots - dots.max(axis=-1, keepdim=True).detach())
+    attn = content * position
+    return attn / paddle.clip(attn.sum(axis=-1, keepdim=True), min=1e-12)
+
+
+@pytest.mark.parametrize('position_scale', [1.0, 1e-15])     # 1e-15: every row sum is clipped
+def test_peripheral_attention_matches_the_composite(position_scale):
+    rng = np.random.default_rng(1)
+    dots = (rng.standard_normal((3, 2, 7, 7)) * 4).astype('float32')
+    position = (1 / (1 + np.exp(-3 * rng.standard_normal((1, 2, 7, 7)))) * position_scale).astype('float32')
+    grad = paddle.to_tensor(rng.standard_normal((3, 2, 7, 7)).astype('float32'))
+    ours = _grads(fused_ops.peripheral_attention, _tensors(dots, position), grad)
+    stock = _grads(_peripheral_stock, _tensors(dots, position), grad)
+    for a, b in zip(ours, stock):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * np.abs(b).max())
+
+
+@pytest.mark.parametrize('config,kernels', [
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu'}),
+    (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'), {'layer_norm', 'gelu'}),
+    (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
+     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention'}),
+    (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens'}),
+    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens'})])
+def test_models_give_the_same_gradients_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
+    paddle.seed(0)
+    cfg, model = build_from_config(config)
+    model.eval()                     # no dropout draws; gradients still flow
+    images = paddle.randn([2, cfg.DATA.IMAGE_CHANNELS, cfg.DATA.IMAGE_SIZE, cfg.DATA.IMAGE_SIZE])
+    results = []
+    for switch in ('1', '0'):
+        monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', switch)
+        out = model(images)
+        out = out if isinstance(out, paddle.Tensor) else out[0]
+        (out * paddle.arange(out.shape[-1], dtype='float32')).sum().backward()
+        results.append((out.numpy(), {n: p.grad.numpy() for n, p in model.named_parameters()
+                                      if p.grad is not None}))
+        model.clear_gradients()
+    assert set(calls) == kernels, calls
+    (out_a, grads_a), (out_b, grads_b) = results
+    np.testing.assert_allclose(out_a, out_b, rtol=1e-4, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        scale = max(np.abs(grads_b[name]).max(), 1e-6)
+        np.testing.assert_allclose(grads_a[name] / scale, grads_b[name] / scale, atol=1e-4, err_msg=name)
+
+
+def test_traced_graphs_and_other_dtypes_keep_paddles_ops(calls):
+    """Exports must not need the library: to_static traces the stock ops; float64 takes them too."""
+    net = nn.Sequential(LayerNorm(8), GELU())
+    net.train()
+    program = paddle.jit.to_static(net.forward, full_graph=True, input_spec=[
+        paddle.static.InputSpec([None, 8], 'float32')]).concrete_program.main_program
+    ops = [op.name() for op in program.global_block().ops]
+    assert 'pd_op.layer_norm' in ops and 'pd_op.gelu' in ops and not any('fused' in o for o in ops), ops
+    x = paddle.randn([3, 8], dtype='float64')
+    x.stop_gradient = False
+    net64 = nn.Sequential(LayerNorm(8), GELU())
+    net64.to(dtype='float64')
+    net64(x).sum().backward()
+    assert calls == {}
+
+
+def test_switched_off_or_failed_build_falls_back_with_one_warning(monkeypatch, caplog, calls):
+    x = paddle.randn([2, 4])
+    x.stop_gradient = False
+    monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', '0')
+    assert not fused_ops.wanted(x)
+    monkeypatch.delenv('PADDLEVIT_FUSED_CPU_OPS')
+
+    def broken_build():
+        raise RuntimeError('g++: command not found')
+    monkeypatch.setattr(fused_ops, '_build_and_register', broken_build)
+    monkeypatch.setitem(fused_ops._state, 'loaded', None)
+    with caplog.at_level(logging.WARNING, logger='engine.fused_ops'):
+        layer = LayerNorm(4)
+        for _ in range(2):
+            layer(x).sum().backward()
+    assert calls == {}
+    warnings = [r for r in caplog.records if 'unavailable' in r.getMessage()]
+    assert len(warnings) == 1 and 'g++: command not found' in warnings[0].getMessage()
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 96)).astype('float32')
+    w, b = np.ones(96, 'float32'), np.zeros(96, 'float32')
+    results = []
+    for threads in (1, 3):
+        monkeypatch.setattr(fused_ops.runtime, 'threads', threads)
+        results.append(_grads(lambda x_, w_, b_: fused_ops.layer_norm(x_, w_, b_, 1e-6),
+                              _tensors(x, w, b), paddle.to_tensor(x)))
+    for a, b_ in zip(*results):
+        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-5)
