@@ -179,6 +179,7 @@ def measure(job):
     sync()
     if not bool(paddle.isfinite(paddle.to_tensor(out)).all()):
         raise FloatingPointError(f'{config.MODEL.NAME}: non-finite output in {job["mode"]} mode')
+    del out   # a tensor of the last step kept alive slowed the timed steps (PiT-S train: 4.3 -> 5.1 img/s)
     start = time.perf_counter()
     for _ in range(job['iters']):
         step()
