@@ -32,9 +32,13 @@ def calls(monkeypatch):
     return counts
 
 
+def _values_and_grads(out, wrt, grad_out):
+    """[out] + the gradients of `out` wrt each tensor of `wrt`, as numpy arrays."""
+    return [out.numpy()] + [g.numpy() for g in paddle.grad([out], list(wrt), [grad_out])]
+
+
 def _grads(fn, inputs, grad_out):
-    out = fn(*inputs)
-    return [out.numpy()] + [g.numpy() for g in paddle.grad([out], list(inputs), [grad_out])]
+    return _values_and_grads(fn(*inputs), inputs, grad_out)
 
 
 def _tensors(*arrays):
@@ -62,9 +66,7 @@ def test_layer_norm_matches_paddle(shape, epsilon, calls):
     results = []
     for layer in (ours, stock):
         x_t, = _tensors(x)
-        out = layer(x_t)
-        results.append([out.numpy()] + [g.numpy() for g in paddle.grad(
-            [out], [x_t, layer.weight, layer.bias], [grad])])
+        results.append(_values_and_grads(layer(x_t), [x_t, layer.weight, layer.bias], grad))
     assert calls == {'layer_norm': 1}
     for a, b_ in zip(*results):
         np.testing.assert_allclose(a, b_, rtol=2e-5, atol=2e-5)
@@ -99,9 +101,7 @@ def test_depthwise_conv_on_tokens_matches_the_nchw_conv(batch, height, width, ch
     results = []
     for fn in (lambda x: conv_tokens(conv, x, (height, width)), stock):
         x, = _tensors(tokens.numpy())
-        out = fn(x)
-        results.append([out.numpy()] + [g.numpy() for g in paddle.grad(
-            [out], [x, conv.weight, conv.bias], [grad])])
+        results.append(_values_and_grads(fn(x), [x, conv.weight, conv.bias], grad))
     assert calls == {'depthwise_conv_tokens': 1}
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

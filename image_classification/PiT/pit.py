@@ -107,7 +107,7 @@ class ConvHeadPooling(nn.Layer):
     def __init__(self, in_dim, out_dim, stride=2):
         super().__init__()
         self.conv = Conv2D(in_dim, out_dim, kernel_size=stride + 1, stride=stride,
-                              padding=stride // 2, groups=in_dim)
+                           padding=stride // 2, groups=in_dim)
         self.fc = Linear(in_dim, out_dim)
 
     def forward(self, x, cls_tokens):
