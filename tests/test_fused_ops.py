@@ -121,20 +121,21 @@ def test_other_convs_on_tokens_take_paddles_path(kwargs, calls):
     assert calls == {}
 
 
-def _peripheral_stock(dots, position):
+def _peripheral_stock(dots, position, scale):
+    dots = dots * scale
     content = paddle.exp(dots - dots.max(axis=-1, keepdim=True).detach())
     attn = content * position
     return attn / paddle.clip(attn.sum(axis=-1, keepdim=True), min=1e-12)
 
 
-@pytest.mark.parametrize('position_scale', [1.0, 1e-15])     # 1e-15: every row sum is clipped
-def test_peripheral_attention_matches_the_composite(position_scale):
+@pytest.mark.parametrize('position_scale,scale', [(1.0, 1.0), (1.0, 0.125), (1e-15, 0.5)])   # 1e-15: every
+def test_peripheral_attention_matches_the_composite(position_scale, scale):                  # row sum clipped
     rng = np.random.default_rng(1)
     dots = (rng.standard_normal((3, 2, 7, 7)) * 4).astype('float32')
     position = (1 / (1 + np.exp(-3 * rng.standard_normal((1, 2, 7, 7)))) * position_scale).astype('float32')
     grad = paddle.to_tensor(rng.standard_normal((3, 2, 7, 7)).astype('float32'))
-    ours = _grads(fused_ops.peripheral_attention, _tensors(dots, position), grad)
-    stock = _grads(_peripheral_stock, _tensors(dots, position), grad)
+    ours = _grads(lambda d, p: fused_ops.peripheral_attention(d, p, scale), _tensors(dots, position), grad)
+    stock = _grads(lambda d, p: _peripheral_stock(d, p, scale), _tensors(dots, position), grad)
     for a, b in zip(ours, stock):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * np.abs(b).max())
 

@@ -134,8 +134,8 @@ def depthwise_conv_tokens(x, weight, bias, grid):
                                         int(grid[0]), int(grid[1]), _threads())[0]
 
 
-def peripheral_attention(dots, position):
-    """PerViT's attention weights: rows of exp(dots - row max) * position, L1-normalised
-    (sum clipped at 1e-12).  dots [B, h, N, N], position [1, h, N, N]."""
+def peripheral_attention(dots, position, scale):
+    """PerViT's attention weights: rows of exp(scale * (dots - row max)) * position,
+    L1-normalised (sum clipped at 1e-12).  dots [B, h, N, N], position [1, h, N, N]."""
     return paddle._C_ops._run_custom_op('fused_peripheral_attention', dots.contiguous(),
-                                        position.contiguous(), _threads())[0]
+                                        position.contiguous(), float(scale), _threads())[0]

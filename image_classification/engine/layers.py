@@ -38,9 +38,9 @@ def to_2tuple(x):
 # a traced graph (to_static, export) keeps the plain op + add, which Paddle
 # Inference fuses into its conv / fc kernels.
 
-def gemm_bias_wanted(layer):
-    """Whether `layer` should add its bias by GEMM now: dygraph, on CPU, with a bias."""
-    return layer.bias is not None and paddle.in_dynamic_mode() and paddle.get_device() == 'cpu'
+def gemm_bias_wanted(bias):
+    """Whether `bias` should be added by GEMM now: there is one, in dygraph, on CPU."""
+    return bias is not None and paddle.in_dynamic_mode() and paddle.get_device() == 'cpu'
 
 
 def add_bias_last_axis(out, bias):
@@ -59,9 +59,12 @@ def add_bias_channels(out, bias):
     return images.reshape(out.shape)
 
 
-def linear_with_gemm_bias(x, weight, bias):
-    """x @ weight + bias over the last axis of `x`, the bias added by `add_bias_last_axis`."""
-    return add_bias_last_axis(paddle.matmul(x, weight), bias)
+def linear(x, weight, bias=None):
+    """`F.linear`: x @ weight [in, out] + bias over the last axis of `x`; on CPU in
+    dygraph the bias is added by `add_bias_last_axis`."""
+    if gemm_bias_wanted(bias):
+        return add_bias_last_axis(paddle.matmul(x, weight), bias)
+    return F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
@@ -69,9 +72,7 @@ class Linear(nn.Linear):
     dygraph, the bias is added by GEMM (see above); elsewhere it is `F.linear`."""
 
     def forward(self, x):
-        if gemm_bias_wanted(self):
-            return linear_with_gemm_bias(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class Conv2D(nn.Conv2D):
@@ -79,7 +80,7 @@ class Conv2D(nn.Conv2D):
     dygraph and channels first, the bias is added by GEMM (see above)."""
 
     def forward(self, x):
-        if not gemm_bias_wanted(self) or self._data_format != 'NCHW' or self._padding_mode != 'zeros':
+        if not gemm_bias_wanted(self.bias) or self._data_format != 'NCHW' or self._padding_mode != 'zeros':
             return super().forward(x)
         out = F.conv2d(x, self.weight, None, stride=self._stride, padding=self._padding,
                        dilation=self._dilation, groups=self._groups)
