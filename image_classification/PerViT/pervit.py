@@ -170,8 +170,8 @@ def conv_valid_last(x, weight, bias):
     channels-first maps, ran 2-3x slower forward + backward for PerViT's conv2)."""
     k = weight.shape[-1]
     h, w = x.shape[1] - k + 1, x.shape[2] - k + 1
-    taps = weight.transpose([2, 3, 1, 0])                        # [k, k, C, O]
-    out = paddle.add_n([paddle.matmul(x[:, i:i + h, j:j + w], taps[i, j]) for i in range(k) for j in range(k)])
+    taps = weight.transpose([2, 3, 1, 0]).reshape([k * k, -1, weight.shape[0]]).unbind(0)   # k*k of [C, O]
+    out = paddle.add_n([paddle.matmul(x[:, i:i + h, j:j + w], taps[i * k + j]) for i in range(k) for j in range(k)])
     return add_bias_last_axis(out, bias) if gemm_bias_wanted(bias) else out + bias
 
 
