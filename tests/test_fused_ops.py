@@ -2,6 +2,8 @@
 are used where they should be and nowhere else, and fall back cleanly."""
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import paddle
@@ -204,6 +206,39 @@ def test_switched_off_or_failed_build_falls_back_with_one_warning(monkeypatch, c
     assert calls == {}
     warnings = [r for r in caplog.records if 'unavailable' in r.getMessage()]
     assert len(warnings) == 1 and 'g++: command not found' in warnings[0].getMessage()
+
+
+def test_a_moved_custom_op_entry_point_falls_back_with_one_warning(monkeypatch, caplog):
+    """The kernels are called through Paddle's private `_C_ops._run_custom_op`; if a
+    release moves it, the first use warns once and Paddle's ops run instead."""
+    monkeypatch.delattr(paddle._C_ops, '_run_custom_op')
+    monkeypatch.setitem(fused_ops._state, 'loaded', None)
+    x = paddle.randn([3, 4])
+    x.stop_gradient = False
+    with caplog.at_level(logging.WARNING, logger='engine.fused_ops'):
+        layer = LayerNorm(4)
+        for _ in range(2):
+            out = layer(x)
+            out.sum().backward()
+    np.testing.assert_allclose(out.numpy(), F.layer_norm(x, 4, layer.weight, layer.bias).numpy(), rtol=1e-6)
+    warnings = [r for r in caplog.records if 'unavailable' in r.getMessage()]
+    assert len(warnings) == 1 and '_run_custom_op' in warnings[0].getMessage()
+
+
+def test_cold_build_by_two_processes_at_once(tmp_path):
+    """Two ranks starting together on a machine without the cache: one compiles
+    (under the lock), the other waits and loads the result; both run the kernels."""
+    script = ('import logging, sys; sys.path.insert(0, %r); logging.basicConfig(level=logging.INFO)\n'
+              'import engine; from engine import fused_ops\n'
+              'assert fused_ops.available(), "fell back"\n' % os.path.join(REPO, 'image_classification'))
+    env = dict(os.environ, PADDLEVIT_KERNEL_DIR=str(tmp_path))
+    ranks = [subprocess.Popen([sys.executable, '-c', script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [rank.communicate(timeout=300)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], logs
+    assert sum('compiling the fused CPU kernels' in log for log in logs) == 1, logs
+    builds = [d for d in os.listdir(tmp_path) if os.path.isdir(tmp_path / d)]
+    assert len(builds) == 1 and os.path.exists(tmp_path / builds[0] / 'complete')
 
 
 def test_results_do_not_depend_on_the_thread_count(monkeypatch):
