@@ -126,9 +126,9 @@ class PeripheralPositionEncoding(nn.Layer):
     one-channel conv of the distances themselves, with the embedding folded into
     its taps and bias; the patches of the fixed distances under that window are
     a constant (`distance_patches`), so conv1 is one GEMM.  Channels last, conv2
-    is one GEMM over its patches too.  Paddle's CPU conv took 1.2 s a training
-    step for the twelve PPEs of PerViT-T (PyTorch: 0.24 s); the parameters and
-    their names are the official ones.
+    is a sum of one GEMM per tap (`conv_valid_last`).  Paddle's CPU conv took
+    1.2 s a training step for the twelve PPEs of PerViT-T, this order 0.39 s
+    (PyTorch: 0.24 s); the parameters and their names are the official ones.
     """
 
     def __init__(self, num_heads, peripheral_init, kernel_size=3):
