@@ -8,7 +8,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from engine.layers import Linear, linear
+from engine.layers import Linear, gemm_bias_wanted, linear
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,6 +23,7 @@ def test_gemm_bias_matches_f_linear_values_and_gradients(shape):
     results = []
     for fn in (F.linear, linear):            # on CPU in dygraph: the bias by GEMM
         x, w, b = (paddle.to_tensor(a, stop_gradient=False) for a in (x_np, w_np, b_np))
+        assert fn is F.linear or gemm_bias_wanted(b)        # else both sides would be F.linear
         out = fn(x, w, b)
         grads = paddle.grad([out], [x, w, b], [paddle.to_tensor(grad_np)])
         results.append([out.numpy()] + [g.numpy() for g in grads])

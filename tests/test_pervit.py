@@ -171,7 +171,7 @@ def test_to_static_keeps_nothing_from_the_trace(ported):
     static = paddle.jit.to_static(model.forward, input_spec=[InputSpec([2, 3, 80, 80], 'float32')],
                                   full_graph=True)
     out = static(paddle.to_tensor(small)).numpy()
-    assert 5 not in model._distances and 5 not in model._position_cache
+    assert 5 not in model._distance_patches and 5 not in model._position_cache
     np.testing.assert_allclose(out, _logits(model, small), atol=1e-5)
 
 

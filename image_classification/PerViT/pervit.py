@@ -296,7 +296,7 @@ class PerViT(nn.Layer):
             trunc_normal_(self.head.weight)
             zeros_(self.head.bias)
 
-        self._distances = {}            # side -> distance_patches tensor (weight-free)
+        self._distance_patches = {}     # side -> distance_patches() tensor (weight-free)
         self._position_cache = {}       # side -> list of Phi_p per block, eval mode only
 
     # ---- position-based attention -------------------------------------------------------
@@ -319,9 +319,9 @@ class PerViT(nn.Layer):
         if not paddle.in_dynamic_mode():        # tracing: a tensor made here belongs to this program
             patches = paddle.to_tensor(distance_patches(side, self.pad, k))
         else:
-            if side not in self._distances:
-                self._distances[side] = paddle.to_tensor(distance_patches(side, self.pad, k))
-            patches = self._distances[side]
+            if side not in self._distance_patches:
+                self._distance_patches[side] = paddle.to_tensor(distance_patches(side, self.pad, k))
+            patches = self._distance_patches[side]
         return [blk.attn.ppe(patches, self.rpe_proj) for blk in self.blocks]
 
     def _position_attention_for(self, grid):
