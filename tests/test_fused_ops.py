@@ -13,7 +13,7 @@ import pytest
 
 from engine import fused_ops
 from engine.families import build_from_config
-from engine.layers import GELU, Conv2D, LayerNorm, conv_tokens
+from engine.layers import GELU, Conv2D, LayerNorm, conv_tokens, multi_head_attention
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
@@ -24,7 +24,7 @@ CONFIGS = os.path.join(REPO, 'image_classification')
 def calls(monkeypatch):
     """Counts the calls of each fused op (they still run)."""
     counts = {}
-    for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention'):
+    for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_'):
         original = getattr(fused_ops, name)
 
         def counted(*args, _name=name, _original=original):
@@ -154,12 +154,41 @@ def test_peripheral_attention_matches_the_composite(position_scale, scale):     
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * np.abs(b).max())
 
 
+@pytest.mark.parametrize('shape,scale', [((3, 2, 7, 7), 0.125), ((2, 1, 5, 730), 1.0), ((4, 1), 0.5)])
+def test_scaled_softmax_matches_paddle_and_writes_over_its_input(shape, scale):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(shape) * 6).astype('float32')
+    grad = paddle.to_tensor(rng.standard_normal(shape).astype('float32'))
+    ours = _grads(lambda t: fused_ops.scaled_softmax_(t * 1.0, scale), _tensors(x), grad)
+    stock = _grads(lambda t: F.softmax(t * scale), _tensors(x), grad)
+    for a, b in zip(ours, stock):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * np.abs(b).max())
+    product = paddle.to_tensor(x)
+    result = fused_ops.scaled_softmax_(product, scale)
+    assert result.data_ptr() == product.data_ptr()
+    np.testing.assert_array_equal(product.numpy(), result.numpy())
+
+
+def test_attention_through_the_kernel_matches_paddles_sdpa(calls, monkeypatch):
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((2, 9, 3, 8)).astype('float32') for _ in range(3))
+    grad = paddle.to_tensor(rng.standard_normal((2, 9, 3, 8)).astype('float32'))
+    ours = _grads(multi_head_attention, _tensors(q, k, v), grad)
+    assert calls == {'scaled_softmax_': 1}
+    monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', '0')
+    stock = _grads(multi_head_attention, _tensors(q, k, v), grad)
+    assert calls == {'scaled_softmax_': 1}
+    for a, b in zip(ours, stock):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * np.abs(b).max())
+
+
 @pytest.mark.parametrize('config,kernels', [
-    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu'}),
-    (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'), {'layer_norm', 'gelu'}),
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'scaled_softmax_'}),
+    (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'), {'layer_norm', 'gelu', 'scaled_softmax_'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
      {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention'}),
-    (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens'}),
+    (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),
+     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'scaled_softmax_'}),
     (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens'})])
 def test_models_give_the_same_gradients_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
     paddle.seed(0)

@@ -4,8 +4,8 @@ Training on CPU, Paddle's LayerNorm took 40 ms forward + backward where PyTorch
 takes 10 (ViT-S activation, batch 32, 2 threads), its depthwise convolution
 1.8 s on VVT-tiny's token grid, and PerViT's attention normalisation 0.2 s a
 block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
-GELU, the 'same' depthwise conv on channels-last tokens and PerViT's peripheral
-attention weights (figures in its header).  They are built with Paddle's C++
+GELU, the 'same' depthwise conv on channels-last tokens, attention's scaled
+softmax and PerViT's peripheral attention weights (figures in its header).  They are built with Paddle's C++
 extension tool the first time a CPU step needs them (about 20 s, once per
 machine) into a cache directory keyed by the source, the compiler flags,
 Paddle, Python and the CPU, and loaded straight from there afterwards.
@@ -170,3 +170,10 @@ def peripheral_attention(dots, position, scale):
     L1-normalised (sum clipped at 1e-12).  dots [B, h, N, N], position [1, h, N, N]."""
     return paddle._C_ops._run_custom_op('fused_peripheral_attention', dots.contiguous(),
                                         position.contiguous(), float(scale), _threads())[0]
+
+
+def scaled_softmax_(x, scale):
+    """softmax(scale * x) over the last axis, differentiable, computed in the memory of
+    `x` (contiguous float32 on CPU), which it returns: for a fresh product that
+    nothing else reads, such as attention's q k^T."""
+    return paddle._C_ops._run_custom_op('fused_scaled_softmax_', x, float(scale), _threads())[0]
