@@ -5,10 +5,11 @@ takes 10 (ViT-S activation, batch 32, 2 threads), its depthwise convolution
 1.8 s on VVT-tiny's token grid, and PerViT's attention normalisation 0.2 s a
 block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
 GELU, the 'same' depthwise conv on channels-last tokens, attention's scaled
-softmax and PerViT's peripheral attention weights (figures in its header).  They are built with Paddle's C++
-extension tool the first time a CPU step needs them (about 20 s, once per
-machine) into a cache directory keyed by the source, the compiler flags,
-Paddle, Python and the CPU, and loaded straight from there afterwards.
+softmax and PerViT's peripheral attention weights (figures in its header).
+They are built with Paddle's C++ extension tool the first time a CPU step
+needs them (about 20 s, once per machine) into a cache directory keyed by the
+source, the compiler and linker flags, Paddle, Python and the CPU, and loaded
+straight from there afterwards.
 
 They serve dygraph float32 on the CPU; LayerNorm and GELU only with gradients
 on (Paddle's inference kernels are as fast).  Everything else (traced graphs
