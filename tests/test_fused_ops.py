@@ -24,7 +24,8 @@ CONFIGS = os.path.join(REPO, 'image_classification')
 def calls(monkeypatch):
     """Counts the calls of each fused op (they still run)."""
     counts = {}
-    for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_'):
+    for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_',
+                 'linear'):
         original = getattr(fused_ops, name)
 
         def counted(*args, _name=name, _original=original):
@@ -183,13 +184,13 @@ def test_attention_through_the_kernel_matches_paddles_sdpa(calls, monkeypatch):
 
 
 @pytest.mark.parametrize('config,kernels', [
-    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'scaled_softmax_'}),
-    (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'), {'layer_norm', 'gelu', 'scaled_softmax_'}),
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'scaled_softmax_', 'linear'}),
+    (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'), {'layer_norm', 'gelu', 'scaled_softmax_', 'linear'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
-     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention'}),
+     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),
-     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'scaled_softmax_'}),
-    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens'})])
+     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'scaled_softmax_', 'linear'}),
+    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'linear'})])
 def test_models_give_the_same_gradients_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
     paddle.seed(0)
     cfg, model = build_from_config(config)

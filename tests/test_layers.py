@@ -13,20 +13,26 @@ from engine.layers import Linear, gemm_bias_wanted, linear
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.parametrize('kernels', ['1', '0'])          # the fused kernel; the bias by GEMM
 @pytest.mark.parametrize('shape', [(5, 7), (2, 3, 7), (2, 2, 3, 7)])
-def test_gemm_bias_matches_f_linear_values_and_gradients(shape):
+def test_cpu_linear_matches_f_linear_values_and_gradients(shape, kernels, monkeypatch):
+    from engine import fused_ops
+    monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', kernels)
+    used = []
+    monkeypatch.setattr(fused_ops, 'linear', lambda *a, _f=fused_ops.linear: used.append(1) or _f(*a))
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal(shape).astype('float32')
     w_np = rng.standard_normal((7, 4)).astype('float32')
     b_np = rng.standard_normal(4).astype('float32')
     grad_np = rng.standard_normal(shape[:-1] + (4,)).astype('float32')
     results = []
-    for fn in (F.linear, linear):            # on CPU in dygraph: the bias by GEMM
+    for fn in (F.linear, linear):
         x, w, b = (paddle.to_tensor(a, stop_gradient=False) for a in (x_np, w_np, b_np))
         assert fn is F.linear or gemm_bias_wanted(b)        # else both sides would be F.linear
         out = fn(x, w, b)
         grads = paddle.grad([out], [x, w, b], [paddle.to_tensor(grad_np)])
         results.append([out.numpy()] + [g.numpy() for g in grads])
+    assert len(used) == (kernels == '1')
     assert results[1][0].shape == shape[:-1] + (4,)
     for ours, stock in zip(results[1], results[0]):
         np.testing.assert_allclose(ours, stock, rtol=1e-5, atol=1e-5)

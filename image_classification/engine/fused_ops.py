@@ -4,8 +4,9 @@ Training on CPU, Paddle's LayerNorm took 40 ms forward + backward where PyTorch
 takes 10 (ViT-S activation, batch 32, 2 threads), its depthwise convolution
 1.8 s on VVT-tiny's token grid, and PerViT's attention normalisation 0.2 s a
 block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
-GELU, the 'same' depthwise conv on channels-last tokens, attention's scaled
-softmax and PerViT's peripheral attention weights (figures in its header).
+GELU, a Linear's bias, the 'same' depthwise conv on channels-last tokens,
+attention's scaled softmax and PerViT's peripheral attention weights (figures
+in its header).
 They are built with Paddle's C++ extension tool the first time a CPU step
 needs them (about 20 s, once per machine) into a cache directory keyed by the
 source, the compiler and linker flags, Paddle, Python and the CPU, and loaded
@@ -178,3 +179,8 @@ def scaled_softmax_(x, scale):
     `x` (contiguous float32 on CPU), which it returns: for a fresh product that
     nothing else reads, such as attention's q k^T."""
     return paddle._C_ops._run_custom_op('fused_scaled_softmax_', x, float(scale), _threads())[0]
+
+
+def linear(x, weight, bias):
+    """x @ weight [K, N] + bias [N] over the last axis of `x`, differentiable."""
+    return paddle._C_ops._run_custom_op('fused_linear', x.contiguous(), weight, bias, _threads())[0]

@@ -60,8 +60,11 @@ def add_bias_channels(out, bias):
 
 
 def linear(x, weight, bias=None):
-    """`F.linear`: x @ weight [in, out] + bias over the last axis of `x`; on CPU in
-    dygraph the bias is added by `add_bias_last_axis`."""
+    """`F.linear`: x @ weight [in, out] + bias over the last axis of `x`.  On CPU in
+    dygraph the bias is added in place by the fused kernel of `engine.fused_ops`
+    (float32), or by `add_bias_last_axis` where that is unavailable."""
+    if bias is not None and fused_ops.wanted(x, weight, bias, training_only=False):
+        return fused_ops.linear(x, weight, bias)
     if gemm_bias_wanted(bias):
         return add_bias_last_axis(paddle.matmul(x, weight), bias)
     return F.linear(x, weight, bias)
