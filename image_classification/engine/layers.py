@@ -34,9 +34,10 @@ def to_2tuple(x):
 # 3x3 stem conv of PerViT with its bias took 516 ms to train a batch of 32, 63 ms
 # without, and 144 ms against 24 ms for inference alone).  The helpers below add
 # the bias as products with a ones vector, so that both passes are GEMMs; the
-# sums are the same, the result equal.  The layers use them in dygraph on CPU;
-# a traced graph (to_static, export) keeps the plain op + add, which Paddle
-# Inference fuses into its conv / fc kernels.
+# sums are the same, the result equal.  The layers use them in dygraph on CPU
+# (Linear only where the fused kernel, which adds the bias in place, is not
+# available); a traced graph (to_static, export) keeps the plain op + add,
+# which Paddle Inference fuses into its conv / fc kernels.
 
 def gemm_bias_wanted(bias):
     """Whether `bias` should be added by GEMM now: there is one, in dygraph, on CPU."""
