@@ -25,7 +25,7 @@ def calls(monkeypatch):
     """Counts the calls of each fused op (they still run)."""
     counts = {}
     for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_',
-                 'linear'):
+                 'linear', 'depthwise_conv_image'):
         original = getattr(fused_ops, name)
 
         def counted(*args, _name=name, _original=original):
@@ -133,7 +133,7 @@ def test_other_convs_on_tokens_take_paddles_path(kwargs, calls):
     out = conv_tokens(conv, tokens, (6, 6))
     image = tokens.transpose([0, 2, 1]).reshape([2, 4, 6, 6])
     np.testing.assert_allclose(out.numpy(), conv(image).flatten(2).transpose([0, 2, 1]).numpy(), rtol=1e-6)
-    assert calls == {}
+    assert 'depthwise_conv_tokens' not in calls          # the image path (Conv2D's own kernels)
 
 
 def _peripheral_stock(dots, position, scale):
@@ -185,7 +185,8 @@ def test_attention_through_the_kernel_matches_paddles_sdpa(calls, monkeypatch):
 
 @pytest.mark.parametrize('config,kernels', [
     (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'scaled_softmax_', 'linear'}),
-    (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'), {'layer_norm', 'gelu', 'scaled_softmax_', 'linear'}),
+    (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
+     {'layer_norm', 'gelu', 'scaled_softmax_', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
      {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),

@@ -107,10 +107,17 @@ def test_runtime_recycles_freed_memory_and_uses_dense_kernels():
     assert int(default['faults']) > 3 * 60000, default
 
 
-@pytest.mark.parametrize('kwargs', [dict(stride=2, padding=1), dict(padding=0), dict(padding=1, groups=4),
-                                    dict(padding='SAME', dilation=2)])
-def test_conv_with_gemm_bias_matches_stock_conv_values_and_gradients(kwargs):
+@pytest.mark.parametrize('kwargs,depthwise', [
+    (dict(stride=2, padding=1), False), (dict(padding=0), False), (dict(padding='SAME', dilation=2), False),
+    (dict(padding=1, groups=4), True), (dict(stride=2, padding=1, groups=4), True),     # PiT's pooling
+    (dict(stride=(2, 3), padding=(1, 2), groups=4), True), (dict(padding='SAME', groups=4), False)])
+def test_cpu_conv_matches_stock_conv_values_and_gradients(kwargs, depthwise, monkeypatch):
+    """The bias by GEMM, or the fused depthwise kernel (groups = input channels, here x2 outputs)."""
+    from engine import fused_ops
     from engine.layers import Conv2D
+    used = []
+    monkeypatch.setattr(fused_ops, 'depthwise_conv_image',
+                        lambda *a, _f=fused_ops.depthwise_conv_image: used.append(1) or _f(*a))
     paddle.seed(0)
     ours = Conv2D(4, 8, 3, **kwargs)
     stock = paddle.nn.Conv2D(4, 8, 3, **kwargs)
@@ -123,6 +130,7 @@ def test_conv_with_gemm_bias_matches_stock_conv_values_and_gradients(kwargs):
         out = layer(x)
         grads = paddle.grad([(out * out).sum()], [x, layer.weight, layer.bias])
         results.append([out.numpy()] + [g.numpy() for g in grads])
+    assert bool(used) == depthwise
     for a, b in zip(results[1], results[0]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 

@@ -4,7 +4,8 @@ Training on CPU, Paddle's LayerNorm took 40 ms forward + backward where PyTorch
 takes 10 (ViT-S activation, batch 32, 2 threads), its depthwise convolution
 1.8 s on VVT-tiny's token grid, and PerViT's attention normalisation 0.2 s a
 block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
-GELU, a Linear's bias, the 'same' depthwise conv on channels-last tokens,
+GELU, a Linear's bias, depthwise convs (the 'same' one on channels-last tokens,
+and any stride and channel multiplier on NCHW images),
 attention's scaled softmax and PerViT's peripheral attention weights (figures
 in its header).
 They are built with Paddle's C++ extension tool the first time a CPU step
@@ -184,3 +185,11 @@ def scaled_softmax_(x, scale):
 def linear(x, weight, bias):
     """x @ weight [K, N] + bias [N] over the last axis of `x`, differentiable."""
     return paddle._C_ops._run_custom_op('fused_linear', x.contiguous(), weight, bias, _threads())[0]
+
+
+def depthwise_conv_image(x, weight, bias, stride, padding):
+    """Depthwise conv of an NCHW image, weight [C * multiplier, 1, kh, kw] (output channel
+    o reads input channel o // multiplier), `stride` and zero `padding` as (h, w) pairs."""
+    return paddle._C_ops._run_custom_op('fused_depthwise_conv_image', x.contiguous(), weight, bias,
+                                        int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
+                                        _threads())[0]

@@ -81,11 +81,18 @@ class Linear(nn.Linear):
 
 class Conv2D(nn.Conv2D):
     """`nn.Conv2D` (same parameters, same names) that runs faster on CPU: there, in
-    dygraph and channels first, the bias is added by GEMM (see above)."""
+    dygraph and channels first, a depthwise conv (groups = input channels, any
+    channel multiplier, stride and symmetric padding) runs the fused kernel of
+    `engine.fused_ops`, and any other adds its bias by GEMM (see above)."""
 
     def forward(self, x):
         if not gemm_bias_wanted(self.bias) or self._data_format != 'NCHW' or self._padding_mode != 'zeros':
             return super().forward(x)
+        padding = _symmetric_padding(self)
+        if (1 < self._groups == x.shape[1] and self.weight.shape[1] == 1 and padding is not None
+                and list(self._dilation) == [1, 1]
+                and fused_ops.wanted(x, self.weight, self.bias, training_only=False)):
+            return fused_ops.depthwise_conv_image(x, self.weight, self.bias, self._stride, padding)
         out = F.conv2d(x, self.weight, None, stride=self._stride, padding=self._padding,
                        dilation=self._dilation, groups=self._groups)
         return add_bias_channels(out, self.bias)
@@ -131,6 +138,17 @@ def _is_same_conv(conv):
     pads = [pad] if isinstance(pad, int) else list(pad)
     return (k % 2 == 1 and conv.weight.shape[-2] == k and list(conv._stride) == [1, 1]
             and list(conv._dilation) == [1, 1] and (str(pad).lower() == 'same' or pads == [k // 2] * len(pads)))
+
+
+def _symmetric_padding(conv):
+    """`conv`'s zero padding as (h, w) when it pads both sides of each axis alike and is
+    given as numbers; None for 'same' / 'valid' strings and asymmetric forms."""
+    pad = conv._padding
+    if isinstance(pad, int):
+        return (pad, pad)
+    if isinstance(pad, (list, tuple)) and len(pad) == 2 and all(isinstance(p, int) for p in pad):
+        return tuple(pad)
+    return None
 
 
 def init_vit_weights(layer):
