@@ -141,3 +141,17 @@ def test_bias_helpers_add_the_bias_once_per_row_and_channel():
     np.testing.assert_array_equal(add_bias_channels(x, paddle.to_tensor([1., 2., 3.])).numpy()[1, :, 2, 4], [1, 2, 3])
     np.testing.assert_array_equal(add_bias_last_axis(x, paddle.arange(5, dtype='float32')).numpy()[1, 2, 3],
                                   [0, 1, 2, 3, 4])
+
+
+def test_position_embedding_added_by_expand_matches_the_broadcast():
+    from engine.layers import add_position_embedding
+    rng = np.random.default_rng(4)
+    x_np, pos_np = rng.standard_normal((3, 5, 4)).astype('float32'), rng.standard_normal((1, 5, 4)).astype('float32')
+    grad = paddle.to_tensor(rng.standard_normal((3, 5, 4)).astype('float32'))
+    results = []
+    for fn in (lambda x, p: x + p, add_position_embedding):
+        x, pos = paddle.to_tensor(x_np, stop_gradient=False), paddle.to_tensor(pos_np, stop_gradient=False)
+        out = fn(x, pos)
+        results.append([out.numpy()] + [g.numpy() for g in paddle.grad([out], [x, pos], [grad])])
+    for ours, stock in zip(results[1], results[0]):
+        np.testing.assert_allclose(ours, stock, rtol=1e-6, atol=1e-6)

@@ -32,8 +32,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, multi_head_attention, ones_,
-                           torch_default_init, trunc_normal_, zeros_)
+from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
+                           ones_, torch_default_init, trunc_normal_, zeros_)
 
 __all__ = ['PoolingTransformer', 'build_pit', 'patch_grid']
 
@@ -180,7 +180,7 @@ class PoolingTransformer(nn.Layer):
 
     def forward_features(self, x):
         """The normalised class token(s), [B, num_tokens, C]."""
-        x = self.pos_drop(self.patch_embed(x) + self.pos_embed)
+        x = self.pos_drop(add_position_embedding(self.patch_embed(x), self.pos_embed))
         cls_tokens = self.cls_token.expand([x.shape[0], -1, -1])
         for transformer, pool in zip(self.transformers, self.pools):
             x, cls_tokens = pool(*transformer(x, cls_tokens))

@@ -39,8 +39,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, conv_tokens, multi_head_attention, ones_,
-                           resize_pos_embed, trunc_normal_, zeros_)
+from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, conv_tokens,
+                           multi_head_attention, ones_, resize_pos_embed, trunc_normal_, zeros_)
 from engine.token_labeling import DenseOutput, MixToken
 
 __all__ = ['SPViT', 'build_spvit']
@@ -279,7 +279,7 @@ class SPViT(nn.Layer):
         cls = self.cls_token.expand([x.shape[0], -1, -1])
         if self.local_up_to_layer == 0:
             x = paddle.concat([cls, x], axis=1)
-        x = self.pos_drop(x + self.pos_embed)
+        x = self.pos_drop(add_position_embedding(x, self.pos_embed))
         for i, blk in enumerate(self.blocks):
             if i == self.local_up_to_layer and i > 0:
                 x = paddle.concat([cls, x], axis=1)

@@ -25,8 +25,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, multi_head_attention, to_2tuple,
-                           torch_default_init)
+from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
+                           to_2tuple, torch_default_init)
 
 __all__ = ['VisionTransformer', 'ResNetV2', 'build_vit', 'zoom_linear']
 
@@ -248,7 +248,7 @@ class VisionTransformer(nn.Layer):
         """[B, 3, H, W] -> the class token's final feature [B, C] (before pre_logits)."""
         x = self.patch_embed(x)
         cls = self.cls_token.expand([x.shape[0], -1, -1])
-        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
+        x = self.pos_drop(add_position_embedding(paddle.concat([cls, x], axis=1), self.pos_embed))
         for block in self.blocks:
             x = block(x)
         return self.norm(x)[:, 0]

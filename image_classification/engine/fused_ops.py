@@ -4,11 +4,10 @@ Training on CPU, Paddle's LayerNorm took 40 ms forward + backward where PyTorch
 takes 10 (ViT-S activation, batch 32, 2 threads), its depthwise convolution
 1.8 s on VVT-tiny's token grid, and PerViT's attention normalisation 0.2 s a
 block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
-GELU, a Linear's bias, depthwise convs (the 'same' one on channels-last tokens,
-and any stride and channel multiplier on NCHW images),
-attention's scaled softmax and PerViT's peripheral attention weights (figures
-in its header).
-They are built with Paddle's C++ extension tool the first time a CPU step
+GELU, a Linear's bias, depthwise convs (the 'same' one on channels-last
+tokens, and any stride and channel multiplier on NCHW images), attention's
+scaled softmax and PerViT's peripheral attention weights (figures in its
+header).  They are built with Paddle's C++ extension tool the first time a CPU step
 needs them (about 20 s, once per machine) into a cache directory keyed by the
 source, the compiler and linker flags, Paddle, Python and the CPU, and loaded
 straight from there afterwards.

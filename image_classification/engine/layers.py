@@ -151,6 +151,19 @@ def _symmetric_padding(conv):
     return None
 
 
+def add_position_embedding(x, pos_embed):
+    """x + pos_embed, where pos_embed has batch size 1.
+
+    Paddle's CPU add broadcasting over the batch axis ran 10x slower than a
+    same-shape add (PiT-S's position embedding at batch 32: 26 ms against 2.7
+    for inference, 68 against 10 with gradients), so in dygraph on CPU the
+    embedding is expanded to the batch first; elsewhere the plain broadcast.
+    """
+    if paddle.in_dynamic_mode() and x.place.is_cpu_place():
+        return x + pos_embed.expand(x.shape)
+    return x + pos_embed
+
+
 def init_vit_weights(layer):
     """timm/DeiT initialisation: trunc-normal Linear, unit LayerNorm."""
     if isinstance(layer, nn.Linear):
