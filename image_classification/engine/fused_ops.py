@@ -7,10 +7,10 @@ block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
 GELU, a Linear's bias, depthwise convs (the 'same' one on channels-last
 tokens, and any stride and channel multiplier on NCHW images), attention's
 scaled softmax and PerViT's peripheral attention weights (figures in its
-header).  They are built with Paddle's C++ extension tool the first time a CPU step
-needs them (about 20 s, once per machine) into a cache directory keyed by the
-source, the compiler and linker flags, Paddle, Python and the CPU, and loaded
-straight from there afterwards.
+header).  They are built with Paddle's C++ extension tool the first time a
+CPU step needs them (about 20 s, once per machine) into a cache directory
+keyed by the source, the compiler and linker flags, Paddle, Python and the
+CPU, and loaded straight from there afterwards.
 
 They serve dygraph float32 on the CPU; LayerNorm and GELU only with gradients
 on (Paddle's inference kernels are as fast).  Everything else (traced graphs
