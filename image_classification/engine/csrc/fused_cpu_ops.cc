@@ -35,6 +35,23 @@ void check_float32(const paddle::Tensor& t, const char* name) {
   PD_CHECK(t.dtype() == paddle::DataType::FLOAT32, name, " must be float32");
 }
 
+// The weight / bias gradients are accumulated per thread into `partial`, `workers`
+// rows of equal length; their sum, one row.
+std::vector<float> sum_over_threads(const std::vector<float>& partial, int workers) {
+  const size_t span = partial.size() / workers;
+  std::vector<float> total(partial.begin(), partial.begin() + span);
+  for (size_t t = 1; t < static_cast<size_t>(workers); ++t)
+    for (size_t i = 0; i < span; ++i) total[i] += partial[t * span + i];
+  return total;
+}
+
+// A float32 CPU tensor of `shape` holding `values` (as many as the shape has elements).
+paddle::Tensor tensor_of(const float* values, const std::vector<int64_t>& shape) {
+  auto t = paddle::empty(shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  std::copy(values, values + t.numel(), t.data<float>());
+  return t;
+}
+
 // e^x, relative error below 2e-7: x = n ln2 + r with |r| <= ln2 / 2, e^r from its
 // degree-7 Taylor polynomial, 2^n written into the exponent bits.  0 below -87.
 inline float exp_approx(float x) {
@@ -150,19 +167,8 @@ std::vector<paddle::Tensor> LayerNormBackward(const paddle::Tensor& x, const pad
         dxr[j] = r * (dyr[j] * W[j] - mean_g - (xr[j] - mu) * r * mean_g_xhat);
     }
   }
-  auto grad_weight = paddle::empty({C}, x.dtype(), x.place());
-  auto grad_bias = paddle::empty({C}, x.dtype(), x.place());
-  float *GW = grad_weight.data<float>(), *GB = grad_bias.data<float>();
-  std::fill(GW, GW + C, 0.f);
-  std::fill(GB, GB + C, 0.f);
-  for (int t = 0; t < workers; ++t) {
-    const float* part = partial.data() + static_cast<size_t>(t) * 2 * C;
-    for (int64_t j = 0; j < C; ++j) {
-      GW[j] += part[j];
-      GB[j] += part[C + j];
-    }
-  }
-  return {grad_x, grad_weight, grad_bias};
+  const std::vector<float> total = sum_over_threads(partial, workers);
+  return {grad_x, tensor_of(total.data(), {C}), tensor_of(total.data() + C, {C})};
 }
 
 std::vector<std::vector<int64_t>> LayerNormShapes(const std::vector<int64_t>& x,
@@ -322,19 +328,11 @@ std::vector<paddle::Tensor> DepthwiseConvBackward(const paddle::Tensor& x, const
       }
     }
   }
-  auto grad_weight = paddle::empty(weight.shape(), weight.dtype(), weight.place());
-  auto grad_bias = paddle::empty({C}, x.dtype(), x.place());
-  float *GW = grad_weight.data<float>(), *GB = grad_bias.data<float>();
-  std::fill(GW, GW + k * k * C, 0.f);
-  std::fill(GB, GB + C, 0.f);
-  for (int t = 0; t < workers; ++t) {
-    const float* part = partial.data() + t * span;
-    for (int64_t c = 0; c < C; ++c) {
-      for (int64_t tap = 0; tap < k * k; ++tap) GW[c * k * k + tap] += part[tap * C + c];
-      GB[c] += part[k * k * C + c];
-    }
-  }
-  return {grad_x, grad_weight, grad_bias};
+  const std::vector<float> total = sum_over_threads(partial, workers);
+  std::vector<float> per_channel(static_cast<size_t>(k * k * C));   // [tap, C] -> the weight's [C, tap]
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t tap = 0; tap < k * k; ++tap) per_channel[c * k * k + tap] = total[tap * C + c];
+  return {grad_x, tensor_of(per_channel.data(), weight.shape()), tensor_of(total.data() + k * k * C, {C})};
 }
 
 // PerViT's peripheral attention weights from the logits `dots` [B, h, N, N] (q.k,
@@ -521,12 +519,7 @@ std::vector<paddle::Tensor> LinearBackward(const paddle::Tensor& x, const paddle
       for (int64_t j = 0; j < N; ++j) acc[j] += g[j];
     }
   }
-  auto grad_bias = paddle::empty({N}, grad_out.dtype(), grad_out.place());
-  float* GB = grad_bias.data<float>();
-  std::fill(GB, GB + N, 0.f);
-  for (int t = 0; t < workers; ++t)
-    for (int64_t j = 0; j < N; ++j) GB[j] += partial[static_cast<size_t>(t) * N + j];
-  return {grad_x, grad_weight, grad_bias};
+  return {grad_x, grad_weight, tensor_of(sum_over_threads(partial, workers).data(), {N})};
 }
 
 // Depthwise conv of an NCHW image with a channel multiplier (groups = input
@@ -641,17 +634,8 @@ std::vector<paddle::Tensor> DepthwiseConvImageBackward(const paddle::Tensor& x, 
       }
     }
   }
-  auto grad_weight = paddle::empty(weight.shape(), weight.dtype(), weight.place());
-  auto grad_bias = paddle::empty({O}, weight.dtype(), weight.place());
-  float *GW = grad_weight.data<float>(), *GB = grad_bias.data<float>();
-  std::fill(GW, GW + O * taps, 0.f);
-  std::fill(GB, GB + O, 0.f);
-  for (int t = 0; t < workers; ++t) {
-    const float* part = partial.data() + t * span;
-    for (int64_t i = 0; i < O * taps; ++i) GW[i] += part[i];
-    for (int64_t i = 0; i < O; ++i) GB[i] += part[O * taps + i];
-  }
-  return {grad_x, grad_weight, grad_bias};
+  const std::vector<float> total = sum_over_threads(partial, workers);
+  return {grad_x, tensor_of(total.data(), weight.shape()), tensor_of(total.data() + O * taps, {O})};
 }
 
 PD_BUILD_OP(fused_layer_norm)
