@@ -30,8 +30,9 @@ class HandCounted(nn.Layer):
     def forward(self, x):
         x = self.bn(self.grouped(self.dw(self.stem(x))))
         t = x.flatten(2).transpose([0, 2, 1])                    # [1, 16, 8]
-        q, k, v = self.qkv(self.norm(t)).reshape([0, 0, 3, 2, 4]).unbind(2)   # [1, 16, 2, 4]
-        a = multi_head_attention(q, k, v)                        # fused softmax attention
+        qkv = self.qkv(self.norm(t)).reshape([0, 0, 3, 2, 4])   # [1, 16, 3, 2, 4]
+        q, k, v = qkv.unbind(2)
+        a = multi_head_attention(qkv)                            # fused softmax attention
         s = paddle.matmul(q.transpose([0, 2, 1, 3]), k.transpose([0, 2, 1, 3]), transpose_y=True)
         e = paddle.einsum('bnc,bmc->bnm', t, t)
         b = paddle.bmm(t.transpose([0, 2, 1]), t)                # [1, 8, 8]
@@ -149,8 +150,8 @@ class _Block(nn.Layer):
 
     def forward(self, x):
         c = x.shape[-1]
-        q, k, v = self.qkv(self.norm1(x)).reshape([0, 0, 3, self.heads, c // self.heads]).unbind(2)
-        x = x + self.proj(multi_head_attention(q, k, v).reshape([0, 0, c]))
+        qkv = self.qkv(self.norm1(x)).reshape([0, 0, 3, self.heads, c // self.heads])
+        x = x + self.proj(multi_head_attention(qkv).reshape([0, 0, c]))
         return x + self.mlp(self.norm2(x))
 
 

@@ -25,7 +25,7 @@ def calls(monkeypatch):
     """Counts the calls of each fused op (they still run)."""
     counts = {}
     for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_',
-                 'linear', 'depthwise_conv_image'):
+                 'linear', 'depthwise_conv_image', 'attention_inference'):
         original = getattr(fused_ops, name)
 
         def counted(*args, _name=name, _original=original):
@@ -170,17 +170,47 @@ def test_scaled_softmax_matches_paddle_and_writes_over_its_input(shape, scale):
     np.testing.assert_array_equal(product.numpy(), result.numpy())
 
 
-def test_attention_through_the_kernel_matches_paddles_sdpa(calls, monkeypatch):
+def _sdpa(qkv):
+    return F.scaled_dot_product_attention(*qkv.unbind(axis=2))
+
+
+def test_attention_through_the_kernel_matches_paddles_sdpa(calls):
     rng = np.random.default_rng(3)
-    q, k, v = (rng.standard_normal((2, 9, 3, 8)).astype('float32') for _ in range(3))
+    qkv = rng.standard_normal((2, 9, 3, 3, 8)).astype('float32')
     grad = paddle.to_tensor(rng.standard_normal((2, 9, 3, 8)).astype('float32'))
-    ours = _grads(multi_head_attention, _tensors(q, k, v), grad)
+    ours = _grads(multi_head_attention, _tensors(qkv), grad)
     assert calls == {'scaled_softmax_': 1}
-    monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', '0')
-    stock = _grads(multi_head_attention, _tensors(q, k, v), grad)
-    assert calls == {'scaled_softmax_': 1}
+    stock = _grads(_sdpa, _tensors(qkv), grad)
     for a, b in zip(ours, stock):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * np.abs(b).max())
+
+
+@pytest.mark.parametrize('shape', [(2, 9, 3, 3, 8), (3, 130, 3, 2, 16), (1, 1, 3, 1, 4), (2, 197, 3, 6, 64)])
+def test_attention_without_gradients_takes_the_whole_attention_kernel(shape, calls):
+    """Query blocks of 64 with a partial last one, a single token, ViT-S's shape."""
+    if not fused_ops.attention_inference_available():
+        pytest.skip('this Paddle ships no BLAS to build the kernel against')
+    qkv = paddle.to_tensor(np.random.default_rng(4).standard_normal(shape).astype('float32') * 4)
+    expected = _sdpa(qkv).numpy()
+    with paddle.no_grad():
+        out = multi_head_attention(qkv)
+    assert calls == {'attention_inference': 1}
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=2e-6 * np.abs(expected).max())
+    out = multi_head_attention(qkv, attn_drop=0.5, training=False)     # no gradient to compute here either
+    assert calls == {'attention_inference': 2}
+    paddle.seed(0)
+    multi_head_attention(qkv, attn_drop=0.5, training=True)            # dropout needs the score matrix
+    assert calls == {'attention_inference': 2, 'scaled_softmax_': 1}
+
+
+def test_attention_kernel_links_to_the_wheels_blas():
+    compile_flags, _ = fused_ops.blas_flags()
+    if not compile_flags:
+        pytest.skip('this Paddle ships no BLAS')
+    assert fused_ops.attention_inference_available()
+    library = os.path.join(fused_ops.build_directory(), fused_ops.LIBRARY, fused_ops.LIBRARY + '.so')
+    with open(library, 'rb') as f:
+        assert b'libmklml_intel.so' in f.read()
 
 
 @pytest.mark.parametrize('config,kernels', [
@@ -213,6 +243,32 @@ def test_models_give_the_same_gradients_with_and_without_the_kernels(config, ker
     for name in grads_a:
         scale = max(np.abs(grads_b[name]).max(), 1e-6)
         np.testing.assert_allclose(grads_a[name] / scale, grads_b[name] / scale, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize('config,kernels', [
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'attention_inference', 'linear'}),
+    (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
+     {'layer_norm', 'gelu', 'attention_inference', 'linear', 'depthwise_conv_image'}),
+    (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
+     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
+    (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),
+     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'attention_inference', 'linear'}),
+    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'linear'})])
+def test_models_evaluate_the_same_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
+    if 'attention_inference' in kernels and not fused_ops.attention_inference_available():
+        kernels = (kernels - {'attention_inference'}) | {'scaled_softmax_'}
+    paddle.seed(0)
+    cfg, model = build_from_config(config)
+    model.eval()
+    images = paddle.randn([2, cfg.DATA.IMAGE_CHANNELS, cfg.DATA.IMAGE_SIZE, cfg.DATA.IMAGE_SIZE])
+    logits = []
+    for switch in ('1', '0'):
+        monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', switch)
+        with paddle.no_grad():
+            out = model(images)
+        logits.append((out if isinstance(out, paddle.Tensor) else out[0]).numpy())
+    assert set(calls) == kernels, calls
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-4, atol=1e-5)
 
 
 def test_traced_graphs_and_other_dtypes_keep_paddles_ops(calls):

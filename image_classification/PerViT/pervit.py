@@ -204,7 +204,7 @@ class MPA(nn.Layer):
             dots = dots.astype('float32')
         if position_attn.dtype != paddle.float32:
             position_attn = position_attn.astype('float32')
-        if fused_ops.wanted(dots, position_attn, training_only=False):
+        if fused_ops.wanted(dots, position_attn):
             attn = fused_ops.peripheral_attention(dots, position_attn, self.scale)   # the same, in one CPU kernel
         else:
             dots = dots * self.scale

@@ -61,8 +61,7 @@ class Attention(nn.Layer):
         b, n, c = x.shape
         # qkv features are laid out [3, heads, head_dim], as in timm
         qkv = self.qkv(x).reshape([b, n, 3, self.num_heads, self.head_dim])
-        q, k, v = qkv.unbind(axis=2)                        # each [B, N, heads, d]
-        x = multi_head_attention(q, k, v, self.attn_drop, self.training)
+        x = multi_head_attention(qkv, self.attn_drop, self.training)
         return self.proj_drop(self.proj(x.reshape([b, n, c])))
 
 

@@ -97,8 +97,7 @@ class Attention(nn.Layer):
     def forward(self, x, grid=None):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim])
-        q, k, v = qkv.unbind(axis=2)                               # [B, N, heads, d]
-        x = multi_head_attention(q, k, v, self.attn_drop, self.training)
+        x = multi_head_attention(qkv, self.attn_drop, self.training)
         return self.proj_drop(self.proj(x.reshape([B, N, C])))
 
 

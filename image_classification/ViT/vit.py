@@ -175,15 +175,14 @@ class Attention(nn.Layer):
 
     def forward(self, x):
         qkv = self.qkv(x).reshape([0, 0, 3, self.num_heads, self.head_dim])
-        q, k, v = qkv.unbind(axis=2)                      # each [B, N, heads, d]
         if self.keep_attention:
-            q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))      # [B, heads, N, d]
+            q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(axis=0)       # each [B, heads, N, d]
             attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
             self.attention = attn
             attn = F.dropout(attn, self.attn_drop, training=self.training)
             x = paddle.matmul(attn, v).transpose([0, 2, 1, 3])
         else:
-            x = multi_head_attention(q, k, v, self.attn_drop, self.training)
+            x = multi_head_attention(qkv, self.attn_drop, self.training)
         x = x.reshape([0, 0, self.dim])
         return self.proj_drop(self.proj(x))
 

@@ -5,20 +5,20 @@ takes 10 (ViT-S activation, batch 32, 2 threads), its depthwise convolution
 1.8 s on VVT-tiny's token grid, and PerViT's attention normalisation 0.2 s a
 block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
 GELU, a Linear's bias, depthwise convs (the 'same' one on channels-last
-tokens, and any stride and channel multiplier on NCHW images), attention's
-scaled softmax and PerViT's peripheral attention weights (figures in its
-header).  They are built with Paddle's C++ extension tool the first time a
-CPU step needs them (about 20 s, once per machine) into a cache directory
-keyed by the source, the compiler and linker flags, Paddle, Python and the
-CPU, and loaded straight from there afterwards.
+tokens, and any stride and channel multiplier on NCHW images), attention
+(its scaled softmax in training, the whole of it without gradients) and
+PerViT's peripheral attention weights (figures in its header).  They are
+built with Paddle's C++ extension tool the first time a CPU step needs them
+(about 20 s, once per machine) into a cache directory keyed by the source,
+the compiler and linker flags, Paddle, Python and the CPU, and loaded
+straight from there afterwards.
 
-They serve dygraph float32 on the CPU; LayerNorm and GELU only with gradients
-on (Paddle's inference kernels are as fast).  Everything else (traced graphs
-and exports, GPU, AMP dtypes) keeps Paddle's ops, so an exported model never
-needs the library.  Where the build fails (no C++ compiler, read-only cache) a
-warning says why once and Paddle's ops are used.  PADDLEVIT_FUSED_CPU_OPS=0
-switches the kernels off; PADDLEVIT_KERNEL_DIR moves the cache (default
-~/.cache/paddlevit_kernels).
+They serve dygraph float32 on the CPU, with gradients or without.  Everything
+else (traced graphs and exports, GPU, AMP dtypes) keeps Paddle's ops, so an
+exported model never needs the library.  Where the build fails (no C++
+compiler, read-only cache) a warning says why once and Paddle's ops are used.
+PADDLEVIT_FUSED_CPU_OPS=0 switches the kernels off; PADDLEVIT_KERNEL_DIR moves
+the cache (default ~/.cache/paddlevit_kernels).
 """
 import fcntl
 import hashlib
@@ -40,6 +40,12 @@ CXX_FLAGS = ['-O3', '-march=native', '-fopenmp', '-fno-trapping-math']
 LIBRARY = 'paddlevit_fused_cpu_ops'
 
 
+def _paddle_library(name):
+    """Path of a shared library Paddle's wheel ships in its `libs` directory, or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(paddle.__file__)), 'libs', name)
+    return path if os.path.exists(path) else None
+
+
 def openmp_link_flags():
     """Link against the OpenMP runtime Paddle itself runs on, where it ships one.
 
@@ -51,10 +57,22 @@ def openmp_link_flags():
     (PyTorch: 4.2).  Linked to libiomp5 (GCC's GOMP_* calls are part of its ABI),
     the kernels share Paddle's pool.  Elsewhere: GCC's own runtime.
     """
-    libs = os.path.join(os.path.dirname(os.path.abspath(paddle.__file__)), 'libs')
-    if os.path.exists(os.path.join(libs, 'libiomp5.so')):
+    library = _paddle_library('libiomp5.so')
+    if library:
+        libs = os.path.dirname(library)
         return ['-L' + libs, '-Wl,-rpath,' + libs, '-liomp5']
     return ['-fopenmp']
+
+
+def blas_flags():
+    """(compiler, linker) flags for the kernels that call a GEMM: MKL's, where Paddle's
+    wheel ships it (x86); elsewhere those kernels are left out and Paddle's ops serve."""
+    library = _paddle_library('libmklml_intel.so')
+    if not library:
+        return [], []
+    libs = os.path.dirname(library)
+    return ['-DPADDLEVIT_WITH_CBLAS'], ['-L' + libs, '-Wl,-rpath,' + libs, '-lmklml_intel']
+
 
 _state = {'loaded': None}   # None: not tried yet; then True / False
 
@@ -73,12 +91,20 @@ def _cpu_identity():
     return '\n'.join(line for line in lines if line.startswith(('model name', 'flags')))[:4096]
 
 
+def _compile_flags():
+    return CXX_FLAGS + blas_flags()[0]
+
+
+def _link_flags():
+    return openmp_link_flags() + blas_flags()[1]
+
+
 def build_directory():
     """Cache directory of this source built with these flags for this Paddle, Python and CPU."""
     key = hashlib.sha1()
     with open(SOURCE, 'rb') as f:
         key.update(f.read())
-    for part in (' '.join(CXX_FLAGS + openmp_link_flags()), paddle.__version__, sys.version, platform.machine(), _cpu_identity()):
+    for part in (' '.join(_compile_flags() + _link_flags()), paddle.__version__, sys.version, platform.machine(), _cpu_identity()):
         key.update(part.encode())
     root = os.environ.get('PADDLEVIT_KERNEL_DIR') or os.path.join(
         os.path.expanduser('~'), '.cache', 'paddlevit_kernels')
@@ -102,8 +128,8 @@ def _build_and_register():
             load_op_meta_info_and_register_op(library)
             return
         logger.info('compiling the fused CPU kernels (once, about 20 s) into %s', directory)
-        load(name=LIBRARY, sources=[SOURCE], extra_cxx_cflags=list(CXX_FLAGS),
-             extra_ldflags=openmp_link_flags(), build_directory=directory)
+        load(name=LIBRARY, sources=[SOURCE], extra_cxx_cflags=_compile_flags(),
+             extra_ldflags=_link_flags(), build_directory=directory)
         with open(marker, 'w') as f:
             f.write(SOURCE + '\n')
 
@@ -134,12 +160,11 @@ def available():
     return _state['loaded']
 
 
-def wanted(x, *params, training_only=True):
+def wanted(x, *params):
     """Whether an op on `x` (and `params`) should run a fused kernel now: float32 on
-    the CPU in dygraph, and, if `training_only`, with a gradient to compute."""
+    the CPU in dygraph."""
     tensors = (x,) + params
-    training = paddle.is_grad_enabled() and not all(t.stop_gradient for t in tensors if t is not None)
-    return (enabled() and paddle.in_dynamic_mode() and (training or not training_only)
+    return (enabled() and paddle.in_dynamic_mode()
             and all(t is not None and t.dtype == paddle.float32 for t in tensors)
             and x.place.is_cpu_place() and available())
 
@@ -192,3 +217,14 @@ def depthwise_conv_image(x, weight, bias, stride, padding):
     return paddle._C_ops._run_custom_op('fused_depthwise_conv_image', x.contiguous(), weight, bias,
                                         int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
                                         _threads())[0]
+
+
+def attention_inference_available():
+    """Whether the no-gradient attention kernel was built (it needs the wheel's BLAS)."""
+    return bool(blas_flags()[0]) and available()
+
+
+def attention_inference(qkv):
+    """softmax(q k^T / sqrt(d)) v of a packed qkv projection [B, N, 3, heads, d] (contiguous
+    float32 on CPU), without gradients; the result is [B, N, heads, d]."""
+    return paddle._C_ops._run_custom_op('fused_attention_inference', qkv.contiguous(), _threads())[0]
