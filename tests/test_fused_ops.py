@@ -25,7 +25,7 @@ def calls(monkeypatch):
     """Counts the calls of each fused op (they still run)."""
     counts = {}
     for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_',
-                 'linear', 'depthwise_conv_image', 'attention_inference'):
+                 'linear', 'depthwise_conv_image', 'attention_inference', 'conv_inference'):
         original = getattr(fused_ops, name)
 
         def counted(*args, _name=name, _original=original):
@@ -188,7 +188,7 @@ def test_attention_through_the_kernel_matches_paddles_sdpa(calls):
 @pytest.mark.parametrize('shape', [(2, 9, 3, 3, 8), (3, 130, 3, 2, 16), (1, 1, 3, 1, 4), (2, 197, 3, 6, 64)])
 def test_attention_without_gradients_takes_the_whole_attention_kernel(shape, calls):
     """Query blocks of 64 with a partial last one, a single token, ViT-S's shape."""
-    if not fused_ops.attention_inference_available():
+    if not fused_ops.gemm_kernels_available():
         pytest.skip('this Paddle ships no BLAS to build the kernel against')
     qkv = paddle.to_tensor(np.random.default_rng(4).standard_normal(shape).astype('float32') * 4)
     expected = _sdpa(qkv).numpy()
@@ -203,11 +203,11 @@ def test_attention_without_gradients_takes_the_whole_attention_kernel(shape, cal
     assert calls == {'attention_inference': 2, 'scaled_softmax_': 1}
 
 
-def test_attention_kernel_links_to_the_wheels_blas():
+def test_gemm_kernels_link_to_the_wheels_blas():
     compile_flags, _ = fused_ops.blas_flags()
     if not compile_flags:
         pytest.skip('this Paddle ships no BLAS')
-    assert fused_ops.attention_inference_available()
+    assert fused_ops.gemm_kernels_available()
     library = os.path.join(fused_ops.build_directory(), fused_ops.LIBRARY, fused_ops.LIBRARY + '.so')
     with open(library, 'rb') as f:
         assert b'libmklml_intel.so' in f.read()
@@ -246,17 +246,17 @@ def test_models_give_the_same_gradients_with_and_without_the_kernels(config, ker
 
 
 @pytest.mark.parametrize('config,kernels', [
-    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'attention_inference', 'linear'}),
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'conv_inference', 'attention_inference', 'linear'}),
     (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
-     {'layer_norm', 'gelu', 'attention_inference', 'linear', 'depthwise_conv_image'}),
+     {'layer_norm', 'gelu', 'conv_inference', 'attention_inference', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
-     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
+     {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),
-     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'attention_inference', 'linear'}),
-    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'linear'})])
+     {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'attention_inference', 'linear'}),
+    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'linear'})])
 def test_models_evaluate_the_same_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
-    if 'attention_inference' in kernels and not fused_ops.attention_inference_available():
-        kernels = (kernels - {'attention_inference'}) | {'scaled_softmax_'}
+    if not fused_ops.gemm_kernels_available():     # Paddle's conv; attention's softmax kernel
+        kernels = {k.replace('attention_inference', 'scaled_softmax_') for k in kernels} - {'conv_inference'}
     paddle.seed(0)
     cfg, model = build_from_config(config)
     model.eval()

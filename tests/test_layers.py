@@ -135,6 +135,36 @@ def test_cpu_conv_matches_stock_conv_values_and_gradients(kwargs, depthwise, mon
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize('batch,channels,size,kwargs', [
+    (3, 3, 32, dict(kernel_size=16, stride=8)),                        # PiT's patch embedding
+    (1, 3, 32, dict(kernel_size=7, stride=4, padding=3)),              # fewer images than threads
+    (2, 32, 40, dict(kernel_size=3, padding=1, bias_attr=False)),      # rows in more than one band
+    (2, 4, 9, dict(kernel_size=(3, 5), stride=(2, 1), padding=(1, 2))),
+    (2, 4, 9, dict(kernel_size=3, padding=1, groups=4, bias_attr=False))])  # depthwise, no bias
+def test_cpu_conv_without_gradients_matches_stock_conv(batch, channels, size, kwargs, monkeypatch):
+    """Evaluation runs dense convs through the unfold + GEMM kernel, depthwise ones
+    through theirs, with or without a bias."""
+    from engine import fused_ops
+    from engine.layers import Conv2D
+    if not fused_ops.gemm_kernels_available():
+        pytest.skip('this Paddle ships no BLAS to build the kernel against')
+    used = []
+    for name in ('conv_inference', 'depthwise_conv_image'):
+        monkeypatch.setattr(fused_ops, name, lambda *a, _f=getattr(fused_ops, name), _n=name: used.append(_n) or _f(*a))
+    paddle.seed(0)
+    ours = Conv2D(channels, 2 * channels, **kwargs)
+    stock = paddle.nn.Conv2D(channels, 2 * channels, **kwargs)
+    stock.set_state_dict(ours.state_dict())
+    x = paddle.to_tensor(np.random.default_rng(1).standard_normal((batch, channels, size, size)).astype('float32'))
+    with paddle.no_grad():
+        out, expected = ours(x), stock(x)
+    assert used == ['depthwise_conv_image' if kwargs.get('groups') else 'conv_inference']
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    x.stop_gradient = False
+    ours(x)                                    # a gradient to compute: Paddle's conv, or the depthwise kernel
+    assert used[1:] == ([] if not kwargs.get('groups') else ['depthwise_conv_image'])
+
+
 def test_bias_helpers_add_the_bias_once_per_row_and_channel():
     from engine.layers import add_bias_channels, add_bias_last_axis
     x = paddle.zeros([2, 3, 4, 5])

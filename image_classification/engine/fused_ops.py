@@ -169,6 +169,12 @@ def wanted(x, *params):
             and x.place.is_cpu_place() and available())
 
 
+def needs_gradient(*tensors):
+    """Whether autograd will differentiate through an op on `tensors` now: the no-gradient
+    kernels (attention, dense convolution) keep nothing for a backward pass."""
+    return paddle.is_grad_enabled() and any(t is not None and not t.stop_gradient for t in tensors)
+
+
 def _threads():
     return int(runtime.threads or 0)      # 0: OpenMP's own default
 
@@ -219,8 +225,9 @@ def depthwise_conv_image(x, weight, bias, stride, padding):
                                         _threads())[0]
 
 
-def attention_inference_available():
-    """Whether the no-gradient attention kernel was built (it needs the wheel's BLAS)."""
+def gemm_kernels_available():
+    """Whether the kernels that call a GEMM (attention and convolution without
+    gradients) were built: they need the BLAS of Paddle's wheel."""
     return bool(blas_flags()[0]) and available()
 
 
@@ -228,3 +235,11 @@ def attention_inference(qkv):
     """softmax(q k^T / sqrt(d)) v of a packed qkv projection [B, N, 3, heads, d] (contiguous
     float32 on CPU), without gradients; the result is [B, N, heads, d]."""
     return paddle._C_ops._run_custom_op('fused_attention_inference', qkv.contiguous(), _threads())[0]
+
+
+def conv_inference(x, weight, bias, stride, padding):
+    """Convolution (groups 1, dilation 1) of an NCHW float32 CPU image without gradients,
+    weight [O, C, kh, kw], `stride` and zero `padding` as (h, w) pairs."""
+    return paddle._C_ops._run_custom_op('fused_conv_inference', x.contiguous(), weight, bias,
+                                        int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
+                                        _threads())[0]

@@ -82,17 +82,23 @@ class Linear(nn.Linear):
 class Conv2D(nn.Conv2D):
     """`nn.Conv2D` (same parameters, same names) that runs faster on CPU: there, in
     dygraph and channels first, a depthwise conv (groups = input channels, any
-    channel multiplier, stride and symmetric padding) runs the fused kernel of
-    `engine.fused_ops`, and any other adds its bias by GEMM (see above)."""
+    channel multiplier, stride and symmetric padding) runs a fused kernel of
+    `engine.fused_ops`, so does a dense one (groups 1) without gradients, and any
+    other adds its bias by GEMM (see above)."""
 
     def forward(self, x):
-        if not gemm_bias_wanted(self.bias) or self._data_format != 'NCHW' or self._padding_mode != 'zeros':
-            return super().forward(x)
+        if not paddle.in_dynamic_mode() or self._data_format != 'NCHW' or self._padding_mode != 'zeros':
+            return super().forward(x)                  # traced graphs keep the plain op
         padding = _symmetric_padding(self)
-        if (1 < self._groups == x.shape[1] and self.weight.shape[1] == 1 and padding is not None
-                and list(self._dilation) == [1, 1]
-                and fused_ops.wanted(x, self.weight, self.bias)):
-            return fused_ops.depthwise_conv_image(x, self.weight, self.bias, self._stride, padding)
+        if padding is not None and list(self._dilation) == [1, 1] and fused_ops.wanted(x, self.weight):
+            bias = self.bias if self.bias is not None else paddle.zeros([self._out_channels], x.dtype)
+            if 1 < self._groups == x.shape[1] and self.weight.shape[1] == 1:
+                return fused_ops.depthwise_conv_image(x, self.weight, bias, self._stride, padding)
+            if (self._groups == 1 and fused_ops.gemm_kernels_available()
+                    and not fused_ops.needs_gradient(x, self.weight, self.bias)):
+                return fused_ops.conv_inference(x, self.weight, bias, self._stride, padding)
+        if not gemm_bias_wanted(self.bias):
+            return super().forward(x)
         out = F.conv2d(x, self.weight, None, stride=self._stride, padding=self._padding,
                        dilation=self._dilation, groups=self._groups)
         return add_bias_channels(out, self.bias)
@@ -252,10 +258,9 @@ def multi_head_attention(qkv, attn_drop=0., training=False):
       this same matmul-softmax-matmul with a separate scale and a 2.5x slower softmax.
     Elsewhere it is `F.scaled_dot_product_attention` (flash attention on GPU).
     """
-    needs_grad = paddle.is_grad_enabled() and not qkv.stop_gradient
     dropout = attn_drop if training else 0.
-    if (not needs_grad and dropout == 0. and fused_ops.wanted(qkv)
-            and fused_ops.attention_inference_available()):
+    if (not fused_ops.needs_gradient(qkv) and dropout == 0. and fused_ops.wanted(qkv)
+            and fused_ops.gemm_kernels_available()):
         return fused_ops.attention_inference(qkv)
     q, k, v = qkv.unbind(axis=2)                                       # each [B, N, heads, d]
     if fused_ops.wanted(qkv):

@@ -11,6 +11,8 @@
 //   PiT-S's first pooling conv (3x3 depthwise, stride 2, x2 channels): Paddle 132 ms, here 44.
 //   attention without gradients, PiT-S stage 1 (N = 730): Paddle 132 ms, PyTorch 114, here 102-110;
 //   exact GELU without gradients, PiT-S stage-1 MLP: Paddle 25 ms, PyTorch 33, here 13.
+//   dense conv without gradients, PiT-S patch embedding: Paddle 60-107 ms, PyTorch 45-50, here 43-51;
+//     VVT-tiny's 7x7 stem: Paddle 106-136 ms, here 28-31.
 // erf and exp are written as plain arithmetic so that the compiler vectorises the
 // loops (a libm call per element would keep them scalar; built with -fno-trapping-math).
 //
@@ -705,6 +707,74 @@ std::vector<paddle::Tensor> AttentionInferenceForward(const paddle::Tensor& qkv,
   }
   return {out};
 }
+
+// Convolution of NCHW images without gradients (groups 1, dilation 1, zero padding).
+// Per image, band after band of output rows: the band's patches are unfolded into
+// [C * kh * kw, rows * OW] columns (about 1 MB, which stays in cache) and one GEMM
+// with the weight [O, C * kh * kw] writes the band's outputs, channels first; the
+// bias is added after.  With at least as many images as threads each thread takes
+// whole images (a single-threaded GEMM each); with fewer, MKL threads each GEMM.
+std::vector<paddle::Tensor> ConvInferenceForward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                                 const paddle::Tensor& bias, int64_t stride_h, int64_t stride_w,
+                                                 int64_t pad_h, int64_t pad_w, int64_t threads) {
+  check_float32(x, "x");
+  const auto &xs = x.shape(), &ws = weight.shape();
+  PD_CHECK(xs.size() == 4 && ws.size() == 4 && ws[1] == xs[1] && bias.numel() == ws[0],
+           "conv: x [B, C, H, W], weight [O, C, kh, kw] and bias [O] expected");
+  const int64_t B = xs[0], C = xs[1], H = xs[2], W = xs[3], O = ws[0], KH = ws[2], KW = ws[3];
+  const int64_t OH = (H + 2 * pad_h - KH) / stride_h + 1, OW = (W + 2 * pad_w - KW) / stride_w + 1;
+  PD_CHECK(OH > 0 && OW > 0, "conv: the kernel is larger than the padded image");
+  const int64_t K = C * KH * KW, P = OH * OW;
+  auto out = paddle::empty({B, O, OH, OW}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float *X = x.data<float>(), *Wt = weight.data<float>(), *Bias = bias.data<float>();
+  float* Y = out.data<float>();
+  const int workers = thread_count(threads);
+  const bool per_image = B >= workers;
+  // output rows per GEMM: their unfolded patches fill about 1 MB, which stays in cache
+  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(OH, (int64_t{1} << 18) / (K * OW)));
+  auto convolve = [&](int64_t b, float* columns) {
+    const float* image = X + b * C * H * W;
+    float* y = Y + b * O * P;
+    for (int64_t first = 0; first < OH; first += band) {
+      const int64_t rows = std::min(band, OH - first), width = rows * OW;
+      for (int64_t row = 0; row < K; ++row) {
+        const int64_t c = row / (KH * KW), ky = row / KW % KH, kx = row % KW;
+        for (int64_t oy = first; oy < first + rows; ++oy) {
+          const int64_t iy = oy * stride_h - pad_h + ky;
+          float* d = columns + row * width + (oy - first) * OW;
+          if (iy < 0 || iy >= H) {
+            std::fill(d, d + OW, 0.f);
+            continue;
+          }
+          const float* src = image + (c * H + iy) * W;
+          for (int64_t ox = 0; ox < OW; ++ox) {
+            const int64_t ix = ox * stride_w - pad_w + kx;
+            d[ox] = ix >= 0 && ix < W ? src[ix] : 0.f;
+          }
+        }
+      }
+      float* out_band = y + first * OW;
+      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, O, width, K, 1.f, Wt, K, columns, width, 0.f, out_band, P);
+      for (int64_t o = 0; o < O; ++o)
+#pragma omp simd
+        for (int64_t i = 0; i < width; ++i) out_band[o * P + i] += Bias[o];
+    }
+  };
+  if (per_image) {
+#pragma omp parallel num_threads(workers)
+    {
+      const int previous = MKL_Set_Num_Threads_Local(1);
+      std::vector<float> columns(static_cast<size_t>(K * band * OW));
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < B; ++b) convolve(b, columns.data());
+      MKL_Set_Num_Threads_Local(previous);
+    }
+  } else {
+    std::vector<float> columns(static_cast<size_t>(K * band * OW));
+    for (int64_t b = 0; b < B; ++b) convolve(b, columns.data());
+  }
+  return {out};
+}
 #endif  // PADDLEVIT_WITH_CBLAS
 
 PD_BUILD_OP(fused_layer_norm)
@@ -800,4 +870,10 @@ PD_BUILD_OP(fused_attention_inference)
     .Outputs({"Out"})
     .Attrs({"threads: int64_t"})
     .SetKernelFn(PD_KERNEL(AttentionInferenceForward));
+
+PD_BUILD_OP(fused_conv_inference)
+    .Inputs({"X", "Weight", "Bias"})
+    .Outputs({"Out"})
+    .Attrs({"stride_h: int64_t", "stride_w: int64_t", "pad_h: int64_t", "pad_w: int64_t", "threads: int64_t"})
+    .SetKernelFn(PD_KERNEL(ConvInferenceForward));
 #endif
