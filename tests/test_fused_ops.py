@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import paddle
@@ -338,6 +339,31 @@ def test_cold_build_by_two_processes_at_once(tmp_path):
     assert sum('compiling the fused CPU kernels' in log for log in logs) == 1, logs
     builds = [d for d in os.listdir(tmp_path) if os.path.isdir(tmp_path / d)]
     assert len(builds) == 1 and os.path.exists(tmp_path / builds[0] / 'complete')
+
+
+def test_a_wheel_without_blas_builds_the_other_kernels_and_falls_back(tmp_path):
+    """Where Paddle's wheel ships no MKL, the GEMM kernels are left out of the build and
+    attention and dense convolutions without gradients take Paddle's ops."""
+    script = textwrap.dedent('''
+        import sys; sys.path.insert(0, %r)
+        import numpy as np, paddle, paddle.nn.functional as F
+        from engine import fused_ops
+        from engine.layers import Conv2D, multi_head_attention
+        fused_ops.blas_flags = lambda: ([], [])
+        assert fused_ops.available() and not fused_ops.gemm_kernels_available()
+        qkv = paddle.randn([2, 70, 3, 2, 8])
+        conv = Conv2D(3, 6, 4, stride=2, padding=1)
+        x = paddle.randn([2, 3, 12, 12])
+        with paddle.no_grad():
+            np.testing.assert_allclose(multi_head_attention(qkv).numpy(),
+                                       F.scaled_dot_product_attention(*qkv.unbind(2)).numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(conv(x).numpy(), F.conv2d(x, conv.weight, conv.bias, 2, 1).numpy(),
+                                       rtol=1e-5, atol=1e-5)
+        print('fell back')
+    ''' % os.path.join(REPO, 'image_classification'))
+    env = dict(os.environ, PADDLEVIT_KERNEL_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and 'fell back' in done.stdout, done.stdout + done.stderr
 
 
 def test_results_do_not_depend_on_the_thread_count(monkeypatch):
