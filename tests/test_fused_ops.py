@@ -24,9 +24,10 @@ CONFIGS = os.path.join(REPO, 'image_classification')
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the calls of each fused op (they still run)."""
+    fused_ops.available()       # built (and smoke-tested) before counting starts
     counts = {}
     for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_',
-                 'linear', 'depthwise_conv_image', 'attention_inference', 'conv_inference'):
+                 'linear', 'depthwise_conv_image', 'attention', 'conv_inference'):
         original = getattr(fused_ops, name)
 
         def counted(*args, _name=name, _original=original):
@@ -175,33 +176,45 @@ def _sdpa(qkv):
     return F.scaled_dot_product_attention(*qkv.unbind(axis=2))
 
 
-def test_attention_through_the_kernel_matches_paddles_sdpa(calls):
-    rng = np.random.default_rng(3)
-    qkv = rng.standard_normal((2, 9, 3, 3, 8)).astype('float32')
-    grad = paddle.to_tensor(rng.standard_normal((2, 9, 3, 8)).astype('float32'))
-    ours = _grads(multi_head_attention, _tensors(qkv), grad)
-    assert calls == {'scaled_softmax_': 1}
-    stock = _grads(_sdpa, _tensors(qkv), grad)
-    for a, b in zip(ours, stock):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * np.abs(b).max())
+def _needs_gemm_kernels():
+    if not fused_ops.gemm_kernels_available():
+        pytest.skip('this Paddle ships no BLAS to build the GEMM kernels against')
 
 
 @pytest.mark.parametrize('shape', [(2, 9, 3, 3, 8), (3, 130, 3, 2, 16), (1, 1, 3, 1, 4), (2, 197, 3, 6, 64)])
-def test_attention_without_gradients_takes_the_whole_attention_kernel(shape, calls):
+def test_attention_kernel_matches_paddles_sdpa_values_and_gradients(shape, calls):
     """Query blocks of 64 with a partial last one, a single token, ViT-S's shape."""
-    if not fused_ops.gemm_kernels_available():
-        pytest.skip('this Paddle ships no BLAS to build the kernel against')
-    qkv = paddle.to_tensor(np.random.default_rng(4).standard_normal(shape).astype('float32') * 4)
-    expected = _sdpa(qkv).numpy()
+    _needs_gemm_kernels()
+    rng = np.random.default_rng(3)
+    qkv = (rng.standard_normal(shape) * 4).astype('float32')
+    grad = paddle.to_tensor(rng.standard_normal(shape[:2] + shape[3:]).astype('float32'))
+    ours = _grads(multi_head_attention, _tensors(qkv), grad)
+    assert calls == {'attention': 1}
+    stock = _grads(_sdpa, _tensors(qkv), grad)
+    for a, b in zip(ours, stock):     # dq of a single token is 0 up to the rounding of rowsum(do * o)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
     with paddle.no_grad():
-        out = multi_head_attention(qkv)
-    assert calls == {'attention_inference': 1}
-    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=2e-6 * np.abs(expected).max())
-    out = multi_head_attention(qkv, attn_drop=0.5, training=False)     # no gradient to compute here either
-    assert calls == {'attention_inference': 2}
+        np.testing.assert_allclose(multi_head_attention(paddle.to_tensor(qkv)).numpy(), stock[0],
+                                   rtol=1e-5, atol=2e-6 * np.abs(stock[0]).max())
+    assert calls == {'attention': 2}
+
+
+def test_attention_dropout_in_training_takes_the_softmax_kernel(calls):
+    """Dropout needs the whole score matrix: matmul, the fused softmax in place, dropout, matmul."""
+    rng = np.random.default_rng(3)
+    qkv = rng.standard_normal((2, 9, 3, 3, 8)).astype('float32')
+    grad = paddle.to_tensor(rng.standard_normal((2, 9, 3, 8)).astype('float32'))
+    _needs_gemm_kernels()
+    multi_head_attention(paddle.to_tensor(qkv), attn_drop=0.5, training=False)     # no dropout in eval
+    assert calls == {'attention': 1}
     paddle.seed(0)
-    multi_head_attention(qkv, attn_drop=0.5, training=True)            # dropout needs the score matrix
-    assert calls == {'attention_inference': 2, 'scaled_softmax_': 1}
+    dropped = _grads(lambda t: multi_head_attention(t, attn_drop=0.5, training=True), _tensors(qkv), grad)
+    assert calls == {'attention': 1, 'scaled_softmax_': 1}
+    paddle.seed(0)
+    q, k, v = (t.transpose([0, 2, 1, 3]) for t in paddle.to_tensor(qkv).unbind(axis=2))
+    attn = F.dropout(F.softmax(paddle.matmul(q, k, transpose_y=True) * 8 ** -0.5), 0.5, training=True)
+    np.testing.assert_allclose(dropped[0], paddle.matmul(attn, v).transpose([0, 2, 1, 3]).numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_gemm_kernels_link_to_the_wheels_blas():
@@ -214,16 +227,25 @@ def test_gemm_kernels_link_to_the_wheels_blas():
         assert b'libmklml_intel.so' in f.read()
 
 
+def _without_gemm_kernels_where_unavailable(kernels):
+    """The kernels a model takes where the wheel ships no BLAS: Paddle's dense conv, and
+    attention's softmax kernel in place of the whole attention."""
+    if fused_ops.gemm_kernels_available():
+        return kernels
+    return {'scaled_softmax_' if k == 'attention' else k for k in kernels} - {'conv_inference'}
+
+
 @pytest.mark.parametrize('config,kernels', [
-    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'scaled_softmax_', 'linear'}),
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'attention', 'linear'}),
     (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
-     {'layer_norm', 'gelu', 'scaled_softmax_', 'linear', 'depthwise_conv_image'}),
+     {'layer_norm', 'gelu', 'attention', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
      {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),
-     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'scaled_softmax_', 'linear'}),
+     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'attention', 'linear'}),
     (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'linear'})])
 def test_models_give_the_same_gradients_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
+    kernels = _without_gemm_kernels_where_unavailable(kernels)
     paddle.seed(0)
     cfg, model = build_from_config(config)
     model.eval()                     # no dropout draws; gradients still flow
@@ -247,17 +269,16 @@ def test_models_give_the_same_gradients_with_and_without_the_kernels(config, ker
 
 
 @pytest.mark.parametrize('config,kernels', [
-    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'conv_inference', 'attention_inference', 'linear'}),
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'conv_inference', 'attention', 'linear'}),
     (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
-     {'layer_norm', 'gelu', 'conv_inference', 'attention_inference', 'linear', 'depthwise_conv_image'}),
+     {'layer_norm', 'gelu', 'conv_inference', 'attention', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
      {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),
-     {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'attention_inference', 'linear'}),
+     {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'attention', 'linear'}),
     (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'linear'})])
 def test_models_evaluate_the_same_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
-    if not fused_ops.gemm_kernels_available():     # Paddle's conv; attention's softmax kernel
-        kernels = {k.replace('attention_inference', 'scaled_softmax_') for k in kernels} - {'conv_inference'}
+    kernels = _without_gemm_kernels_where_unavailable(kernels)
     paddle.seed(0)
     cfg, model = build_from_config(config)
     model.eval()

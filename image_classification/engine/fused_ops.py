@@ -6,7 +6,7 @@ takes 10 (ViT-S activation, batch 32, 2 threads), its depthwise convolution
 block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
 GELU, a Linear's bias, depthwise convs (the 'same' one on channels-last
 tokens, and any stride and channel multiplier on NCHW images), attention
-(its scaled softmax in training, the whole of it without gradients) and
+(as a whole, or its scaled softmax where attention dropout needs the scores) and
 PerViT's peripheral attention weights (figures in its header).  They are
 built with Paddle's C++ extension tool the first time a CPU step needs them
 (about 20 s, once per machine) into a cache directory keyed by the source,
@@ -226,15 +226,16 @@ def depthwise_conv_image(x, weight, bias, stride, padding):
 
 
 def gemm_kernels_available():
-    """Whether the kernels that call a GEMM (attention and convolution without
+    """Whether the kernels that call a GEMM (attention, and convolution without
     gradients) were built: they need the BLAS of Paddle's wheel."""
     return bool(blas_flags()[0]) and available()
 
 
-def attention_inference(qkv):
-    """softmax(q k^T / sqrt(d)) v of a packed qkv projection [B, N, 3, heads, d] (contiguous
-    float32 on CPU), without gradients; the result is [B, N, heads, d]."""
-    return paddle._C_ops._run_custom_op('fused_attention_inference', qkv.contiguous(), _threads())[0]
+def attention(qkv):
+    """softmax(q k^T / sqrt(d)) v of a packed qkv projection [B, N, 3, heads, d] (float32
+    on CPU), differentiable; the result is [B, N, heads, d]."""
+    out, _lse = paddle._C_ops._run_custom_op('fused_attention', qkv.contiguous(), _threads())
+    return out
 
 
 def conv_inference(x, weight, bias, stride, padding):

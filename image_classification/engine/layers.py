@@ -249,27 +249,25 @@ def multi_head_attention(qkv, attn_drop=0., training=False):
     """softmax(q k^T / sqrt(d)) v of a packed qkv projection [B, N, 3, heads, d] (timm's
     layout of the fused qkv Linear), result [B, N, heads, d].
 
-    On CPU in dygraph (float32):
-    - with nothing to differentiate (evaluation), one fused kernel reads q, k and v
-      in place and never holds more than a 64-query block of scores: PiT-S's stage 1
-      (N = 730) takes 132 ms unfused, PyTorch's flash attention 114;
-    - in training, the softmax, with the scale taken in, runs a fused kernel in
-      place over the q k^T product: Paddle's CPU `scaled_dot_product_attention` is
-      this same matmul-softmax-matmul with a separate scale and a 2.5x slower softmax.
-    Elsewhere it is `F.scaled_dot_product_attention` (flash attention on GPU).
+    On CPU in dygraph (float32) one fused kernel reads q, k and v in place and never
+    holds more than a 64-query block of scores, forward or backward (PyTorch's CPU
+    flash attention does the same): PiT-S's stage 1 (N = 730) takes 132 ms unfused
+    without gradients (PyTorch 114, here 102-110) and 358 ms with them (here 324),
+    and keeps no [B, heads, N, N] matrix for the backward pass.  With attention
+    dropout in training, or a Paddle without MKL, the softmax, with the scale taken
+    in, runs a fused kernel in place over the q k^T product.  Elsewhere it is
+    `F.scaled_dot_product_attention` (flash attention on GPU).
     """
     dropout = attn_drop if training else 0.
-    if (not fused_ops.needs_gradient(qkv) and dropout == 0. and fused_ops.wanted(qkv)
-            and fused_ops.gemm_kernels_available()):
-        return fused_ops.attention_inference(qkv)
-    q, k, v = qkv.unbind(axis=2)                                       # each [B, N, heads, d]
-    if fused_ops.wanted(qkv):
-        q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
-        attn = fused_ops.scaled_softmax_(paddle.matmul(q, k, transpose_y=True), q.shape[-1] ** -0.5)
-        if dropout > 0.:
-            attn = F.dropout(attn, dropout, training=True)
-        return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, training=training)
+    if not paddle.in_dynamic_mode() or not fused_ops.wanted(qkv):     # traced graphs keep the plain op
+        return F.scaled_dot_product_attention(*qkv.unbind(axis=2), dropout_p=dropout, training=training)
+    if dropout == 0. and fused_ops.gemm_kernels_available():
+        return fused_ops.attention(qkv)
+    q, k, v = (t.transpose([0, 2, 1, 3]) for t in qkv.unbind(axis=2))       # each [B, heads, N, d]
+    attn = fused_ops.scaled_softmax_(paddle.matmul(q, k, transpose_y=True), q.shape[-1] ** -0.5)
+    if dropout > 0.:
+        attn = F.dropout(attn, dropout, training=True)
+    return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
 
 
 def resize_pos_embed(pos_embed, new_grid, num_prefix_tokens=1, mode='bicubic'):

@@ -9,7 +9,8 @@
 //   attention's softmax(scale * q k^T), PiT-S stage 1: Paddle 158 ms, here 58 (in place);
 //   Linear with bias, PiT-S stage-1 qkv: 86 ms with the bias by GEMM, here 72 (70 without bias);
 //   PiT-S's first pooling conv (3x3 depthwise, stride 2, x2 channels): Paddle 132 ms, here 44.
-//   attention without gradients, PiT-S stage 1 (N = 730): Paddle 132 ms, PyTorch 114, here 102-110;
+//   attention, PiT-S stage 1 (N = 730): forward 132 ms unfused, PyTorch 114, here 102-110;
+//     forward + backward 358 ms with the fused softmax (and the 204 MB score matrix kept), here 305-324;
 //   exact GELU without gradients, PiT-S stage-1 MLP: Paddle 25 ms, PyTorch 33, here 13.
 //   dense conv without gradients, PiT-S patch embedding: Paddle 60-107 ms, PyTorch 45-50, here 43-51;
 //     VVT-tiny's 7x7 stem: Paddle 106-136 ms, here 28-31.
@@ -653,59 +654,140 @@ int MKL_Set_Num_Threads_Local(int threads);  // the C entry (the lower-case one 
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 constexpr int64_t kQueryBlock = 64;
 
-// Attention without gradients, softmax(q k^T / sqrt(d)) v, read straight from the
-// packed qkv projection [B, N, 3, heads, d]; the result is [B, N, heads, d].  Each
-// task takes one image, one head and a block of 64 queries: their scores against all
-// N keys (64 x N floats, which stay in the core's cache) by one GEMM, the softmax in
-// place, the output by a second GEMM, scaled by 1 / row sum at the end (d values a
-// row rather than N): PyTorch's flash attention on CPU also never holds the whole
-// score matrix.  The unfused path copies q, k and v out of qkv, then writes
-// the whole [B, heads, N, N] product to memory and reads it back twice.
-std::vector<paddle::Tensor> AttentionInferenceForward(const paddle::Tensor& qkv, int64_t threads) {
-  check_float32(qkv, "qkv");
-  const auto& shape = qkv.shape();
-  PD_CHECK(shape.size() == 5 && shape[2] == 3, "attention: qkv [B, N, 3, heads, d] expected");
-  const int64_t B = shape[0], N = shape[1], H = shape[3], D = shape[4];
-  const int64_t stride = 3 * H * D;  // between consecutive tokens of q (of k, of v)
-  const int64_t blocks = (N + kQueryBlock - 1) / kQueryBlock;
-  auto out = paddle::empty({B, N, H, D}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+// Attention, softmax(q k^T / sqrt(d)) v, read straight from the packed qkv projection
+// [B, N, 3, heads, d]; the result is [B, N, heads, d], with each query row's
+// log-sum-exp of scores [B, heads, N] kept for the backward pass.  Neither pass ever
+// holds more than a block of 64 query rows of scores (64 x N floats, which stay in
+// the core's cache), as PyTorch's CPU flash attention: the unfused path copies q, k
+// and v out of qkv, then writes the whole [B, heads, N, N] matrix to memory, reads
+// it back twice, and keeps it for the backward pass (204 MB a block on PiT-S's stage 1).
+struct AttentionShape {
+  int64_t B, N, H, D, stride;  // stride: between consecutive tokens of q (of k, of v)
+  float scale;
+  explicit AttentionShape(const paddle::Tensor& qkv) {
+    check_float32(qkv, "qkv");
+    const auto& s = qkv.shape();
+    PD_CHECK(s.size() == 5 && s[2] == 3, "attention: qkv [B, N, 3, heads, d] expected");
+    B = s[0], N = s[1], H = s[3], D = s[4], stride = 3 * H * D;
+    scale = 1.f / std::sqrt(static_cast<float>(D));
+  }
+};
+
+// Forward: each task is one image, one head and a block of queries.  Scores by one
+// GEMM, the softmax numerators in place, the output by a second GEMM, scaled by
+// 1 / row sum at the end (d values a row rather than N).
+std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& qkv, int64_t threads) {
+  const AttentionShape a(qkv);
+  const int64_t blocks = (a.N + kQueryBlock - 1) / kQueryBlock;
+  auto out = paddle::empty({a.B, a.N, a.H, a.D}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto lse = paddle::empty({a.B, a.H, a.N}, paddle::DataType::FLOAT32, paddle::CPUPlace());
   const float* QKV = qkv.data<float>();
-  float* O = out.data<float>();
-  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  float *O = out.data<float>(), *L = lse.data<float>();
 #pragma omp parallel num_threads(thread_count(threads))
   {
     const int previous = MKL_Set_Num_Threads_Local(1);  // the tasks are the parallelism
-    std::vector<float> scores(static_cast<size_t>(kQueryBlock * N)), inverse_sum(kQueryBlock);
+    std::vector<float> scores(static_cast<size_t>(kQueryBlock * a.N)), inverse_sum(kQueryBlock);
     // consecutive tasks share an image and a head, so a thread keeps reading the same k and v
 #pragma omp for schedule(static)
-    for (int64_t task = 0; task < B * H * blocks; ++task) {
-      const int64_t b = task / (H * blocks), h = task / blocks % H, first = task % blocks * kQueryBlock;
-      const int64_t rows = std::min(kQueryBlock, N - first);
-      const float* q = QKV + (b * N + first) * stride + h * D;
-      const float* k = QKV + b * N * stride + (H + h) * D;
-      const float* v = k + H * D;
-      float* o = O + ((b * N + first) * H + h) * D;
-      cblas_sgemm(kRowMajor, kNoTrans, kTrans, rows, N, D, scale, q, stride, k, stride, 0.f, scores.data(), N);
+    for (int64_t task = 0; task < a.B * a.H * blocks; ++task) {
+      const int64_t b = task / (a.H * blocks), h = task / blocks % a.H, first = task % blocks * kQueryBlock;
+      const int64_t rows = std::min(kQueryBlock, a.N - first);
+      const float* q = QKV + (b * a.N + first) * a.stride + h * a.D;
+      const float* k = QKV + b * a.N * a.stride + (a.H + h) * a.D;
+      const float* v = k + a.H * a.D;
+      float* o = O + ((b * a.N + first) * a.H + h) * a.D;
+      float* l = L + (b * a.H + h) * a.N + first;
+      cblas_sgemm(kRowMajor, kNoTrans, kTrans, rows, a.N, a.D, a.scale, q, a.stride, k, a.stride, 0.f,
+                  scores.data(), a.N);
       for (int64_t r = 0; r < rows; ++r) {
-        float* y = scores.data() + r * N;
+        float* y = scores.data() + r * a.N;
         float m = y[0];
-        for (int64_t j = 1; j < N; ++j) m = y[j] > m ? y[j] : m;
+        for (int64_t j = 1; j < a.N; ++j) m = y[j] > m ? y[j] : m;
         float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < N; ++j) {
+        for (int64_t j = 0; j < a.N; ++j) {
           y[j] = exp_approx(y[j] - m);
           sum += y[j];
         }
         inverse_sum[r] = 1.f / sum;  // sum >= 1: the maximum contributes e^0
+        l[r] = m + std::log(sum);
       }
-      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, rows, D, N, 1.f, scores.data(), N, v, stride, 0.f, o, H * D);
+      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, rows, a.D, a.N, 1.f, scores.data(), a.N, v, a.stride, 0.f, o,
+                  a.H * a.D);
       for (int64_t r = 0; r < rows; ++r)
 #pragma omp simd
-        for (int64_t j = 0; j < D; ++j) o[r * H * D + j] *= inverse_sum[r];
+        for (int64_t j = 0; j < a.D; ++j) o[r * a.H * a.D + j] *= inverse_sum[r];
     }
     MKL_Set_Num_Threads_Local(previous);
   }
-  return {out};
+  return {out, lse};
+}
+
+// Backward: each task is one image and one head (dk and dv sum over all its query
+// blocks).  Per block, with P = exp(scale q k^T - lse) recomputed from the saved
+// log-sum-exp: dv += P^T do; dP = do v^T; dS = P * (dP - rowsum(do * o));
+// dq = scale dS k; dk += scale dS^T q.  Five GEMMs, the gradient written in place
+// into the packed [B, N, 3, heads, d] layout of qkv.
+std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& qkv, const paddle::Tensor& out,
+                                              const paddle::Tensor& lse, const paddle::Tensor& grad_out,
+                                              int64_t threads) {
+  const AttentionShape a(qkv);
+  check_float32(grad_out, "grad_out");
+  auto grad_qkv = paddle::empty(qkv.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float *QKV = qkv.data<float>(), *O = out.data<float>(), *L = lse.data<float>(),
+              *G = grad_out.data<float>();
+  float* DQKV = grad_qkv.data<float>();
+  const int64_t row = a.H * a.D;  // between consecutive tokens of o and do
+#pragma omp parallel num_threads(thread_count(threads))
+  {
+    const int previous = MKL_Set_Num_Threads_Local(1);
+    std::vector<float> p(static_cast<size_t>(kQueryBlock * a.N)), dp(p.size()), delta(kQueryBlock);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < a.B * a.H; ++task) {
+      const int64_t b = task / a.H, h = task % a.H;
+      const float* q0 = QKV + b * a.N * a.stride + h * a.D;
+      const float *k = q0 + a.H * a.D, *v = k + a.H * a.D;
+      float* dq0 = DQKV + b * a.N * a.stride + h * a.D;
+      float *dk = dq0 + a.H * a.D, *dv = dk + a.H * a.D;
+      for (int64_t t = 0; t < a.N; ++t) {
+        std::fill(dk + t * a.stride, dk + t * a.stride + a.D, 0.f);
+        std::fill(dv + t * a.stride, dv + t * a.stride + a.D, 0.f);
+      }
+      for (int64_t first = 0; first < a.N; first += kQueryBlock) {
+        const int64_t rows = std::min(kQueryBlock, a.N - first);
+        const float* q = q0 + first * a.stride;
+        const float* o = O + ((b * a.N + first) * a.H + h) * a.D;
+        const float* g = G + ((b * a.N + first) * a.H + h) * a.D;
+        const float* l = L + (b * a.H + h) * a.N + first;
+        cblas_sgemm(kRowMajor, kNoTrans, kTrans, rows, a.N, a.D, a.scale, q, a.stride, k, a.stride, 0.f, p.data(),
+                    a.N);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* y = p.data() + r * a.N;
+          const float shift = l[r];
+#pragma omp simd
+          for (int64_t j = 0; j < a.N; ++j) y[j] = exp_approx(y[j] - shift);
+          float d = 0.f;
+#pragma omp simd reduction(+ : d)
+          for (int64_t j = 0; j < a.D; ++j) d += g[r * row + j] * o[r * row + j];
+          delta[r] = d;
+        }
+        cblas_sgemm(kRowMajor, kTrans, kNoTrans, a.N, a.D, rows, 1.f, p.data(), a.N, g, row, 1.f, dv, a.stride);
+        cblas_sgemm(kRowMajor, kNoTrans, kTrans, rows, a.N, a.D, 1.f, g, row, v, a.stride, 0.f, dp.data(), a.N);
+        for (int64_t r = 0; r < rows; ++r) {
+          float *y = p.data() + r * a.N, *dy = dp.data() + r * a.N;
+          const float d = delta[r];
+#pragma omp simd
+          for (int64_t j = 0; j < a.N; ++j) y[j] *= dy[j] - d;  // now dS
+        }
+        cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, rows, a.D, a.N, a.scale, p.data(), a.N, k, a.stride, 0.f,
+                    dq0 + first * a.stride, a.stride);
+        cblas_sgemm(kRowMajor, kTrans, kNoTrans, a.N, a.D, rows, a.scale, p.data(), a.N, q, a.stride, 1.f, dk,
+                    a.stride);
+      }
+    }
+    MKL_Set_Num_Threads_Local(previous);
+  }
+  return {grad_qkv};
 }
 
 // Convolution of NCHW images without gradients (groups 1, dilation 1, zero padding).
@@ -865,11 +947,17 @@ PD_BUILD_GRAD_OP(fused_depthwise_conv_image)
     .SetKernelFn(PD_KERNEL(DepthwiseConvImageBackward));
 
 #ifdef PADDLEVIT_WITH_CBLAS
-PD_BUILD_OP(fused_attention_inference)
+PD_BUILD_OP(fused_attention)
     .Inputs({"QKV"})
-    .Outputs({"Out"})
+    .Outputs({"Out", "LSE"})
     .Attrs({"threads: int64_t"})
-    .SetKernelFn(PD_KERNEL(AttentionInferenceForward));
+    .SetKernelFn(PD_KERNEL(AttentionForward));
+
+PD_BUILD_GRAD_OP(fused_attention)
+    .Inputs({"QKV", "Out", "LSE", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("QKV")})
+    .Attrs({"threads: int64_t"})
+    .SetKernelFn(PD_KERNEL(AttentionBackward));
 
 PD_BUILD_OP(fused_conv_inference)
     .Inputs({"X", "Weight", "Bias"})
