@@ -21,6 +21,7 @@ PADDLEVIT_FUSED_CPU_OPS=0 switches the kernels off; PADDLEVIT_KERNEL_DIR moves
 the cache (default ~/.cache/paddlevit_kernels).
 """
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -40,10 +41,19 @@ CXX_FLAGS = ['-O3', '-march=native', '-fopenmp', '-fno-trapping-math']
 LIBRARY = 'paddlevit_fused_cpu_ops'
 
 
+@functools.lru_cache(maxsize=None)
 def _paddle_library(name):
-    """Path of a shared library Paddle's wheel ships in its `libs` directory, or None."""
+    """Path of a shared library Paddle's wheel ships in its `libs` directory, or None
+    (looked up once: layers ask on every forward whether the GEMM kernels exist)."""
     path = os.path.join(os.path.dirname(os.path.abspath(paddle.__file__)), 'libs', name)
     return path if os.path.exists(path) else None
+
+
+def _link_to(library):
+    """Linker flags for a shared library found at `library`, found again at run time."""
+    libs = os.path.dirname(library)
+    name = os.path.basename(library)[len('lib'):-len('.so')]
+    return ['-L' + libs, '-Wl,-rpath,' + libs, '-l' + name]
 
 
 def openmp_link_flags():
@@ -58,20 +68,14 @@ def openmp_link_flags():
     the kernels share Paddle's pool.  Elsewhere: GCC's own runtime.
     """
     library = _paddle_library('libiomp5.so')
-    if library:
-        libs = os.path.dirname(library)
-        return ['-L' + libs, '-Wl,-rpath,' + libs, '-liomp5']
-    return ['-fopenmp']
+    return _link_to(library) if library else ['-fopenmp']
 
 
 def blas_flags():
     """(compiler, linker) flags for the kernels that call a GEMM: MKL's, where Paddle's
     wheel ships it (x86); elsewhere those kernels are left out and Paddle's ops serve."""
     library = _paddle_library('libmklml_intel.so')
-    if not library:
-        return [], []
-    libs = os.path.dirname(library)
-    return ['-DPADDLEVIT_WITH_CBLAS'], ['-L' + libs, '-Wl,-rpath,' + libs, '-lmklml_intel']
+    return (['-DPADDLEVIT_WITH_CBLAS'], _link_to(library)) if library else ([], [])
 
 
 _state = {'loaded': None}   # None: not tried yet; then True / False
@@ -170,8 +174,8 @@ def wanted(x, *params):
 
 
 def needs_gradient(*tensors):
-    """Whether autograd will differentiate through an op on `tensors` now: the no-gradient
-    kernels (attention, dense convolution) keep nothing for a backward pass."""
+    """Whether autograd will differentiate through an op on `tensors` now: the kernels
+    without a backward pass (dense convolution) serve only where it will not."""
     return paddle.is_grad_enabled() and any(t is not None and not t.stop_gradient for t in tensors)
 
 

@@ -91,12 +91,12 @@ class Conv2D(nn.Conv2D):
             return super().forward(x)                  # traced graphs keep the plain op
         padding = _symmetric_padding(self)
         if padding is not None and list(self._dilation) == [1, 1] and fused_ops.wanted(x, self.weight):
-            bias = self.bias if self.bias is not None else paddle.zeros([self._out_channels], x.dtype)
-            if 1 < self._groups == x.shape[1] and self.weight.shape[1] == 1:
-                return fused_ops.depthwise_conv_image(x, self.weight, bias, self._stride, padding)
-            if (self._groups == 1 and fused_ops.gemm_kernels_available()
-                    and not fused_ops.needs_gradient(x, self.weight, self.bias)):
-                return fused_ops.conv_inference(x, self.weight, bias, self._stride, padding)
+            depthwise = 1 < self._groups == x.shape[1] and self.weight.shape[1] == 1
+            if depthwise or (self._groups == 1 and fused_ops.gemm_kernels_available()
+                             and not fused_ops.needs_gradient(x, self.weight, self.bias)):
+                kernel = fused_ops.depthwise_conv_image if depthwise else fused_ops.conv_inference
+                bias = self.bias if self.bias is not None else paddle.zeros([self._out_channels], x.dtype)
+                return kernel(x, self.weight, bias, self._stride, padding)
         if not gemm_bias_wanted(self.bias):
             return super().forward(x)
         out = F.conv2d(x, self.weight, None, stride=self._stride, padding=self._padding,

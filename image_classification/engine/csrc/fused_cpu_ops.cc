@@ -8,10 +8,10 @@
 //   PerViT's peripheral attention weights:  Paddle 198 ms, here 16;
 //   attention's softmax(scale * q k^T), PiT-S stage 1: Paddle 158 ms, here 58 (in place);
 //   Linear with bias, PiT-S stage-1 qkv: 86 ms with the bias by GEMM, here 72 (70 without bias);
-//   PiT-S's first pooling conv (3x3 depthwise, stride 2, x2 channels): Paddle 132 ms, here 44.
+//   PiT-S's first pooling conv (3x3 depthwise, stride 2, x2 channels): Paddle 132 ms, here 44;
 //   attention, PiT-S stage 1 (N = 730): forward 132 ms unfused, PyTorch 114, here 102-110;
 //     forward + backward 358 ms with the fused softmax (and the 204 MB score matrix kept), here 305-324;
-//   exact GELU without gradients, PiT-S stage-1 MLP: Paddle 25 ms, PyTorch 33, here 13.
+//   exact GELU without gradients, PiT-S stage-1 MLP: Paddle 25 ms, PyTorch 33, here 13;
 //   dense conv without gradients, PiT-S patch embedding: Paddle 60-107 ms, PyTorch 45-50, here 43-51;
 //     VVT-tiny's 7x7 stem: Paddle 106-136 ms, here 28-31.
 // erf and exp are written as plain arithmetic so that the compiler vectorises the
@@ -654,6 +654,17 @@ int MKL_Set_Num_Threads_Local(int threads);  // the C entry (the lower-case one 
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 constexpr int64_t kQueryBlock = 64;
 
+// Inside an OpenMP task loop the tasks are the parallelism: MKL runs this thread's
+// GEMMs on this thread alone while the guard lives, then its setting is restored.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() : previous_(MKL_Set_Num_Threads_Local(1)) {}
+  ~SingleThreadedBlas() { MKL_Set_Num_Threads_Local(previous_); }
+
+ private:
+  const int previous_;
+};
+
 // Attention, softmax(q k^T / sqrt(d)) v, read straight from the packed qkv projection
 // [B, N, 3, heads, d]; the result is [B, N, heads, d], with each query row's
 // log-sum-exp of scores [B, heads, N] kept for the backward pass.  Neither pass ever
@@ -685,7 +696,7 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& qkv, int64_t 
   float *O = out.data<float>(), *L = lse.data<float>();
 #pragma omp parallel num_threads(thread_count(threads))
   {
-    const int previous = MKL_Set_Num_Threads_Local(1);  // the tasks are the parallelism
+    const SingleThreadedBlas blas;
     std::vector<float> scores(static_cast<size_t>(kQueryBlock * a.N)), inverse_sum(kQueryBlock);
     // consecutive tasks share an image and a head, so a thread keeps reading the same k and v
 #pragma omp for schedule(static)
@@ -718,7 +729,6 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& qkv, int64_t 
 #pragma omp simd
         for (int64_t j = 0; j < a.D; ++j) o[r * a.H * a.D + j] *= inverse_sum[r];
     }
-    MKL_Set_Num_Threads_Local(previous);
   }
   return {out, lse};
 }
@@ -740,7 +750,7 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& qkv, const p
   const int64_t row = a.H * a.D;  // between consecutive tokens of o and do
 #pragma omp parallel num_threads(thread_count(threads))
   {
-    const int previous = MKL_Set_Num_Threads_Local(1);
+    const SingleThreadedBlas blas;
     std::vector<float> p(static_cast<size_t>(kQueryBlock * a.N)), dp(p.size()), delta(kQueryBlock);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < a.B * a.H; ++task) {
@@ -785,7 +795,6 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& qkv, const p
                     a.stride);
       }
     }
-    MKL_Set_Num_Threads_Local(previous);
   }
   return {grad_qkv};
 }
@@ -845,12 +854,11 @@ std::vector<paddle::Tensor> ConvInferenceForward(const paddle::Tensor& x, const 
   if (per_image) {
 #pragma omp parallel num_threads(workers)
     {
-      const int previous = MKL_Set_Num_Threads_Local(1);
+      const SingleThreadedBlas blas;
       std::vector<float> columns(static_cast<size_t>(K * band * OW));
 #pragma omp for schedule(static)
       for (int64_t b = 0; b < B; ++b) convolve(b, columns.data());
-      MKL_Set_Num_Threads_Local(previous);
-    }
+      }
   } else {
     std::vector<float> columns(static_cast<size_t>(K * band * OW));
     for (int64_t b = 0; b < B; ++b) convolve(b, columns.data());
