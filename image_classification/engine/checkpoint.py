@@ -25,8 +25,10 @@ import os
 import numpy as np
 import paddle
 
+from .errors import UserError
 
-class KeyMismatchError(ValueError):
+
+class KeyMismatchError(UserError, ValueError):
     """Keys or shapes of a state dict do not line up with the model; the message lists them."""
 
 

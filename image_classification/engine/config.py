@@ -12,10 +12,12 @@ from ast import literal_eval
 import yaml
 from yacs.config import CfgNode as CN
 
+from .errors import UserError
+
 __all__ = ['CN', 'base_config', 'make_get_config', 'ConfigError']
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied."""
 
 

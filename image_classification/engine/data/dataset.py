@@ -35,6 +35,7 @@ import os
 import numpy as np
 import paddle
 
+from ..errors import UserError
 from .decode import DecodeError, decode_image
 
 __all__ = ['DataError', 'ListFileError', 'MissingImageError', 'BadImageError',
@@ -47,7 +48,7 @@ _MAX_CONSECUTIVE_BAD = 50  # SKIP_BAD_IMAGES gives up after this many bad sample
 _ERROR_BYTES = 4096        # room for the message of a worker's failure
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the dataset itself (list file or image), not with the code."""
 
 
