@@ -310,6 +310,15 @@ def test_failed_write_names_file_and_free_space_and_leaves_nothing(tmp_path, mon
     assert _snapshot(tmp_path) == before                 # no temporaries, no Epoch-2 weights, Epoch-1 intact
     assert manager.latest().endswith('net-Epoch-1')
 
+    def interrupted(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        raise KeyboardInterrupt   # Ctrl-C in the middle of a checkpoint
+
+    monkeypatch.setattr(checkpoint.paddle, 'save', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save(2, model, opt, sched, ema=ema)
+    assert _snapshot(tmp_path) == before
+
 
 def test_write_into_read_only_folder_names_the_file(tmp_path):
     model = _Net()
@@ -396,3 +405,10 @@ def test_output_folder_guard(tmp_path):
         check_output_folder(str(out), resume_prefix=str(elsewhere / 'net-Epoch-1'))
     check_output_folder(str(out), resume_prefix=str(out / 'net-Epoch-1'))   # continuing that run
     check_output_folder(str(out), overwrite=True)
+
+
+def test_resume_of_nothing_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r'-resume .*: folder has no latest\.txt'):
+        resolve_resume(str(tmp_path))
+    with pytest.raises(UserError, match=r'net-Epoch-3\.pdopt not found'):
+        resolve_resume(str(tmp_path / 'net-Epoch-3'))

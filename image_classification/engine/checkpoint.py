@@ -67,6 +67,10 @@ class OutputFolderInUseError(UserError):
     """A new run was pointed at a folder holding another run's checkpoints."""
 
 
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """`-resume` names no complete checkpoint, or one lacks a file the run needs."""
+
+
 def _limited(keys, limit=40):
     keys = sorted(keys)
     text = ', '.join(keys[:limit])
@@ -258,6 +262,9 @@ def _write_files(pairs, note=''):
         except OSError as e:
             _discard(temps)
             raise _write_error(path, e, note) from None
+        except BaseException:   # Ctrl-C or a bug mid-write: no temporary left behind either
+            _discard(temps)
+            raise
     return temps
 
 
@@ -280,15 +287,6 @@ def _commit(temps, paths, remove_first=(), note=''):
         except OSError as e:
             _discard(temps[done:])
             raise _write_error(path, e, note) from None
-
-
-def _atomic_save(obj, path):
-    """Write one file atomically (`_write_files` + `_commit`)."""
-    _commit(_write_files([(obj, path)]), [path])
-
-
-def _write_text_atomic(path, text):
-    _commit(_write_files([(text, path)]), [path])
 
 
 def checkpoint_files(prefix):
@@ -432,7 +430,7 @@ class CheckpointManager:
     def diverged(self, epoch, what):
         """The error that stops a run whose epoch `epoch` ended non-finite (`what` says how)."""
         return NonFiniteCheckpointError(
-            f'epoch {epoch}: {what}. The run diverged: this epoch was not saved and no earlier '
+            f'{"epoch " + str(epoch) if epoch is not None else "this epoch"}: {what}. The run diverged: this epoch was not saved and no earlier '
             f'checkpoint was deleted. {self.resume_hint()}')
 
     def check_finite(self, epoch, model, ema=None, val_loss=None):
@@ -544,14 +542,14 @@ def resolve_resume(path):
     if os.path.isdir(path):
         pointer = os.path.join(path, 'latest.txt')
         if not os.path.isfile(pointer):
-            raise FileNotFoundError(f'-resume {path}: folder has no latest.txt (no completed checkpoint)')
+            raise CheckpointNotFoundError(f'-resume {path}: folder has no latest.txt (no completed checkpoint)')
         with open(pointer, encoding='utf-8') as f:
             path = os.path.join(path, f.read().strip())
     for ext in ('.pdparams', '.pdopt'):
         if path.endswith(ext):
             path = path[:-len(ext)]
     if not os.path.isfile(path + '.pdopt'):
-        raise FileNotFoundError(f'-resume {path}: {path}.pdopt not found (incomplete or missing checkpoint)')
+        raise CheckpointNotFoundError(f'-resume {path}: {path}.pdopt not found (incomplete or missing checkpoint)')
     return path
 
 
@@ -566,7 +564,7 @@ def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None):
     if ema is not None:
         ema_path = prefix + '-EMA.pdparams'
         if not os.path.isfile(ema_path):
-            raise FileNotFoundError(f'TRAIN.MODEL_EMA is on but {ema_path} is missing: '
+            raise CheckpointNotFoundError(f'TRAIN.MODEL_EMA is on but {ema_path} is missing: '
                                     f'resuming would restart the EMA from scratch')
         ema_state = _load_params(ema_path)
         check_finite_weights(ema_state, ema_path)

@@ -107,7 +107,7 @@ def base_config():
     c.SAVE = './output'
     c.SAVE_FREQ = 10                    # epochs that are multiples of it are kept for good; 0: none
     c.SAVE_KEEP = 2                     # newest complete checkpoints kept besides them (>= 1)
-    c.OVERWRITE = False                 # -overwrite: a new run may write into a folder holding another run's
+    c.OVERWRITE = False                 # -overwrite: a new run may write where another run's checkpoints are
     c.REPORT_FREQ = 20
     c.VALIDATE_FREQ = 1
     c.SEED = 0
