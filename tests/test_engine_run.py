@@ -4,7 +4,12 @@
 - a NaN loss stops the run with a message instead of training on;
 - `-eval` logs the eval preprocessing and counts every validation image once;
 - `main_multi_gpu.py` under `paddle.distributed.launch` runs as 2 CPU processes
-  and its validation counts each image once (an odd count, so padding would show).
+  and its validation counts each image once (an odd count, so padding would show);
+- a run that diverges on the last step of an epoch (every reported loss finite)
+  stops naming the last good checkpoint, which stays `latest`;
+- a new run never writes into another run's output folder unless `-overwrite`;
+- `-eval` refuses weights with NaN, a head of another class count, labels
+  beyond the head, and reports no accuracy for non-finite logits.
 """
 import os
 import re
@@ -17,9 +22,12 @@ import paddle
 import pytest
 from PIL import Image
 
+from engine.checkpoint import (KeyMismatchError, NonFiniteCheckpointError, NonFiniteWeightsError,
+                               OutputFolderInUseError)
 from engine.config import make_get_config
+from engine.data.dataset import ListFileError
 from engine.launcher import main
-from engine.trainer import NonFiniteLossError
+from engine.trainer import NonFiniteLossError, NonFiniteOutputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLORS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (230, 220, 50)]
@@ -44,18 +52,36 @@ def make_dataset(root, n_train=32, n_val=21, size=20):
     return str(root)
 
 
+class _NaNGradient(paddle.autograd.PyLayer):
+    """Identity forward, NaN backward: the loss stays finite, the update it drives makes weights NaN."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 1.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float('nan')
+
+
 class TinyNet(paddle.nn.Layer):
     CLASSIFIER = ('head',)
 
-    def __init__(self, num_classes, poison=False):
+    def __init__(self, num_classes, poison=False, diverge_at_step=0):
         super().__init__()
         self.conv = paddle.nn.Conv2D(3, 8, 3, stride=2)
         self.drop = paddle.nn.Dropout(0.1)
         self.head = paddle.nn.Linear(8, num_classes)
         self.poison = poison
+        self.diverge_at_step = diverge_at_step   # training step (1-based, over the run) whose update diverges
+        self.train_steps = 0
 
     def forward(self, x):
         x = paddle.nn.functional.relu(self.conv(x)).mean(axis=[2, 3])
+        if self.training:
+            self.train_steps += 1
+            if self.train_steps == self.diverge_at_step:
+                x = _NaNGradient.apply(x)
         out = self.head(self.drop(x))
         return out * float('nan') if self.poison and self.training else out
 
@@ -64,13 +90,14 @@ def _defaults(c):
     c.MODEL.TYPE = 'Tiny'
     c.MODEL.NAME = 'tiny'
     c.MODEL.POISON = False
+    c.MODEL.DIVERGE_AT_STEP = 0
 
 
 get_config = make_get_config(_defaults)
 
 
 def build_tiny(config):
-    return TinyNet(config.MODEL.NUM_CLASSES, config.MODEL.POISON)
+    return TinyNet(config.MODEL.NUM_CLASSES, config.MODEL.POISON, config.MODEL.DIVERGE_AT_STEP)
 
 
 def _argv(data, out, *opts):
@@ -166,3 +193,84 @@ def test_dead_rank_ends_the_job_instead_of_hanging(data, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
     assert proc.returncode != 0
     assert time.time() - start < 120, 'the surviving rank waited too long'
+
+
+def _files(folder):
+    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))
+            if name != 'log.txt' and not os.path.isdir(os.path.join(folder, name))}
+
+
+def test_divergence_on_the_last_step_keeps_the_last_good_checkpoint(data, tmp_path):
+    """4 steps per epoch: step 8 is the last of epoch 2; its loss is finite, its update is not."""
+    out = str(tmp_path / 'run')
+    with pytest.raises(NonFiniteCheckpointError) as info:
+        main(get_config, build_tiny, argv=_argv(data, out, 'MODEL.DIVERGE_AT_STEP', '8'))
+    message = str(info.value)
+    assert message.startswith('epoch 2: the weights hold NaN or infinite values in conv.bias (8 values), '
+                              'conv.weight (216 values)')
+    assert f'-resume {os.path.join(out, "tiny-Epoch-1")}' in message
+    assert open(os.path.join(out, 'latest.txt')).read().strip() == 'tiny-Epoch-1'
+    assert not [f for f in os.listdir(out) if 'Epoch-2' in f or '.tmp' in f]
+    log = open(os.path.join(out, 'log.txt')).read()
+    assert 'Epoch[002/002], Step[0004/0004], Loss: ' in log and 'Loss: nan' not in log   # every report finite
+
+    # resuming from it (same folder, SAVE_KEEP 1) with the same fault: the good checkpoint survives again
+    before = _files(out)
+    with pytest.raises(NonFiniteCheckpointError, match=r'^epoch 2: .*last good checkpoint is .*tiny-Epoch-1'):
+        main(get_config, build_tiny, argv=_argv(data, out, 'MODEL.DIVERGE_AT_STEP', '4', 'SAVE_KEEP', '1') + [
+            '-resume', out])
+    assert _files(out) == before
+
+
+def test_new_run_never_writes_into_another_runs_folder(data, tmp_path):
+    out = str(tmp_path / 'first')
+    main(get_config, build_tiny, argv=_argv(data, out, 'TRAIN.NUM_EPOCHS', '1'))
+    before = _files(out)
+    with pytest.raises(OutputFolderInUseError, match=r'-resume .*-overwrite'):
+        main(get_config, build_tiny, argv=_argv(data, out, 'TRAIN.NUM_EPOCHS', '1', 'SEED', '5'))
+    assert _files(out) == before
+
+    # -eval writes only its log: not blocked, checkpoints untouched
+    result = main(get_config, build_tiny, argv=_argv(data, out) + [
+        '-eval', '-pretrained', os.path.join(out, 'tiny-Epoch-1')])
+    assert result['count'] == 21
+    assert _files(out) == before
+
+    # -overwrite: the new run's checkpoints replace the old ones
+    main(get_config, build_tiny, argv=_argv(data, out, 'TRAIN.NUM_EPOCHS', '1', 'SEED', '5') + ['-overwrite'])
+    after = _files(out)
+    assert set(after) == set(before)
+    assert after['tiny-Epoch-1.pdparams'] != before['tiny-Epoch-1.pdparams']
+    assert after['tiny-Best.pdparams'] == after['tiny-Epoch-1.pdparams']
+
+
+def test_eval_refuses_weights_that_cannot_give_an_accuracy(data, tmp_path):
+    weights = str(tmp_path / 'w')
+    os.makedirs(weights)
+    model = TinyNet(4)
+    paddle.save(model.state_dict(), os.path.join(weights, 'ok.pdparams'))
+    paddle.save(TinyNet(7).state_dict(), os.path.join(weights, 'seven.pdparams'))
+    state = model.state_dict()
+    nan = state['head.bias'].numpy()
+    nan[2] = np.nan
+    paddle.save({**state, 'head.bias': paddle.to_tensor(nan)}, os.path.join(weights, 'nan.pdparams'))
+    huge = state['head.weight'].numpy()
+    huge[:] = 3e38                  # finite weights whose logits overflow to inf
+    paddle.save({**state, 'head.weight': paddle.to_tensor(huge)}, os.path.join(weights, 'huge.pdparams'))
+
+    def evaluate(name, *opts):
+        return main(get_config, build_tiny, argv=_argv(data, str(tmp_path / 'eval'), *opts) + [
+            '-eval', '-pretrained', os.path.join(weights, name)])
+
+    assert evaluate('ok')['count'] == 21
+    with pytest.raises(KeyMismatchError, match=r'head\.weight: \(8, 7\) in .*seven\.pdparams, \(8, 4\) in the model'):
+        evaluate('seven')
+    with pytest.raises(NonFiniteWeightsError, match=r'nan\.pdparams: 1 tensor\(s\) hold NaN .*head\.bias \(1 value\)'):
+        evaluate('nan')
+    with pytest.raises(NonFiniteOutputError, match=r'^21 of 21 validation images gave NaN or infinite logits'):
+        evaluate('huge')
+    # labels must fit the head: the val list is checked against MODEL.NUM_CLASSES, which the head must match
+    assert evaluate('seven', 'MODEL.NUM_CLASSES', '7')['count'] == 21
+    paddle.save(TinyNet(3).state_dict(), os.path.join(weights, 'three.pdparams'))
+    with pytest.raises(ListFileError, match=r'val_list\.txt:\d+: label 3 is outside \[0, 3\)'):
+        evaluate('three', 'MODEL.NUM_CLASSES', '3')

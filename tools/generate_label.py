@@ -170,7 +170,7 @@ def main(argv=None):
     config = family.get_config(args.cfg, opts=args.opts)
     paddle.set_device('gpu' if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() else 'cpu')
     model = family.build_model(config)
-    load_pretrained(model, args.pretrained)
+    load_pretrained(model, args.pretrained, drop_mismatched_head=False)   # a random head would make random labels
     data = config.DATA
     transform = EvalTransform(data.IMAGE_SIZE, data.CROP_PCT, data.MEAN, data.STD, data.INTERPOLATION)
     dataset = LabelSourceDataset(args.data_path, os.path.join(args.data_path, args.list or data.TRAIN_LIST),

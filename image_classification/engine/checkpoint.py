@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, exact resume, strict loading of weights.
+"""Checkpoints: atomic writes, bounded retention, exact resume, strict loading of weights.
 
 Layout in the output folder (PaddleViT's names, so `-resume` and
 `-pretrained` take the same paths as there):
@@ -9,18 +9,37 @@ Layout in the output folder (PaddleViT's names, so `-resume` and
     <NAME>-Best.pdparams           best validation top-1 so far (+ -Best-EMA)
     latest.txt                     prefix of the newest complete checkpoint
 
-Every file is written to a temporary name and renamed into place, the
-`.pdopt` last: a checkpoint whose `.pdopt` exists is complete, and a kill at
-any moment leaves the previous one untouched.  Epochs that are not a multiple
-of SAVE_FREQ are kept only while they are the latest.
+Writing.  All files of a checkpoint are first written to temporary names
+(`<file>.tmp<pid>`) and synced; only when every one of them is on disk are
+they renamed into place, the `.pdopt` last: a checkpoint whose `.pdopt` exists
+is complete, and a kill or a full disk at any moment leaves the previous
+checkpoints untouched.  A failed write removes its temporaries and raises
+`CheckpointWriteError` naming the file and the free space of its filesystem.
+
+Nothing non-finite is written.  Weights or EMA weights holding NaN/inf (or a
+non-finite validation loss) raise `NonFiniteCheckpointError` before any file
+is touched: a diverged epoch never becomes `latest` and never makes retention
+delete an older, good checkpoint.  The message names the last good checkpoint
+to `-resume` from.
+
+Retention (bounded disk).  After each successful save, of this model's
+complete checkpoints with an epoch up to the one just saved, the newest
+SAVE_KEEP are kept, plus every epoch that is a multiple of SAVE_FREQ (0: none),
+plus Best; every other one is retired by `remove_checkpoint`, which deletes
+that checkpoint's own files by their exact names (never a prefix pattern:
+retiring Epoch-1 must not touch Epoch-10).  Checkpoints of later epochs (left
+by the run that a `-resume` from an older epoch went back on) are never
+retired; they are replaced only when this run writes the same epoch.
 
 Paddle names optimizer accumulators after framework parameter names
 (`linear_3.w_0_moment1_0`), which depend on how many layers the process built
 before.  They are stored under structured names instead, so a resume does not
 depend on construction order.
 """
-import glob
+import errno
 import os
+import re
+import shutil
 
 import numpy as np
 import paddle
@@ -30,6 +49,26 @@ from .errors import UserError
 
 class KeyMismatchError(UserError, ValueError):
     """Keys or shapes of a state dict do not line up with the model; the message lists them."""
+
+
+class NonFiniteWeightsError(UserError, ValueError):
+    """A weights file holds NaN or infinite values; the message names the keys."""
+
+
+class NonFiniteCheckpointError(UserError, FloatingPointError):
+    """An epoch ended with non-finite weights or validation results: nothing was saved, the run stops."""
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint file could not be written (disk full, permissions); nothing partial is left."""
+
+
+class OutputFolderInUseError(UserError):
+    """A new run was pointed at a folder holding another run's checkpoints."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """`-resume` names no complete checkpoint, or one lacks a file the run needs."""
 
 
 def _limited(keys, limit=40):
@@ -66,6 +105,45 @@ def model_shapes(model):
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def non_finite_keys(state):
+    """`{key: count of NaN/inf values}` of a state dict (numpy arrays or Paddle tensors).
+
+    Integer entries cannot hold NaN and are skipped.  Paddle tensors are
+    checked where they live (one small read-back per tensor), so a GPU model
+    is not copied to the host for it.
+    """
+    bad = {}
+    for key, value in state.items():
+        if isinstance(value, paddle.Tensor):
+            if not paddle.is_floating_point(value):
+                continue
+            count = int((~paddle.isfinite(value)).astype('int64').sum().item())
+        else:
+            value = np.asarray(value)
+            if not np.issubdtype(value.dtype, np.floating):
+                continue
+            count = int(value.size - np.count_nonzero(np.isfinite(value)))
+        if count:
+            bad[key] = count
+    return bad
+
+
+def _describe_non_finite(bad, limit=10):
+    keys = sorted(bad)
+    text = ', '.join(f'{k} ({bad[k]} value{"s" if bad[k] > 1 else ""})' for k in keys[:limit])
+    return text + (f', ... ({len(keys) - limit} more tensors)' if len(keys) > limit else '')
+
+
+def check_finite_weights(state, source):
+    """Raise NonFiniteWeightsError naming the keys of `state` that hold NaN or inf."""
+    bad = non_finite_keys(state)
+    if bad:
+        raise NonFiniteWeightsError(
+            f'{source}: {len(bad)} tensor(s) hold NaN or infinite values: {_describe_non_finite(bad)}. '
+            f'These weights are broken (saved from a diverged run, or a damaged file) and would only '
+            f'produce NaN outputs; use an earlier checkpoint.')
+
+
 def _load_params(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f'weights file not found: {path}')
@@ -87,13 +165,17 @@ def _is_classifier_key(model, key):
     return any(key == p or key.startswith(p + '.') for p in prefixes)
 
 
-def load_pretrained(model, path, log=print):
-    """Load `.pdparams` weights for fine-tuning, refusing anything that does not fit.
+def load_pretrained(model, path, log=print, drop_mismatched_head=True):
+    """Load `.pdparams` weights, refusing anything that does not fit or is not finite.
 
     Image-size-dependent tensors are resized by the model's `adapt_state_dict`
-    (logged); classifier-head parameters whose shape differs (another
-    NUM_CLASSES) are dropped on purpose and left freshly initialised (logged);
-    any other missing, unexpected or mis-shaped key is an error.
+    (logged).  For fine-tuning (`drop_mismatched_head=True`), classifier-head
+    parameters whose shape differs (another NUM_CLASSES) are dropped on purpose
+    and left freshly initialised (logged).  To evaluate or predict
+    (`drop_mismatched_head=False`, what `-eval` uses) a random head would turn
+    an error into a meaningless accuracy, so a head of another class count is
+    an error naming the key and both shapes.  Any other missing, unexpected or
+    mis-shaped key, and any NaN/inf in what is loaded, is an error too.
     """
     if not path.endswith('.pdparams'):
         path += '.pdparams'
@@ -102,31 +184,179 @@ def load_pretrained(model, path, log=print):
         for message in model.adapt_state_dict(state):
             log(f'pretrained: {message}')
     expected = model_shapes(model)
-    dropped = [k for k in expected if _is_classifier_key(model, k) and k in state
-               and tuple(state[k].shape) != expected[k]]
-    for key in dropped:
+    mismatched = [k for k in expected if _is_classifier_key(model, k) and k in state
+                  and tuple(state[k].shape) != expected[k]]
+    if mismatched and not drop_mismatched_head:
+        shapes = '; '.join(f'{k}: {tuple(state[k].shape)} in {path}, {expected[k]} in the model'
+                           for k in mismatched)
+        raise KeyMismatchError(
+            f'the classifier head of {path} does not fit the model ({shapes}): the weights were trained '
+            f'for another number of classes than MODEL.NUM_CLASSES. To evaluate them, set -num_classes '
+            f'to their class count (and use labels of that dataset); dropping the head is done only '
+            f'when fine-tuning, never for evaluation, where a random head would give a meaningless accuracy.')
+    for key in mismatched:
         log(f'pretrained: dropped classifier {key} {tuple(state[key].shape)} '
             f'(model has {expected[key]}): it starts from its initialisation')
         del state[key]
-    _set_state_strict(model, state, path, ignore=dropped)
+    check_finite_weights(state, path)
+    _set_state_strict(model, state, path, ignore=mismatched)
     log(f'pretrained: loaded {len(state)} tensors from {path}')
 
 
-def _atomic_save(obj, path):
-    tmp = f'{path}.tmp{os.getpid()}'
-    paddle.save(obj, tmp)
-    with open(tmp, 'rb') as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _size(nbytes):
+    for unit, scale in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+        if nbytes >= scale:
+            return f'{nbytes / scale:.1f} {unit}'
+    return f'{nbytes} bytes'
 
 
-def _write_text_atomic(path, text):
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _free_space(folder):
+    """'<free> free of <total>' on the filesystem of `folder` (or of its nearest existing parent)."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return 'unknown free space'
+    return f'{_size(usage.free)} free of {_size(usage.total)}'
+
+
+def _write_error(path, error, note):
+    reason = error.strerror or str(error)
+    code = errno.errorcode.get(error.errno)
+    return CheckpointWriteError(
+        f'could not write {path}: {reason}{f" ({code})" if code else ""}; its filesystem has '
+        f'{_free_space(os.path.dirname(path))}. {note}'.rstrip())
+
+
+def _discard(paths):
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def _write_files(pairs, note=''):
+    """Write each `(object, path)` to `<path>.tmp<pid>` and sync it; returns the temporaries.
+
+    An object is saved with `paddle.save`, a `str` as UTF-8 text.  Nothing is
+    renamed into place here (see `_commit`), so a failure can leave no
+    half-written checkpoint: on an OSError every temporary made so far is
+    removed and `CheckpointWriteError` names the file, the reason and the free
+    space of its filesystem (`note` adds what the caller knows is still safe).
+    """
+    temps = []
+    for obj, path in pairs:
+        tmp = f'{path}.tmp{os.getpid()}'
+        temps.append(tmp)
+        try:
+            if isinstance(obj, str):
+                with open(tmp, 'w', encoding='utf-8') as f:
+                    f.write(obj)
+            else:
+                paddle.save(obj, tmp)
+            with open(tmp, 'rb') as f:
+                os.fsync(f.fileno())
+        except OSError as e:
+            _discard(temps)
+            raise _write_error(path, e, note) from None
+        except BaseException:   # Ctrl-C or a bug mid-write: no temporary left behind either
+            _discard(temps)
+            raise
+    return temps
+
+
+def _commit(temps, paths, remove_first=(), note=''):
+    """Rename written temporaries onto `paths` in order (a completion marker goes last).
+
+    `remove_first`: files to delete before anything is renamed: the old
+    completion marker of a checkpoint being replaced (so that its old and new
+    files can never pass for one complete checkpoint) and files of the old
+    checkpoint the new one does not have (an EMA file when EMA is now off).
+    """
+    try:
+        _discard(remove_first)
+    except OSError as e:
+        _discard(temps)
+        raise _write_error(e.filename or paths[0], e, note) from None
+    for done, (tmp, path) in enumerate(zip(temps, paths)):
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            _discard(temps[done:])
+            raise _write_error(path, e, note) from None
+
+
+def checkpoint_files(prefix):
+    """The files one checkpoint consists of, completion marker (`.pdopt`) first.
+
+    Used to retire a checkpoint and to replace one: a checkpoint is exactly
+    these names (its temporaries are these names + `.tmp<pid>`), so nothing
+    else in the folder can be touched through it.
+    """
+    return [prefix + '.pdopt', prefix + '.pdparams', prefix + '-EMA.pdparams']
+
+
+def remove_checkpoint(prefix):
+    """Delete the files of the checkpoint `prefix` and leftover temporaries of them; nothing else.
+
+    The `.pdopt` goes first, so an interruption leaves an incomplete
+    checkpoint, never one that looks complete with its weights gone.  Returns
+    the names removed.
+    """
+    folder = os.path.dirname(prefix) or '.'
+    names = [os.path.basename(p) for p in checkpoint_files(prefix)]
+    temporary = re.compile('(?:' + '|'.join(re.escape(n) for n in names) + r')\.tmp\d+')
+    present = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    doomed = [n for n in names if n in present] + sorted(n for n in present if temporary.fullmatch(n))
+    _discard(os.path.join(folder, n) for n in doomed)
+    return doomed
+
+
+def retained_epochs(epochs, current, keep, save_freq):
+    """The epochs of `epochs` (complete checkpoints) that retention keeps once `current` is saved.
+
+    Of the epochs up to `current`: the newest `keep`, and every multiple of
+    `save_freq` (0: none).  Epochs after `current` exist only when this run
+    was resumed from an older epoch than the folder's newest; they belong to
+    that earlier run and are kept (this run replaces them when it gets there).
+    """
+    upto = sorted(e for e in epochs if e <= current)
+    newest = set(upto[-keep:]) if keep > 0 else set()
+    return {e for e in epochs
+            if e > current or e in newest or (save_freq > 0 and e % save_freq == 0)}
+
+
+_COMPLETE = re.compile(r'(?P<name>.+)-Epoch-(?P<epoch>\d+)\.pdopt')
+
+
+def check_output_folder(output_dir, resume_prefix=None, overwrite=False):
+    """Refuse to start a run whose `-output` holds another run's checkpoints.
+
+    Another run's checkpoints are a `latest.txt` or any `*-Epoch-<e>.pdopt`
+    (of any model name).  Allowed: resuming from a checkpoint in that same
+    folder (`-resume`), or `overwrite` (`-overwrite` / OVERWRITE True), which
+    deletes nothing up front: this run's checkpoints replace the old ones epoch
+    by epoch, its Best replaces the old Best at its first validation, and old
+    checkpoints up to the current epoch are retired by the usual rule (newest
+    SAVE_KEEP, multiples of SAVE_FREQ kept).  `-eval` writes only its log and
+    is never checked.
+    """
+    if overwrite or not os.path.isdir(output_dir):
+        return
+    if resume_prefix and os.path.realpath(os.path.dirname(resume_prefix)) == os.path.realpath(output_dir):
+        return
+    found = sorted(n for n in os.listdir(output_dir) if n == 'latest.txt' or _COMPLETE.fullmatch(n))
+    if found:
+        started = (f'a run resumed from {resume_prefix}' if resume_prefix else 'a new run')
+        raise OutputFolderInUseError(
+            f'-output {output_dir} holds the checkpoints of another run ({_limited(found, 6)}); '
+            f'{started} would write over them. To continue that run, pass -resume {output_dir}; '
+            f'to keep it, choose another -output; to start over in this folder, pass -overwrite '
+            f'(config OVERWRITE True): nothing is deleted up front, the new checkpoints replace '
+            f'the old ones epoch by epoch and retention retires the rest.')
 
 
 def _structured_optimizer_state(model, opt_state):
@@ -163,24 +393,84 @@ def _framework_optimizer_state(model, saved):
 
 
 class CheckpointManager:
-    """Writes and restores the checkpoints of one run in `output_dir`."""
+    """Writes the checkpoints of one run in `output_dir` and applies the retention rule.
 
-    def __init__(self, output_dir, model_name, save_freq):
+    `save_freq` (SAVE_FREQ, >= 0): epochs that are multiples of it are kept for
+    good (0: none); `keep` (SAVE_KEEP, >= 1): the newest complete checkpoints
+    kept besides them.  `last_good` is the newest checkpoint of this run known
+    to be finite (set by `save`, or by the launcher to the checkpoint it
+    resumed from); error messages point to it.
+    """
+
+    def __init__(self, output_dir, model_name, save_freq=10, keep=2, log=None):
+        from .config import ConfigError
+        for key, value, least in (('SAVE_FREQ', save_freq, 0), ('SAVE_KEEP', keep, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f'config key {key!r} is {value!r}: expected an integer >= {least} '
+                                  f'(see README, "Checkpoints")')
         self.output_dir = output_dir
         self.model_name = model_name
-        self.save_freq = max(1, save_freq)
+        self.save_freq = save_freq
+        self.keep = keep
+        self.log = log or (lambda message: None)
+        self.last_good = None
 
     def prefix(self, tag):
         return os.path.join(self.output_dir, f'{self.model_name}-{tag}')
 
-    def save(self, epoch, model, optimizer, scheduler, scaler=None, ema=None, extra=None):
-        """Write the checkpoint of `epoch` (1-based, completed), then retire the previous latest."""
-        os.makedirs(self.output_dir, exist_ok=True)
-        previous = self.latest()
+    # ----- refusing non-finite checkpoints -----
+
+    def resume_hint(self):
+        if self.last_good:
+            return (f'The last good checkpoint is {self.last_good}: resume from it with -resume '
+                    f'{self.last_good} after lowering TRAIN.BASE_LR or setting TRAIN.GRAD_CLIP.')
+        return ('No checkpoint of this run was saved yet: start again with a lower TRAIN.BASE_LR '
+                'or with TRAIN.GRAD_CLIP.')
+
+    def diverged(self, epoch, what):
+        """The error that stops a run whose epoch `epoch` ended non-finite (`what` says how)."""
+        return NonFiniteCheckpointError(
+            f'{"epoch " + str(epoch) if epoch is not None else "this epoch"}: {what}. The run diverged: this epoch was not saved and no earlier '
+            f'checkpoint was deleted. {self.resume_hint()}')
+
+    def check_finite(self, epoch, model, ema=None, val_loss=None):
+        """Raise `diverged(...)` unless the weights, EMA weights and validation loss are all finite."""
+        if val_loss is not None and not np.isfinite(val_loss):
+            raise self.diverged(epoch, f'validation loss is {val_loss}')
+        for label, module in (('weights', model), ('EMA weights', ema.module if ema is not None else None)):
+            if module is not None:
+                bad = non_finite_keys(module.state_dict())
+                if bad:
+                    raise self.diverged(epoch, f'the {label} hold NaN or infinite values in '
+                                               f'{_describe_non_finite(bad, limit=5)}')
+
+    # ----- writing -----
+
+    def _write_checkpoint(self, prefix, pairs):
+        """Write `pairs` as the complete set of files of `prefix` (see `checkpoint_files`)."""
+        note = (f'Nothing of {os.path.basename(prefix)} was kept (temporary files removed); '
+                f'{("the last good checkpoint " + self.last_good) if self.last_good else "earlier files"} '
+                f'untouched. Free disk space (SAVE_KEEP and SAVE_FREQ bound what a run keeps) or choose '
+                f'another -output, then resume.')
+        try:
+            os.makedirs(self.output_dir, exist_ok=True)
+        except OSError as e:
+            raise _write_error(self.output_dir, e, note) from None
+        paths = [path for _, path in pairs]
+        temps = _write_files(pairs, note)
+        owned = checkpoint_files(prefix)
+        marker = owned[0]
+        replaced = [p for p in owned if p not in paths or p == marker]   # the old marker goes first
+        _commit(temps, paths, remove_first=[p for p in replaced if os.path.exists(p)], note=note)
+
+    def save(self, epoch, model, optimizer, scheduler, scaler=None, ema=None, extra=None, val_loss=None):
+        """Write the checkpoint of `epoch` (1-based, completed), point latest.txt to it, apply retention.
+
+        Refuses (NonFiniteCheckpointError, nothing written or deleted) when the
+        weights, EMA weights or `val_loss` are not finite.  Returns its prefix.
+        """
+        self.check_finite(epoch, model, ema, val_loss)
         prefix = self.prefix(f'Epoch-{epoch}')
-        _atomic_save(model.state_dict(), prefix + '.pdparams')
-        if ema is not None:
-            _atomic_save(ema.state_dict(), prefix + '-EMA.pdparams')
         state = {
             'optimizer': _structured_optimizer_state(model, optimizer.state_dict()),
             'lr_scheduler': scheduler.state_dict(),
@@ -188,21 +478,54 @@ class CheckpointManager:
             'scaler': scaler.state_dict() if scaler is not None else None,
             'extra': dict(extra or {}),
         }
-        _atomic_save(state, prefix + '.pdopt')   # last: marks the checkpoint complete
-        _write_text_atomic(os.path.join(self.output_dir, 'latest.txt'), os.path.basename(prefix) + '\n')
-        if previous and previous != prefix and not self._kept(previous):
-            for path in glob.glob(glob.escape(previous) + '*.pd*'):
-                os.remove(path)
+        pairs = [(model.state_dict(), prefix + '.pdparams')]
+        if ema is not None:
+            pairs.append((ema.state_dict(), prefix + '-EMA.pdparams'))
+        pairs.append((state, prefix + '.pdopt'))   # last: marks the checkpoint complete
+        self._write_checkpoint(prefix, pairs)
+        self.last_good = prefix
+        pointer = os.path.join(self.output_dir, 'latest.txt')
+        note = f'{prefix} itself is complete; latest.txt still names the previous checkpoint.'
+        _commit(_write_files([(os.path.basename(prefix) + '\n', pointer)], note), [pointer], note=note)
+        for retired in self.retire(epoch):
+            self.log(f'retired {retired} (SAVE_KEEP {self.keep}, SAVE_FREQ {self.save_freq})')
         return prefix
 
-    def _kept(self, prefix):
-        epoch = prefix.rsplit('-Epoch-', 1)[-1]
-        return not epoch.isdigit() or int(epoch) % self.save_freq == 0
-
-    def save_best(self, model, ema=None):
-        _atomic_save(model.state_dict(), self.prefix('Best') + '.pdparams')
+    def save_best(self, model, ema=None, epoch=None):
+        """Write `<NAME>-Best.pdparams` (+ `-Best-EMA`), refusing non-finite weights as `save` does."""
+        self.check_finite(epoch, model, ema)
+        prefix = self.prefix('Best')
+        pairs = [(model.state_dict(), prefix + '.pdparams')]
         if ema is not None:
-            _atomic_save(ema.state_dict(), self.prefix('Best') + '-EMA.pdparams')
+            pairs.append((ema.state_dict(), prefix + '-EMA.pdparams'))
+        self._write_checkpoint(prefix, pairs)
+        return prefix
+
+    # ----- retention -----
+
+    def complete_checkpoints(self):
+        """`{epoch: prefix}` of this model's complete checkpoints (those with a `.pdopt`) in the folder."""
+        if not os.path.isdir(self.output_dir):
+            return {}
+        found = {}
+        for name in os.listdir(self.output_dir):
+            match = _COMPLETE.fullmatch(name)
+            if match and match['name'] == self.model_name:
+                found[int(match['epoch'])] = os.path.join(self.output_dir, name[:-len('.pdopt')])
+        return found
+
+    def retire(self, current):
+        """Delete, one by one with `remove_checkpoint`, the checkpoints the rule no longer keeps."""
+        found = self.complete_checkpoints()
+        keep = retained_epochs(found, current, self.keep, self.save_freq)
+        retired = [found[e] for e in sorted(found) if e not in keep]
+        for prefix in retired:
+            remove_checkpoint(prefix)
+        return retired
+
+    def later_checkpoints(self, epoch):
+        """Prefixes of this model's complete checkpoints after `epoch` (left by an earlier run)."""
+        return [p for e, p in sorted(self.complete_checkpoints().items()) if e > epoch]
 
     def latest(self):
         """Prefix of the newest complete checkpoint in the output folder, or None."""
@@ -219,26 +542,32 @@ def resolve_resume(path):
     if os.path.isdir(path):
         pointer = os.path.join(path, 'latest.txt')
         if not os.path.isfile(pointer):
-            raise FileNotFoundError(f'-resume {path}: folder has no latest.txt (no completed checkpoint)')
+            raise CheckpointNotFoundError(f'-resume {path}: folder has no latest.txt (no completed checkpoint)')
         with open(pointer, encoding='utf-8') as f:
             path = os.path.join(path, f.read().strip())
     for ext in ('.pdparams', '.pdopt'):
         if path.endswith(ext):
             path = path[:-len(ext)]
     if not os.path.isfile(path + '.pdopt'):
-        raise FileNotFoundError(f'-resume {path}: {path}.pdopt not found (incomplete or missing checkpoint)')
+        raise CheckpointNotFoundError(f'-resume {path}: {path}.pdopt not found (incomplete or missing checkpoint)')
     return path
 
 
 def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None):
-    """Restore everything `CheckpointManager.save` wrote; returns (epoch, extra)."""
-    _set_state_strict(model, _load_params(prefix + '.pdparams'), prefix + '.pdparams')
+    """Restore everything `CheckpointManager.save` wrote; returns (epoch, extra).
+
+    Weights holding NaN/inf are refused (NonFiniteWeightsError), as `-pretrained` does.
+    """
+    params = _load_params(prefix + '.pdparams')
+    check_finite_weights(params, prefix + '.pdparams')
+    _set_state_strict(model, params, prefix + '.pdparams')
     if ema is not None:
         ema_path = prefix + '-EMA.pdparams'
         if not os.path.isfile(ema_path):
-            raise FileNotFoundError(f'TRAIN.MODEL_EMA is on but {ema_path} is missing: '
+            raise CheckpointNotFoundError(f'TRAIN.MODEL_EMA is on but {ema_path} is missing: '
                                     f'resuming would restart the EMA from scratch')
         ema_state = _load_params(ema_path)
+        check_finite_weights(ema_state, ema_path)
         check_state(model_shapes(ema.module), ema_state, source=ema_path)
         ema.set_state_dict({k: paddle.to_tensor(v) for k, v in ema_state.items()})
     state = paddle.load(prefix + '.pdopt')

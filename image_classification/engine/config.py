@@ -105,7 +105,9 @@ def base_config():
     c.TRAIN.TEACHER_CONFIG = None       # teacher yaml (family found from its MODEL.TYPE)
 
     c.SAVE = './output'
-    c.SAVE_FREQ = 1
+    c.SAVE_FREQ = 10                    # epochs that are multiples of it are kept for good; 0: none
+    c.SAVE_KEEP = 2                     # newest complete checkpoints kept besides them (>= 1)
+    c.OVERWRITE = False                 # -overwrite: a new run may write where another run's checkpoints are
     c.REPORT_FREQ = 20
     c.VALIDATE_FREQ = 1
     c.SEED = 0
@@ -227,6 +229,8 @@ def apply_overrides(config, args=None, opts=None):
             config.EVAL = True
         if getattr(args, 'amp', False):
             config.AMP = True
+        if getattr(args, 'overwrite', False):
+            config.OVERWRITE = True
         opts = list(opts or []) + list(getattr(args, 'opts', None) or [])
     if opts:
         if len(opts) % 2:

@@ -19,13 +19,13 @@ import paddle
 
 from . import distributed as dist
 from . import runtime
-from .checkpoint import CheckpointManager, load_pretrained, resolve_resume, resume
+from .checkpoint import CheckpointManager, check_output_folder, load_pretrained, resolve_resume, resume
 from .config import ConfigError
 from .ema import ModelEMA
 from .hooks import FamilyHooks
 from .logger import ScalarWriter, get_logger
 from .optim import build_optimizer, build_scheduler, scaled_lrs
-from .trainer import TrainState, evaluate, train_one_epoch
+from .trainer import NonFiniteLossError, NonFiniteOutputError, TrainState, evaluate, train_one_epoch
 
 
 
@@ -46,6 +46,9 @@ def build_parser(hooks):
     parser.add_argument('-resume', type=str, default=None, help='checkpoint prefix or output folder')
     parser.add_argument('-last_epoch', type=int, default=None)
     parser.add_argument('-eval', action='store_true', help='evaluate -pretrained weights and exit')
+    parser.add_argument('-overwrite', action='store_true',
+                        help='allow a new run in an -output folder holding another run\'s checkpoints '
+                             '(config OVERWRITE; nothing is deleted up front, see README)')
     parser.add_argument('-amp', action='store_true', help='mixed precision (AMP_LEVEL, AMP_DTYPE)')
     parser.add_argument('-nprocs', type=int, default=None,
                         help='processes to spawn when not under paddle.distributed.launch '
@@ -97,6 +100,10 @@ def run(config, build_model, hooks, args, distributed):
     from . import data, losses   # imported here: workers must not pay for them at spawn
 
     rank, world = dist.init(distributed)
+    resume_prefix = None
+    if not config.EVAL:   # -eval writes only its log: never blocked
+        resume_prefix = resolve_resume(config.MODEL.RESUME) if config.MODEL.RESUME else None
+        check_output_folder(config.SAVE, resume_prefix, config.OVERWRITE)
     device = dist.device()
     paddle.set_device(device)
     logger = get_logger(config.SAVE, rank)
@@ -110,7 +117,8 @@ def run(config, build_model, hooks, args, distributed):
     params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
     logger.info(f'model {config.MODEL.NAME} ({config.MODEL.TYPE}): {params:,} trainable parameters')
     if config.MODEL.PRETRAINED:
-        load_pretrained(model, config.MODEL.PRETRAINED, log=logger.info)
+        # -eval keeps the head: one of another class count is an error, not a random head
+        load_pretrained(model, config.MODEL.PRETRAINED, log=logger.info, drop_mismatched_head=not config.EVAL)
 
     amp, use_scaler = _amp_settings(config, device.startswith('gpu'))
     val_dataset = hooks.build_dataset(config, 'val') or data.build_dataset(config, 'val')
@@ -155,14 +163,21 @@ def run(config, build_model, hooks, args, distributed):
                     'only the class head is trained, while evaluation averages both heads. Train with a '
                     'teacher, or build it with MODEL.DISTILLED False.')
 
-    checkpoints = CheckpointManager(config.SAVE, config.MODEL.NAME, config.SAVE_FREQ)
+    checkpoints = CheckpointManager(config.SAVE, config.MODEL.NAME, config.SAVE_FREQ, config.SAVE_KEEP,
+                                    log=logger.info if rank == 0 else None)
     start_epoch, best_acc = config.TRAIN.LAST_EPOCH, 0.0
-    if config.MODEL.RESUME:
-        prefix = resolve_resume(config.MODEL.RESUME)
+    if resume_prefix:
+        prefix = resume_prefix
         start_epoch, extra = resume(prefix, model, optimizer, scheduler, scaler if use_scaler else None, ema)
         best_acc = extra.get('best_acc', 0.0)
+        checkpoints.last_good = prefix
         logger.info(f'resumed from {prefix}: epoch {start_epoch} done, next lr {scheduler():.6e}, '
                     f'best Acc@1 so far {best_acc / 100:.4f}')
+        later = checkpoints.later_checkpoints(start_epoch)
+        if later and rank == 0:
+            logger.info(f'NOTE: {config.SAVE} holds checkpoints of later epochs ({", ".join(map(os.path.basename, later))}) '
+                        f'from the run resumed here; retention leaves them alone and this run replaces each '
+                        f'when it saves that epoch')
     elif start_epoch:
         scheduler.step(start_epoch * steps_per_epoch)
 
@@ -175,34 +190,48 @@ def run(config, build_model, hooks, args, distributed):
     train_model = paddle.DataParallel(model) if world > 1 else model
     writer = ScalarWriter(config.SAVE, rank)
     result = {}
+    best_saved = bool(resume_prefix)   # a new run's first validation replaces any old Best (-overwrite)
     for epoch in range(start_epoch + 1, config.TRAIN.NUM_EPOCHS + 1):
         _seed_everything(_epoch_seed(config, epoch, rank))
         if hasattr(train_loader.batch_sampler, 'set_epoch'):
             train_loader.batch_sampler.set_epoch(epoch)
         start = time.time()
-        train_loss = train_one_epoch(train_model, train_loader, state, epoch, config.TRAIN.NUM_EPOCHS,
-                                     logger, config.REPORT_FREQ, writer)
+        try:
+            train_loss = train_one_epoch(train_model, train_loader, state, epoch, config.TRAIN.NUM_EPOCHS,
+                                         logger, config.REPORT_FREQ, writer)
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f'{e} {checkpoints.resume_hint()}') from None
         logger.info(f'----- Epoch[{epoch:03d}/{config.TRAIN.NUM_EPOCHS:03d}], Train Loss: {train_loss:.4f}, '
                     f'time: {time.time() - start:.1f}s{data.skipped_report(train_dataset)}')
         result = {'epoch': epoch, 'train_loss': train_loss}
+        # every rank, every epoch: all stop together, before a diverged epoch is evaluated or saved
+        checkpoints.check_finite(epoch, model, ema)
+        loss = None
         if epoch % config.VALIDATE_FREQ == 0 or epoch == config.TRAIN.NUM_EPOCHS:
-            loss, top1, top5, count = evaluate(model, val_loader, amp)
+            try:
+                loss, top1, top5, count = evaluate(model, val_loader, amp)
+            except NonFiniteOutputError as e:
+                raise checkpoints.diverged(epoch, f'validation: {e}') from None
             logger.info(f'----- Epoch[{epoch:03d}/{config.TRAIN.NUM_EPOCHS:03d}], Validation Loss: {loss:.4f}, '
                         f'Validation Acc@1: {top1 / 100:.4f}, Validation Acc@5: {top5 / 100:.4f} ({count} images)')
             writer.add_scalar('val/acc1', top1, epoch)
             result.update(val_loss=loss, acc1=top1, acc5=top5)
             if ema is not None:
-                _, ema_top1, ema_top5, _ = evaluate(ema.module, val_loader, amp)
+                try:
+                    _, ema_top1, ema_top5, _ = evaluate(ema.module, val_loader, amp)
+                except NonFiniteOutputError as e:
+                    raise checkpoints.diverged(epoch, f'EMA validation: {e}') from None
                 logger.info(f'----- Epoch[{epoch:03d}/{config.TRAIN.NUM_EPOCHS:03d}], EMA Validation '
                             f'Acc@1: {ema_top1 / 100:.4f}, EMA Validation Acc@5: {ema_top5 / 100:.4f}')
                 result.update(ema_acc1=ema_top1)
-            if top1 > best_acc and rank == 0:
-                checkpoints.save_best(model, ema)
+            if (top1 > best_acc or not best_saved) and rank == 0:
+                checkpoints.save_best(model, ema, epoch=epoch)
+                best_saved = True
                 logger.info(f'new best Acc@1 {top1 / 100:.4f}: saved {checkpoints.prefix("Best")}.pdparams')
             best_acc = max(best_acc, top1)
         if rank == 0:
-            prefix = checkpoints.save(epoch, model, optimizer, scheduler,
-                                      scaler if use_scaler else None, ema, extra={'best_acc': best_acc})
+            prefix = checkpoints.save(epoch, model, optimizer, scheduler, scaler if use_scaler else None, ema,
+                                      extra={'best_acc': best_acc}, val_loss=loss)
             logger.info(f'saved {prefix}.pdparams / .pdopt')
     writer.close()
     result['best_acc1'] = best_acc

@@ -13,10 +13,15 @@ import paddle
 import paddle.nn.functional as F
 
 from . import distributed as dist
+from .errors import UserError
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class NonFiniteOutputError(UserError, FloatingPointError):
+    """Evaluation produced NaN/inf logits or loss: broken weights, for which no accuracy is reported."""
 
 
 def _unwrap(model):
@@ -122,15 +127,18 @@ def evaluate(model, loader, amp=None):
 
     Each rank evaluates a disjoint share (see the val sampler); sums of
     correct predictions, losses and sample counts are all-reduced once at the
-    end, so no sample is counted twice or dropped.
+    end, so no sample is counted twice or dropped.  NaN/inf logits or loss
+    raise NonFiniteOutputError instead of returning an accuracy.
     """
     model = _unwrap(model)
     model.eval()
     totals = paddle.zeros([4], dtype='float64')   # loss sum, top-1, top-5, count
+    non_finite = paddle.zeros([1], dtype='float64')   # images whose logits hold NaN/inf
     for images, labels in loader:
         with paddle.amp.auto_cast(**(amp or {'enable': False})):
             logits = model(images)
         logits = logits.astype('float32')
+        non_finite += paddle.logical_not(paddle.isfinite(logits).all(axis=-1)).astype('float64').sum()
         labels = labels.reshape([-1]).astype('int64')
         loss = F.cross_entropy(logits, labels, reduction='sum')
         k = min(5, logits.shape[-1])
@@ -139,6 +147,12 @@ def evaluate(model, loader, amp=None):
         totals += paddle.stack([loss.astype('float64').reshape([]), hits[:, 0].sum(), hits.sum(),
                                 paddle.to_tensor(float(labels.shape[0]), dtype='float64')])
     dist.all_reduce_sum(totals)
+    dist.all_reduce_sum(non_finite)
     loss_sum, top1, top5, count = totals.numpy().tolist()
+    # A NaN logit still ranks somewhere in topk, so broken weights would print an "accuracy".
+    if non_finite.item() or not math.isfinite(loss_sum):
+        raise NonFiniteOutputError(
+            f'{int(non_finite.item())} of {int(count)} validation images gave NaN or infinite logits '
+            f'(loss sum {loss_sum}): the weights are broken (diverged or damaged), so no accuracy is reported')
     count = max(count, 1.0)
     return loss_sum / count, 100.0 * top1 / count, 100.0 * top5 / count, int(count)
