@@ -71,3 +71,6 @@ def get_config(cfg_file=None, args=None, opts=None):
     label_dir = getattr(args, 'token_label_dir', None)
     extra = ['TRAIN.TOKEN_LABEL.DATA_DIR', label_dir] if label_dir else []
     return _get_config(cfg_file, args, extra + list(opts or []))
+
+
+get_config.kinds = _get_config.kinds   # each key's type, as every family's get_config has

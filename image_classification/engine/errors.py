@@ -18,16 +18,20 @@ class UserError(Exception):
     """An error in what the user handed us (flag, config, data, weights), not in the code."""
 
 
-def exit_on_user_error(error, prog=None):
+def exit_on_user_error(error, prog=None, hard=False):
     """End the process for `error`: its message as the last line on stderr, exit status 2.
 
     stdout is flushed first, so the message follows everything the run printed
-    (a config dump, a progress log) instead of being buried in it.
+    (a config dump, a progress log) instead of being buried in it.  `hard`
+    (a rank of a process group) leaves with os._exit: a normal interpreter
+    shutdown may wait forever on Paddle's process-group threads.
     """
     prog = prog or os.path.basename(sys.argv[0] or 'python')
     sys.stdout.flush()
     sys.stderr.write(f'{prog}: error: {error}\n')
     sys.stderr.flush()
+    if hard:
+        os._exit(USER_ERROR_EXIT_CODE)
     raise SystemExit(USER_ERROR_EXIT_CODE)
 
 

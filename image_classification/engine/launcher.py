@@ -12,6 +12,7 @@ import argparse
 import glob
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -71,10 +72,12 @@ def main(get_config, build_model, distributed=False, hooks=None, argv=None):
     hooks = hooks or FamilyHooks()
     parser = build_parser(hooks)
     args = parser.parse_args(argv)
+    if distributed and dist.launched_by_paddle():
+        _die_quietly_when_stopped()
     try:
         return _main(get_config, build_model, distributed, hooks, args)
     except UserError as error:
-        exit_on_user_error(error)
+        exit_on_user_error(error, hard=distributed and dist.launched_by_paddle())
 
 
 def _require_cfg(args):
@@ -118,8 +121,20 @@ def _spawn(config, build_model, hooks, args, nprocs):
                 raise UserError(f.read()) from None
 
 
+def _die_quietly_when_stopped():
+    """Let SIGTERM end this rank at once and silently.
+
+    When one rank stops (a user error, a crash), spawn and the launcher SIGTERM
+    the others; Paddle's C++ handler then prints a "C++ Traceback" block for the
+    rank that did nothing wrong, right where the user looks for the real cause.
+    Crash signals (SIGSEGV, ...) keep Paddle's handler.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _spawned_run(config, build_model, hooks, args, message_dir):
     """One spawned rank: `run`, and on a UserError its message to `message_dir`, exit status 2."""
+    _die_quietly_when_stopped()
     try:
         return run(config, build_model, hooks, args, True)
     except UserError as error:
@@ -127,7 +142,10 @@ def _spawned_run(config, build_model, hooks, args, message_dir):
         with open(os.path.join(message_dir, f'rank{rank:05d}.txt'), 'w', encoding='utf-8') as f:
             f.write(str(error))
         sys.stdout.flush()
-        raise SystemExit(USER_ERROR_EXIT_CODE) from None   # not an Exception: Paddle's wrapper lets it set the exit code
+        sys.stderr.flush()
+        # os._exit, not SystemExit: the interpreter's shutdown would wait for Paddle's
+        # process-group threads, which never end, and spawn would wait for this rank forever
+        os._exit(USER_ERROR_EXIT_CODE)
 
 
 def _seed_everything(seed):
