@@ -1,7 +1,7 @@
 """PerViT configuration: the shared defaults plus PerViT's architecture keys (PerViT-T by default)."""
 import math
 
-from engine.config import Check, at_least, each, greater_than, length, make_get_config, one_of
+from engine.config import Check, Rule, at_least, each, greater_than, length, make_get_config
 
 
 def _defaults(c):
@@ -22,7 +22,8 @@ RULES = {
     # pervit.py sizes the token grid as ceil(IMAGE_SIZE / 16): four stride-2 stem convs
     'MODEL.STEM_DIMS': (length(4), each(at_least(1))),
     'MODEL.MLP_RATIO': (greater_than(0),),
-    'MODEL.ATTENTION_DROPOUT': (one_of(0.0),),    # the official MPA has no attention dropout
+    'MODEL.ATTENTION_DROPOUT': (Rule(lambda v, c: v == 0, '0: PerViT has no attention dropout (the official '
+                                     'MPA ignores attn_drop)'),),
 }
 
 # pervit.py: the stem's padded stride-2 convs accept any size, but the peripheral position
