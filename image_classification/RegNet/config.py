@@ -4,7 +4,7 @@ The defaults describe RegNetY-16GF (`regnety_160`), DeiT's teacher.  A RegNet
 is fully described by W0, WA, WM, DEPTH, GROUP_W (and SE_RATIO: 0 for RegNetX,
 0.25 for RegNetY); see `regnet.py` for how they give the stage widths.
 """
-from engine.config import Check, at_least, greater_than, in_range, make_get_config, multiple_of
+from engine.config import at_least, greater_than, in_range, make_get_config, multiple_of
 
 
 def _defaults(c):
