@@ -100,8 +100,17 @@ def build_tiny(config):
     return TinyNet(config.MODEL.NUM_CLASSES, config.MODEL.POISON, config.MODEL.DIVERGE_AT_STEP)
 
 
-def _argv(data, out, *opts):
-    return ['-data_path', data, '-output', out, '-batch_size', '8', '-opts',
+def _tiny_cfg(data):
+    """The YAML every run names (-cfg is required): the Tiny family's defaults."""
+    path = os.path.join(data, 'tiny.yaml')
+    if not os.path.isfile(path):
+        with open(path, 'w') as f:
+            f.write('MODEL:\n  TYPE: Tiny\n')
+    return path
+
+
+def _argv(data, out, *opts, cfg=None):
+    return ['-cfg', cfg or _tiny_cfg(data), '-data_path', data, '-output', out, '-batch_size', '8', '-opts',
             'MODEL.NUM_CLASSES', '4', 'DATA.IMAGE_SIZE', '16', 'DATA.NUM_WORKERS', '0',
             'TRAIN.NUM_EPOCHS', '2', 'TRAIN.WARMUP_EPOCHS', '1', 'TRAIN.BASE_LR', '0.01',
             'TRAIN.MIXUP_ALPHA', '0.0', 'TRAIN.CUTMIX_ALPHA', '0.0', 'TRAIN.RANDOM_ERASE_PROB', '0.0',
@@ -147,7 +156,7 @@ def test_two_cpu_processes_with_launch(data, tmp_path):
     script = os.path.join(REPO, 'image_classification', 'ViT', 'main_multi_gpu.py')
     cfg = os.path.join(REPO, 'image_classification', 'ViT', 'configs', 'vit_tiny_patch16_224.yaml')
     cmd = [sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
-           '--log_dir', str(tmp_path / 'launch'), script, '-cfg', cfg] + _argv(data, str(tmp_path / 'out')) + [
+           '--log_dir', str(tmp_path / 'launch'), script] + _argv(data, str(tmp_path / 'out'), cfg=cfg) + [
         'TRAIN.NUM_EPOCHS', '1', 'TRAIN.MODEL_EMA', 'False', 'DATA.IMAGE_SIZE', '32', 'MODEL.DEPTH', '1']
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     logs = proc.stdout + proc.stderr

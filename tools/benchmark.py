@@ -277,7 +277,8 @@ def run_isolated(job, timeout, max_bytes):
         if line.startswith('{'):
             return json.loads(line)
     reason = killed[0] if killed else (err.strip().splitlines() or [f'exit status {proc.returncode}'])[-1]
-    return {**job, 'model': os.path.basename(job['cfg']), 'image size': job['image_size'], 'error': reason}
+    return {**job, 'model': os.path.basename(job['cfg']), 'image size': job['image_size'], 'error': reason,
+            'user error': not killed and proc.returncode == 2}   # a bad config or flag: see main()
 
 
 # --------------------------------------------------------------------------- reporting
@@ -487,6 +488,10 @@ def main(argv=None):
         for size in sizes:
             for mode in modes:
                 r = run_isolated(_job(args, cfg, size, mode), args.timeout, max_bytes)
+                if r.get('user error'):   # the same for every other job: stop with its message
+                    sys.stdout.flush()
+                    print(r['error'], file=sys.stderr, flush=True)
+                    return 2
                 results.append(r)
                 print(f'# {r["model"]} {r["image size"]} {mode}: '
                       + (f'failed: {r["error"]}' if 'error' in r
@@ -520,5 +525,17 @@ def report(results, args, sweep):
     return 1 if len(ok) < len(results) else 0
 
 
+def _exit_on_user_error(error):
+    """A UserError (engine.errors; imported by then, as anything that raises one is) ends the
+    process with its message and status 2; anything else keeps its traceback."""
+    errors = sys.modules.get('engine.errors')
+    if errors is not None and isinstance(error, errors.UserError):
+        errors.exit_on_user_error(error)
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Exception as error:   # noqa: BLE001  (re-raised unless it is a user error)
+        _exit_on_user_error(error)
+        raise

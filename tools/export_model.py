@@ -148,4 +148,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from engine.errors import cli
+    sys.exit(cli(main))

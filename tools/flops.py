@@ -270,4 +270,5 @@ def main(argv=None):
                 print(f'    {name:<32} {macs / 1e9:8.3f}G  {100 * macs / max(flops, 1):5.1f}%')
 
 if __name__ == '__main__':
-    main()
+    from engine.errors import cli
+    sys.exit(cli(main))

@@ -193,4 +193,5 @@ def main(argv=None):
                 print(f'  {rank}. class {i:>4d}  prob {p:.4f}{name}')
 
 if __name__ == '__main__':
-    main()
+    from engine.errors import cli
+    sys.exit(cli(main))

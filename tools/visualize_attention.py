@@ -174,4 +174,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from engine.errors import cli
+    sys.exit(cli(main))

@@ -4,7 +4,7 @@ The defaults describe RegNetY-16GF (`regnety_160`), DeiT's teacher.  A RegNet
 is fully described by W0, WA, WM, DEPTH, GROUP_W (and SE_RATIO: 0 for RegNetX,
 0.25 for RegNetY); see `regnet.py` for how they give the stage widths.
 """
-from engine.config import make_get_config
+from engine.config import at_least, greater_than, in_range, make_get_config, multiple_of
 
 
 def _defaults(c):
@@ -21,4 +21,18 @@ def _defaults(c):
     c.MODEL.DROPPATH = 0.0
 
 
-get_config = make_get_config(_defaults)
+
+# regnet.py: every conv is padded and the head pools globally, so any DATA.IMAGE_SIZE runs; the
+# constraints are the design space's (regnet_block_widths quantises widths to multiples of 8).
+RULES = {
+    'MODEL.STEM_WIDTH': (at_least(1),),
+    'MODEL.W0': (at_least(8), multiple_of(8)),
+    'MODEL.WA': (at_least(0),),
+    'MODEL.WM': (greater_than(1),),
+    'MODEL.DEPTH': (at_least(1),),
+    'MODEL.GROUP_W': (at_least(1),),
+    'MODEL.BOTTLE_RATIO': (greater_than(0),),
+    'MODEL.SE_RATIO': (in_range(0, 1, high_open=True),),
+}
+
+get_config = make_get_config(_defaults, RULES)

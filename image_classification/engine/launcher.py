@@ -9,9 +9,12 @@ run directly, it spawns one process per visible GPU (or `-nprocs N` CPU
 processes) with `paddle.distributed.spawn`.  No process-group code lives here.
 """
 import argparse
+import glob
 import os
 import random
+import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -21,6 +24,7 @@ from . import distributed as dist
 from . import runtime
 from .checkpoint import CheckpointManager, check_output_folder, load_pretrained, resolve_resume, resume
 from .config import ConfigError
+from .errors import USER_ERROR_EXIT_CODE, UserError, exit_on_user_error
 from .ema import ModelEMA
 from .hooks import FamilyHooks
 from .logger import ScalarWriter, get_logger
@@ -59,23 +63,92 @@ def build_parser(hooks):
 
 
 def main(get_config, build_model, distributed=False, hooks=None, argv=None):
-    """Parse flags, assemble the config, and train or evaluate (see module docstring)."""
+    """Parse flags, assemble the config, and train or evaluate (see module docstring).
+
+    A `UserError` raised anywhere in the run (flags, config, data, weights), in
+    this process or in a spawned one, ends the program with its message as the
+    last line on stderr and exit status 2, without a traceback.  Under
+    `paddle.distributed.launch` each rank ends so; the launcher then stops the
+    other ranks, exits non-zero and shows the failed rank's last log lines,
+    which end with the message.
+    """
     hooks = hooks or FamilyHooks()
     parser = build_parser(hooks)
     args = parser.parse_args(argv)
+    if distributed and dist.launched_by_paddle():
+        _die_quietly_when_stopped()
     try:
-        config = get_config(args=args)
-    except ConfigError as e:
-        parser.error(str(e))
+        return _main(get_config, build_model, distributed, hooks, args)
+    except UserError as error:
+        exit_on_user_error(error, hard=distributed and dist.launched_by_paddle())
+
+
+def _require_cfg(args):
+    """Refuse to train or evaluate without -cfg: the family defaults are no model anyone trained."""
+    if getattr(args, 'cfg', None):
+        return
+    configs = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), 'configs', '*.yaml')))
+    example = os.path.relpath(configs[0]) if configs else 'configs/<variant>.yaml'
+    raise ConfigError(f'-cfg is required: the YAML of the model variant to '
+                      f'{"evaluate" if getattr(args, "eval", False) else "train"} (e.g. -cfg {example}); '
+                      f'without it the family\'s bare defaults would be used')
+
+
+def _main(get_config, build_model, distributed, hooks, args):
+    _require_cfg(args)
+    config = get_config(args=args)
     if distributed and not dist.launched_by_paddle():
         nprocs = args.nprocs
         if nprocs is None:
             cuda = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
             nprocs = paddle.device.cuda.device_count() if cuda else 1
         if nprocs > 1:
-            paddle.distributed.spawn(run, args=(config, build_model, hooks, args, True), nprocs=nprocs)
+            _spawn(config, build_model, hooks, args, nprocs)
             return None
     return run(config, build_model, hooks, args, distributed)
+
+
+def _spawn(config, build_model, hooks, args, nprocs):
+    """`run` in `nprocs` processes (paddle.distributed.spawn).  A rank's UserError comes back here
+    as that UserError's message: Paddle would report it as "Process N terminated with exit code 2"
+    after terminating the other ranks, so each rank leaves its message in a file for this process."""
+    with tempfile.TemporaryDirectory(prefix='paddlevit_errors_') as message_dir:
+        try:
+            paddle.distributed.spawn(_spawned_run, args=(config, build_model, hooks, args, message_dir),
+                                     nprocs=nprocs)
+        except Exception:
+            messages = sorted(glob.glob(os.path.join(message_dir, 'rank*.txt')))
+            if not messages:
+                raise
+            with open(messages[0], encoding='utf-8') as f:
+                raise UserError(f.read()) from None
+
+
+def _die_quietly_when_stopped():
+    """Let SIGTERM end this rank at once and silently.
+
+    When one rank stops (a user error, a crash), spawn and the launcher SIGTERM
+    the others; Paddle's C++ handler then prints a "C++ Traceback" block for the
+    rank that did nothing wrong, right where the user looks for the real cause.
+    Crash signals (SIGSEGV, ...) keep Paddle's handler.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _spawned_run(config, build_model, hooks, args, message_dir):
+    """One spawned rank: `run`, and on a UserError its message to `message_dir`, exit status 2."""
+    _die_quietly_when_stopped()
+    try:
+        return run(config, build_model, hooks, args, True)
+    except UserError as error:
+        rank = int(os.environ.get('PADDLE_TRAINER_ID', '0'))
+        with open(os.path.join(message_dir, f'rank{rank:05d}.txt'), 'w', encoding='utf-8') as f:
+            f.write(str(error))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # os._exit, not SystemExit: the interpreter's shutdown would wait for Paddle's
+        # process-group threads, which never end, and spawn would wait for this rank forever
+        os._exit(USER_ERROR_EXIT_CODE)
 
 
 def _seed_everything(seed):
