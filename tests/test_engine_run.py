@@ -26,7 +26,7 @@ from engine.checkpoint import (KeyMismatchError, NonFiniteCheckpointError, NonFi
                                OutputFolderInUseError)
 from engine.config import make_get_config
 from engine.data.dataset import ListFileError
-from engine.launcher import main
+from engine.launcher import execute as main   # raises a UserError instead of exiting 2
 from engine.trainer import NonFiniteLossError, NonFiniteOutputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

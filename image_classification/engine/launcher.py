@@ -72,15 +72,21 @@ def main(get_config, build_model, distributed=False, hooks=None, argv=None):
     other ranks, exits non-zero and shows the failed rank's last log lines,
     which end with the message.
     """
+    try:
+        return execute(get_config, build_model, distributed, hooks, argv)
+    except UserError as error:
+        exit_on_user_error(error, hard=distributed and dist.launched_by_paddle())
+
+
+def execute(get_config, build_model, distributed=False, hooks=None, argv=None):
+    """What `main` does, with a `UserError` raised to the caller instead of ending the process
+    (for programs and tests that drive the launcher)."""
     hooks = hooks or FamilyHooks()
     parser = build_parser(hooks)
     args = parser.parse_args(argv)
     if distributed and dist.launched_by_paddle():
         _die_quietly_when_stopped()
-    try:
-        return _main(get_config, build_model, distributed, hooks, args)
-    except UserError as error:
-        exit_on_user_error(error, hard=distributed and dist.launched_by_paddle())
+    return _main(get_config, build_model, distributed, hooks, args)
 
 
 def _require_cfg(args):
