@@ -26,6 +26,7 @@ import numpy as np
 import paddle
 
 from .errors import UserError
+from .weights_io import load_paddle, load_state_dict
 
 
 class KeyMismatchError(UserError, ValueError):
@@ -69,10 +70,7 @@ def model_shapes(model):
 def _load_params(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f'weights file not found: {path}')
-    state = paddle.load(path)
-    if not isinstance(state, dict):
-        raise KeyMismatchError(f'{path}: expected a state dict, found {type(state).__name__}')
-    return {k: (v.numpy() if isinstance(v, paddle.Tensor) else np.asarray(v)) for k, v in state.items()}
+    return dict(load_state_dict(path))   # restricted reader: a hostile file cannot run code
 
 
 def _set_state_strict(model, state, source, ignore=()):
@@ -230,6 +228,18 @@ def resolve_resume(path):
     return path
 
 
+def _as_tensors(obj):
+    """Arrays in a loaded `.pdopt` as Paddle tensors, as `paddle.load` returns them (the optimizer's,
+    scheduler's and scaler's `set_state_dict` expect tensors where they saved tensors)."""
+    if isinstance(obj, np.ndarray):
+        return paddle.to_tensor(obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, _as_tensors(v)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_as_tensors(v) for v in obj]
+    return obj
+
+
 def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None):
     """Restore everything `CheckpointManager.save` wrote; returns (epoch, extra)."""
     _set_state_strict(model, _load_params(prefix + '.pdparams'), prefix + '.pdparams')
@@ -241,7 +251,7 @@ def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None):
         ema_state = _load_params(ema_path)
         check_state(model_shapes(ema.module), ema_state, source=ema_path)
         ema.set_state_dict({k: paddle.to_tensor(v) for k, v in ema_state.items()})
-    state = paddle.load(prefix + '.pdopt')
+    state = _as_tensors(load_paddle(prefix + '.pdopt'))   # what paddle.load would have returned
     optimizer.set_state_dict(_framework_optimizer_state(model, state['optimizer']))
     scheduler.set_state_dict(state['lr_scheduler'])
     if scaler is not None and state.get('scaler'):
