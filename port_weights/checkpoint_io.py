@@ -298,6 +298,8 @@ def _load_legacy(path):
                 raise WeightsFileError(f'{path}: storage {key} claims {count} elements, its id says '
                                        f'{ref.numel}, and {size - f.tell()} bytes are left in the file')
             arrays[key] = _bytes_to_array(f.read(nbytes), ref.type.dtype)
+        if f.read(1):
+            raise WeightsFileError(f'{path}: bytes after the last storage: not a file written by torch.save')
 
     def storage_array(ref):
         if ref.key not in arrays:

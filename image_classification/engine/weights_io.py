@@ -54,6 +54,7 @@ them into Paddle tensors where Paddle wants them.
 import collections
 import os
 import pickle
+import types
 
 import numpy as np
 
@@ -73,18 +74,38 @@ class UnsafePickleError(WeightsFileError, pickle.UnpicklingError):
 
 # ----------------------------------------------------------------------------- shared NumPy pieces
 
+class _NdarrayClass:
+    """Stands for `numpy.ndarray` where a pickle names it: only as `_reconstruct`'s first argument.
+
+    The real class is not handed out because calling it (`ndarray(shape, dtype, buffer, offset,
+    strides)`) would let a pickle build arrays outside the checks below.
+    """
+
+
+_NDARRAY = _NdarrayClass()
+
+
 def _numpy_reconstruct(cls, shape, dtype_code):
-    """NumPy's `_reconstruct(ndarray, (0,), b'b')`: an empty array filled by `__setstate__`."""
-    if cls is not np.ndarray:
-        raise pickle.UnpicklingError(f'array reconstruction of {cls!r}, not numpy.ndarray')
+    """NumPy's `_reconstruct(ndarray, (0,), b'b')`: an empty array that BUILD then fills."""
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError(f'array reconstruction of a {type(cls).__name__}, not numpy.ndarray')
     return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
 
 
+# Element types of weights and optimizer states: bool, integers, floats, complex.  Strings, void,
+# structured and object dtypes are refused (an object array holds arbitrary pickles).
+_DTYPE_KINDS = 'biufc'
+
+
 def _numpy_dtype(spec, align=False, copy=False):
-    dtype = np.dtype(spec, align, copy)
-    if dtype.hasobject:
-        raise UnsafePickleError(f'a NumPy object dtype ({dtype}): object arrays hold arbitrary '
-                                f'pickles and are never weights')
+    """A fresh dtype of a numeric kind.  Always a copy: with copy=False NumPy returns its shared
+    float32 (...) singleton, and the pickle's BUILD would then rewrite it for the whole process."""
+    if not isinstance(spec, str) or align not in (False, 0) or copy not in (True, False, 0, 1):
+        raise pickle.UnpicklingError(f'numpy.dtype({str(spec)[:40]!r}, ...): not a plain element type')
+    dtype = np.dtype(spec, False, True)
+    if dtype.kind not in _DTYPE_KINDS:
+        raise UnsafePickleError(f'a NumPy {dtype} dtype (kind {dtype.kind!r}): only bool, integer, float '
+                                f'and complex arrays are weights (object arrays hold arbitrary pickles)')
     return dtype
 
 
@@ -93,9 +114,10 @@ def _numpy_scalar(dtype, raw=None):
         raise pickle.UnpicklingError(f'NumPy scalar of a non-dtype {type(dtype).__name__}')
     if raw is None:
         return dtype.type()
+    if isinstance(raw, str):   # a Python 2 pickle read with encoding='latin1'
+        raw = raw.encode('latin1')
     if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
-        raise pickle.UnpicklingError(f'NumPy {dtype} scalar from {len(raw) if isinstance(raw, bytes) else raw!r} '
-                                     f'bytes, needs {dtype.itemsize}')
+        raise pickle.UnpicklingError(f'NumPy {dtype} scalar from a {type(raw).__name__} of the wrong size')
     return np.frombuffer(raw, dtype=dtype)[0]
 
 
@@ -104,15 +126,15 @@ _CODECS = {'latin1', 'latin-1', 'iso-8859-1', 'utf-8', 'utf8'}
 
 def _codecs_encode(text, encoding='utf-8'):
     if not isinstance(text, str) or not isinstance(encoding, str) or encoding.lower() not in _CODECS:
-        raise pickle.UnpicklingError(f'_codecs.encode with encoding {encoding!r}: only latin-1 and UTF-8 '
-                                     f'occur in weights files')
+        raise pickle.UnpicklingError(f'_codecs.encode with encoding {str(encoding)[:20]!r}: only latin-1 '
+                                     f'and UTF-8 occur in weights files')
     return text.encode(encoding)
 
 
 # How NumPy pickles arrays, dtypes and scalars (1.x writes numpy.core, 2.x numpy._core), and how
 # pickle protocol 2 writes bytes.  Shared with port_weights' reader of torch files.
 NUMPY_GLOBALS = {
-    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'ndarray'): _NDARRAY,
     ('numpy', 'dtype'): _numpy_dtype,
     ('numpy.core.multiarray', '_reconstruct'): _numpy_reconstruct,
     ('numpy._core.multiarray', '_reconstruct'): _numpy_reconstruct,
@@ -122,17 +144,69 @@ NUMPY_GLOBALS = {
     ('collections', 'OrderedDict'): collections.OrderedDict,
 }
 
+_SIMPLE_DTYPE_STATE = (None, None, None, -1, -1, 0)   # numpy's state of a numeric dtype, after version + byte order
 
-class RestrictedUnpickler(pickle.Unpickler):
+
+def _check_build(inst, state):
+    """BUILD (`inst.__setstate__(state)`) only where a weights file needs it, with checked state."""
+    if isinstance(inst, np.dtype):
+        if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ('<', '>', '|', '=')
+                and state[2:] == _SIMPLE_DTYPE_STATE):
+            raise pickle.UnpicklingError(f'state {str(state)[:80]} of a {inst} dtype is not a plain element type\'s')
+    elif isinstance(inst, np.ndarray):
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple)
+                and isinstance(state[2], np.dtype) and isinstance(state[4], (bytes, str))):
+            raise pickle.UnpicklingError('array state is not (version, shape, dtype, fortran, raw bytes)')
+        if inst.size or not all(isinstance(d, int) and d >= 0 for d in state[1]):
+            raise pickle.UnpicklingError(f'array state with shape {str(state[1])[:80]}')
+    elif isinstance(inst, types.SimpleNamespace):
+        if not (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
+            raise pickle.UnpicklingError('namespace state is not a dict of attributes')
+    else:
+        raise UnsafePickleError(f'refusing to set the state of a {type(inst).__name__} (BUILD opcode)')
+
+
+class _BoundedFile:
+    """A read-only file whose reads never ask for more than is left, so a length field in a damaged
+    or hostile pickle cannot make the unpickler allocate more than the file holds."""
+
+    def __init__(self, file):
+        self._file = file
+        here = file.tell()
+        self._size = file.seek(0, os.SEEK_END)
+        file.seek(here)
+
+    def read(self, n=-1):
+        left = self._size - self._file.tell()
+        return self._file.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self):
+        return self._file.readline()
+
+    def readinto(self, buf):
+        return self._file.readinto(buf)
+
+
+class RestrictedUnpickler(pickle._Unpickler):
     """An unpickler that resolves only the globals in `allowed` (`{(module, name): object}`).
 
     Any other global, and any persistent id unless `persistent_load` is given,
     raises `refusal` (a subclass of UnsafePickleError) naming `source` and the
     global, before anything is called.
+
+    It is pickle's pure-Python unpickler (a dict memo, no C state a damaged
+    file could corrupt), with the opcodes that reach objects other than
+    through `find_class` restricted: BUILD only on dtypes, arrays and
+    namespaces with checked state; NEWOBJ only for argparse's Namespace; the
+    copyreg extension registry (EXT1/2/4, whose cache skips `find_class`) and
+    protocol 5's pre-allocated BYTEARRAY8 refused.  Weights files use none of
+    what is refused.
     """
 
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, file, allowed, source, refusal=UnsafePickleError, persistent_load=None):
-        super().__init__(file, encoding='latin1')   # what paddle.load passes, for Python 2 pickles
+        super().__init__(_BoundedFile(file), encoding='latin1')   # latin1: as paddle.load, for Python 2 pickles
         self._allowed = allowed
         self._source = source
         self._refusal = refusal
@@ -152,6 +226,26 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise self._refusal(f'{self._source}: refusing persistent id {str(pid)[:80]!r}: '
                                 f'a Paddle weights file has none')
         return self._persistent(pid)
+
+    def _load_build(self):
+        _check_build(self.stack[-2], self.stack[-1])
+        pickle._Unpickler.load_build(self)
+
+    def _load_newobj(self):
+        if self.stack[-2] is not types.SimpleNamespace:
+            raise self._refusal(f'{self._source}: refusing to create a {type(self.stack[-2]).__name__} '
+                                f'object (NEWOBJ opcode)')
+        pickle._Unpickler.load_newobj(self)
+
+    def _refuse_opcode(self):
+        raise self._refusal(f'{self._source}: refusing pickle opcode (copyreg extension code or '
+                            f'BYTEARRAY8/NEWOBJ_EX): weights files have none')
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    for _op in (pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4, pickle.BYTEARRAY8):
+        dispatch[_op[0]] = _refuse_opcode
+    del _op
 
 
 # ----------------------------------------------------------------------------- Paddle's format
@@ -222,6 +316,9 @@ def load_paddle(path):
     try:
         with open(path, 'rb') as f:
             obj = RestrictedUnpickler(f, _PADDLE_GLOBALS, path).load()
+            if f.read(1):   # paddle.save writes one pickle; a second one is never read, so refuse it
+                raise WeightsFileError(f'{path}: bytes after the end of the pickle: not a file written by '
+                                       f'paddle.save (was something appended to it?)')
         if isinstance(obj, dict):
             obj.pop(_NAME_TABLE, None)
             if _BIG_PARAMS in obj:
