@@ -319,6 +319,8 @@ def load_torch(path):
     file, and the tensor's key when a tensor is at fault) for anything else
     wrong with the file.
     """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
     try:
         if zipfile.is_zipfile(path):
             return _load_zip(path)

@@ -108,11 +108,18 @@ def test_checkpoint_manager_files_read_as_paddle_load_reads_them(trained, tmp_pa
     model, opt, sched = trained
     manager = CheckpointManager(str(tmp_path), 'net', save_freq=1)
     scaler = paddle.amp.GradScaler(enable=True, init_loss_scaling=1024.)
-    prefix = manager.save(3, model, opt, sched, scaler=scaler, extra={'best_acc': 12.5})
+    prefix = manager.save(3, model, opt, sched, scaler=scaler, extra={'best_acc': 12.5, 'seen': np.arange(3)})
     for suffix in ('.pdparams', '.pdopt'):
         ours = load_paddle(prefix + suffix)
         _assert_same(ours, paddle.load(prefix + suffix, return_numpy=True), suffix)
     assert any(k.startswith('@fc.weight@') for k in load_paddle(prefix + '.pdopt')['optimizer'])
+    # tensors=True: Paddle's Tensors as Tensors, NumPy arrays (a GPU scaler's scale) as arrays, as paddle.load
+    ours, ref = load_paddle(prefix + '.pdopt', tensors=True), paddle.load(prefix + '.pdopt')
+    for key, value in ref['optimizer'].items():
+        if isinstance(value, paddle.Tensor):
+            assert isinstance(ours['optimizer'][key], paddle.Tensor), key
+            np.testing.assert_array_equal(ours['optimizer'][key].numpy(), value.numpy())
+    assert type(ours['extra']['seen']) is type(ref['extra']['seen']) is np.ndarray
 
 
 def test_dense_tensor_reducer_and_paddlevit_layout(tmp_path):
@@ -461,3 +468,16 @@ def test_fuzz_struct_fields_of_the_legacy_storages(tmp_path):
         (tmp_path / 'l.pth').write_bytes(data)
         with pytest.raises(WeightsFileError, match='claims'):
             load_torch(str(tmp_path / 'l.pth'))
+
+
+def test_object_state_is_limited_to_plain_attributes(tmp_path):
+    """torch's state_dict() pickles its `_metadata` attribute through BUILD: allowed as plain data;
+    dunder attributes (`__class__`, `__dict__`) are refused."""
+    head = b'\x80\x02ccollections\nOrderedDict\n)R}'
+    ok = head + b'X\t\x00\x00\x00_metadata}sb.'
+    evil = head + b'X\t\x00\x00\x00__class__ccollections\nOrderedDict\nsb.'
+    (tmp_path / 'ok.pdparams').write_bytes(ok)
+    assert load_paddle(str(tmp_path / 'ok.pdparams'))._metadata == {}
+    (tmp_path / 'evil.pdparams').write_bytes(evil)
+    with pytest.raises(WeightsFileError, match='OrderedDict state is not a dict of plain attributes'):
+        load_paddle(str(tmp_path / 'evil.pdparams'))

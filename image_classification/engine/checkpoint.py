@@ -228,18 +228,6 @@ def resolve_resume(path):
     return path
 
 
-def _as_tensors(obj):
-    """Arrays in a loaded `.pdopt` as Paddle tensors, as `paddle.load` returns them (the optimizer's,
-    scheduler's and scaler's `set_state_dict` expect tensors where they saved tensors)."""
-    if isinstance(obj, np.ndarray):
-        return paddle.to_tensor(obj)
-    if isinstance(obj, dict):
-        return type(obj)((k, _as_tensors(v)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_as_tensors(v) for v in obj]
-    return obj
-
-
 def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None):
     """Restore everything `CheckpointManager.save` wrote; returns (epoch, extra)."""
     _set_state_strict(model, _load_params(prefix + '.pdparams'), prefix + '.pdparams')
@@ -251,7 +239,7 @@ def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None):
         ema_state = _load_params(ema_path)
         check_state(model_shapes(ema.module), ema_state, source=ema_path)
         ema.set_state_dict({k: paddle.to_tensor(v) for k, v in ema_state.items()})
-    state = _as_tensors(load_paddle(prefix + '.pdopt'))   # what paddle.load would have returned
+    state = load_paddle(prefix + '.pdopt', tensors=True)   # restricted reader, paddle.load's result
     optimizer.set_state_dict(_framework_optimizer_state(model, state['optimizer']))
     scheduler.set_state_dict(state['lr_scheduler'])
     if scaler is not None and state.get('scaler'):

@@ -159,9 +159,10 @@ def _check_build(inst, state):
             raise pickle.UnpicklingError('array state is not (version, shape, dtype, fortran, raw bytes)')
         if inst.size or not all(isinstance(d, int) and d >= 0 for d in state[1]):
             raise pickle.UnpicklingError(f'array state with shape {str(state[1])[:80]}')
-    elif isinstance(inst, types.SimpleNamespace):
-        if not (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
-            raise pickle.UnpicklingError('namespace state is not a dict of attributes')
+    elif isinstance(inst, (types.SimpleNamespace, collections.OrderedDict)):
+        # argparse's Namespace in a torch checkpoint; torch's state_dict() carries `_metadata`
+        if not (isinstance(state, dict) and all(isinstance(k, str) and not k.startswith('__') for k in state)):
+            raise pickle.UnpicklingError(f'{type(inst).__name__} state is not a dict of plain attributes')
     else:
         raise UnsafePickleError(f'refusing to set the state of a {type(inst).__name__} (BUILD opcode)')
 
@@ -276,6 +277,16 @@ _PADDLE_GLOBALS.update({
     ('__builtin__', 'eval'): _paddle_dense_tensor,
 })
 
+def _paddle_tensor_as_tensor(pair):
+    """`_paddle_tensor`, giving a Paddle Tensor as `paddle.load` does (for `load_paddle(tensors=True)`)."""
+    import paddle
+    return paddle.to_tensor(_paddle_tensor(pair))
+
+
+_PADDLE_TENSOR_GLOBALS = dict(_PADDLE_GLOBALS)
+_PADDLE_TENSOR_GLOBALS.update({('builtins', 'tuple'): _paddle_tensor_as_tensor,
+                               ('__builtin__', 'tuple'): _paddle_tensor_as_tensor})
+
 _NAME_TABLE = 'StructuredToParameterName@@'
 _BIG_PARAMS = 'UnpackBigParamInfor@@'   # sic: Paddle's spelling
 
@@ -303,8 +314,13 @@ def _join_big_params(obj, source):
         obj[key] = np.concatenate(arrays).reshape(shape)
 
 
-def load_paddle(path):
+def load_paddle(path, tensors=False):
     """What `paddle.save` wrote to `path`, with every tensor as a NumPy array.
+
+    `tensors=True`: what Paddle pickled as a Tensor (the values of an optimizer's
+    state inside a larger dict, such as our `.pdopt`) comes back as a Paddle
+    Tensor and NumPy arrays stay arrays, exactly as `paddle.load` returns such
+    a file; `set_state_dict` of optimizers keeps some of those values as they are.
 
     Refuses (UnsafePickleError) any pickle global that Paddle's writer does not
     produce, before calling anything; any other problem with the file is a
@@ -315,7 +331,7 @@ def load_paddle(path):
         raise FileNotFoundError(f'weights file not found: {path}')
     try:
         with open(path, 'rb') as f:
-            obj = RestrictedUnpickler(f, _PADDLE_GLOBALS, path).load()
+            obj = RestrictedUnpickler(f, _PADDLE_TENSOR_GLOBALS if tensors else _PADDLE_GLOBALS, path).load()
             if f.read(1):   # paddle.save writes one pickle; a second one is never read, so refuse it
                 raise WeightsFileError(f'{path}: bytes after the end of the pickle: not a file written by '
                                        f'paddle.save (was something appended to it?)')
