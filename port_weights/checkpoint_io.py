@@ -17,7 +17,7 @@ that fails is refused with its key (`model.blocks.0.attn.qkv.weight`).  Zip
 members are read only if stored uncompressed, as torch writes them, so memory
 is bounded by the file's size.  Any other damage (truncation, bad CRC, garbage
 pickle) is a `WeightsFileError` naming the file; the reader is fuzzed
-(tests/test_checkpoint_io.py).
+(tests/test_weights_io.py).
 
 Both formats torch has written are supported: the zip archive (torch >= 1.6)
 and the legacy stream of pickles followed by raw storages (torch < 1.6, or

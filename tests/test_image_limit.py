@@ -3,7 +3,6 @@
 A 20000 x 20000 PNG is 388 KB on disk and 1.2 GB decoded; OpenCV's own guard starts at 2^30 pixels.
 """
 import io
-import os
 import resource
 import struct
 import time
