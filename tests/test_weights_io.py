@@ -481,3 +481,14 @@ def test_object_state_is_limited_to_plain_attributes(tmp_path):
     (tmp_path / 'evil.pdparams').write_bytes(evil)
     with pytest.raises(WeightsFileError, match='OrderedDict state is not a dict of plain attributes'):
         load_paddle(str(tmp_path / 'evil.pdparams'))
+
+
+def test_a_pickled_dtype_never_rewrites_numpys_shared_dtypes(tmp_path):
+    """`numpy.dtype('f4', False, False)` is NumPy's float32 singleton; BUILD on it with another byte
+    order would change float32 for the whole process.  The reader always builds a copy."""
+    blob = pickle.dumps(np.dtype('<f4'), protocol=2)
+    assert blob.count(b'\x89\x88') == 1 and blob.count(b'X\x01\x00\x00\x00<') == 1
+    blob = blob.replace(b'\x89\x88', b'\x89\x89').replace(b'X\x01\x00\x00\x00<', b'X\x01\x00\x00\x00>')
+    (tmp_path / 'dtype.pdparams').write_bytes(blob)
+    loaded = load_paddle(str(tmp_path / 'dtype.pdparams'))
+    assert loaded == np.dtype('>f4') and np.dtype('float32').byteorder in ('=', '<')

@@ -9,7 +9,7 @@ function that accepts exactly the arguments Paddle's writer gives it, and
 refuses every other global before anything is called.  The refusal is a
 `UnsafePickleError` (a `UserError`) naming the file and the global.
 
-What `paddle.save` writes (paddle/framework/io.py, Paddle 2.1 to 3.3):
+What `paddle.save` writes (paddle/framework/io.py; the same reducers in 2.x and 3.3):
 - a state dict (every value a Tensor, or a dict without Tensors):
   `_legacy_save` pickles a plain dict `{name: numpy array}` plus the entry
   `StructuredToParameterName@@` (`{name: framework parameter name}`); with
@@ -31,9 +31,12 @@ So the allowed globals are:
   evaluated: the array is returned;
 - `numpy.core.multiarray._reconstruct` / `numpy._core.multiarray._reconstruct`
   and `numpy.ndarray`: how NumPy pickles an array (an empty array whose
-  `__setstate__` then checks the raw bytes against shape and dtype);
-- `numpy.dtype`: the dtype of an array or scalar; object dtypes are refused
-  (an object array is not a weight, and its elements are arbitrary pickles);
+  `__setstate__` then checks the raw bytes against shape and dtype); the
+  name `numpy.ndarray` yields a token, not the class, so the array
+  constructor itself can never be called;
+- `numpy.dtype`: the dtype of an array or scalar, of a numeric kind only
+  (bool, int, float, complex: an object array's elements are arbitrary
+  pickles) and always a fresh copy (see `_numpy_dtype`);
 - `numpy.core.multiarray.scalar` / `numpy._core.multiarray.scalar`: a NumPy
   scalar (a float in an LR scheduler's state), built from its raw bytes;
 - `_codecs.encode`: pickle protocol 2 has no bytes opcode and writes an
@@ -42,14 +45,20 @@ So the allowed globals are:
 - `collections.OrderedDict`: a model's `state_dict()` type.
 
 Everything else the files hold (dict, list, tuple, str, bytes, numbers, None,
-sets) is built by pickle opcodes that call nothing.  Persistent ids and the
-copyreg extension registry go through the same refusal.
+sets) is built by pickle opcodes that call nothing.  The opcodes that reach
+objects another way are restricted too (`RestrictedUnpickler`): BUILD sets the
+state only of dtypes, arrays and plain-attribute records, with checked state;
+NEWOBJ, persistent ids and the copyreg extension registry are refused.
+
+Not read: Paddle's non-pickle formats (`use_binary_format=True` single-tensor
+files, `paddle.jit.save` programs), which `paddle.load` also accepts; no state
+dict of this repository or of PaddleViT is stored that way.
 
 A file that is not a Paddle pickle, or is truncated or damaged, raises
 `WeightsFileError` (also a `UserError`) naming the file, never another
 exception: the reader is fuzzed with byte flips and truncations
-(tests/test_weights_io.py).  Tensors come back as NumPy arrays; callers turn
-them into Paddle tensors where Paddle wants them.
+(tests/test_weights_io.py).  Tensors come back as NumPy arrays
+(`load_paddle(..., tensors=True)`: as Paddle Tensors, where `paddle.load` gives them).
 """
 import collections
 import os
