@@ -1,10 +1,23 @@
 """Read PyTorch, safetensors and NumPy checkpoints into `{name: np.ndarray}`, without torch.
 
 A `.pth` is a pickle whose tensors point at raw storages stored beside it.  The
-unpickler here resolves only the globals a state dict needs (tensor and
-storage rebuilders, OrderedDict, a few NumPy scalar helpers, argparse's
+unpickler here (the engine's `RestrictedUnpickler`, shared with the `.pdparams`
+reader) resolves only the globals a state dict needs (tensor and storage
+rebuilders, OrderedDict, NumPy's array and scalar helpers, argparse's
 Namespace as an inert record) and refuses every other global, so a hostile
 checkpoint cannot run code while being read.
+
+Nor can it make the reader look outside its data.  Tensors are not built
+while unpickling: the pickle yields references (storage, offset, shape,
+strides), and each is checked against the storage it names before one byte is
+read: the storage's size must be what its dtype and element count say, the
+strides must be non-negative, and the furthest element the view reaches
+(offset + sum((size - 1) * stride)) must lie inside the storage.  A tensor
+that fails is refused with its key (`model.blocks.0.attn.qkv.weight`).  Zip
+members are read only if stored uncompressed, as torch writes them, so memory
+is bounded by the file's size.  Any other damage (truncation, bad CRC, garbage
+pickle) is a `WeightsFileError` naming the file; the reader is fuzzed
+(tests/test_weights_io.py).
 
 Both formats torch has written are supported: the zip archive (torch >= 1.6)
 and the legacy stream of pickles followed by raw storages (torch < 1.6, or
@@ -13,18 +26,24 @@ and the legacy stream of pickles followed by raw storages (torch < 1.6, or
 import collections
 import io
 import os
-import pickle
 import struct
 import types
 import zipfile
 
 import numpy as np
 
-__all__ = ['UnsafeCheckpointError', 'load_checkpoint', 'load_torch', 'unwrap_state_dict']
+from engine.weights_io import NUMPY_GLOBALS, RestrictedUnpickler, UnsafePickleError, WeightsFileError, \
+    load_state_dict as load_paddle_state_dict
+
+__all__ = ['UnsafeCheckpointError', 'WeightsFileError', 'load_checkpoint', 'load_torch', 'unwrap_state_dict']
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(UnsafePickleError):
     """The pickle asked for a global outside the allow-list."""
+
+
+class _Refused(Exception):
+    """A tensor reference that does not fit its storage; re-raised with the tensor's key."""
 
 
 _STORAGE_DTYPES = {
@@ -41,6 +60,7 @@ class _StorageType:
     def __init__(self, name):
         self.name = name
         self.dtype = _STORAGE_DTYPES[name]
+        self.itemsize = 2 if self.dtype == 'bfloat16' else np.dtype(self.dtype).itemsize
 
 
 def _bytes_to_array(raw, dtype, byteorder='little'):
@@ -51,96 +71,191 @@ def _bytes_to_array(raw, dtype, byteorder='little'):
     return arr.astype(arr.dtype.newbyteorder('='))
 
 
+class _StorageRef:
+    """A storage named by a persistent id; its bytes are fetched (and checked) when a tensor uses it.
+
+    `view` is the legacy format's (offset, size) of a view into a root storage.
+    """
+
+    def __init__(self, storage_type, key, numel, view=None):
+        self.type, self.key, self.numel, self.view = storage_type, key, numel, view
+
+
+class _TensorRef:
+    """`_rebuild_tensor_v2(storage, offset, size, stride, ...)`, not yet read."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
-    if len(size) == 0:
-        return storage[storage_offset].copy()
-    itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        storage[storage_offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride))
-    return np.ascontiguousarray(view)
+    if not isinstance(storage, _StorageRef):
+        raise _Refused(f'tensor over a {type(storage).__name__}, not a storage')
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))):
+        raise _Refused('tensor size and stride must be tuples')
+    return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data, *_ignored):
     return data
 
 
-def _numpy_scalar(dtype, raw=None):
-    return np.frombuffer(raw, dtype=dtype)[0] if raw is not None else dtype.type()
+def _check_view(ref, storage_numel):
+    """Raise _Refused unless the view (offset, size, stride) lies inside `storage_numel` elements."""
+    offset, size, stride = ref.offset, ref.size, ref.stride
+    if not _is_int(offset) or offset < 0:
+        raise _Refused(f'storage offset {offset!r} is not a non-negative integer')
+    if len(size) != len(stride):
+        raise _Refused(f'shape {size} and strides {stride} differ in length')
+    if not all(_is_int(d) and d >= 0 for d in size):
+        raise _Refused(f'shape {size} has a negative or non-integer size')
+    if not all(_is_int(s) and s >= 0 for s in stride):
+        raise _Refused(f'strides {stride} have a negative or non-integer stride')
+    if 0 in size:
+        return
+    last = offset + sum((d - 1) * s for d, s in zip(size, stride))   # Python ints: no overflow
+    if last >= storage_numel:
+        raise _Refused(f'shape {size}, strides {stride} and offset {offset} reach element {last}, '
+                       f'past the end of its storage of {storage_numel} elements')
 
 
-def _numpy_reconstruct(cls, shape, dtype):
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
-
-
-def _codecs_encode(text, encoding='utf-8'):
-    return text.encode(encoding)
-
-
-def _allowed_global(module, name):
-    """The object standing for `module.name`, or UnsafeCheckpointError."""
-    if module == 'torch' and name in _STORAGE_DTYPES:
-        return _StorageType(name)
-    table = {
-        ('collections', 'OrderedDict'): collections.OrderedDict,
+def _storage_globals():
+    table = dict(NUMPY_GLOBALS)
+    table.update({('torch', name): _StorageType(name) for name in _STORAGE_DTYPES})
+    table.update({
         ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
         ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
         ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
         ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
         ('argparse', 'Namespace'): types.SimpleNamespace,
-        ('numpy', 'dtype'): np.dtype,
-        ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
-        ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
-        ('numpy.core.multiarray', '_reconstruct'): _numpy_reconstruct,
-        ('numpy._core.multiarray', '_reconstruct'): _numpy_reconstruct,
-        ('numpy', 'ndarray'): np.ndarray,
-        ('_codecs', 'encode'): _codecs_encode,
-    }
-    if (module, name) in table:
-        return table[(module, name)]
-    raise UnsafeCheckpointError(
-        f'refusing to load global {module}.{name}: only tensors and plain containers '
-        f'are allowed in a checkpoint (a pickle that imports anything else could run code)')
+    })
+    return table
 
 
-class _Unpickler(pickle.Unpickler):
-    """Allow-listed globals only; `defer_tensors` for the legacy format, whose
-    storage bytes come after the object pickle."""
+_TORCH_GLOBALS = _storage_globals()
 
-    def __init__(self, file, load_storage, defer_tensors=False):
-        super().__init__(file)
-        self._load_storage = load_storage
-        self._defer_tensors = defer_tensors
 
-    def find_class(self, module, name):
-        found = _allowed_global(module, name)
-        if self._defer_tensors and found is _rebuild_tensor:
-            return lambda storage, *args: _LazyTensor(storage, args)
-        return found
+def _unpickler(file, source, persistent_load=None):
+    return RestrictedUnpickler(file, _TORCH_GLOBALS, source, refusal=UnsafeCheckpointError,
+                               persistent_load=persistent_load)
 
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == 'storage'):
-            raise UnsafeCheckpointError(f'unknown persistent id {pid!r}')
-        return self._load_storage(*pid[1:])
+
+def _storage_pid(pid, legacy):
+    """A _StorageRef from a persistent id `('storage', type, key, location, numel[, view])`."""
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == 'storage'):
+        raise UnsafeCheckpointError(f'unknown persistent id {str(pid)[:80]!r}')
+    storage_type, key, _location, numel = pid[1:5]
+    if not isinstance(storage_type, _StorageType) or not isinstance(key, str) \
+            or not _is_int(numel) or numel < 0:
+        raise WeightsFileError(f'malformed storage id {str(pid)[:120]!r}')
+    view = None
+    if legacy and len(pid) > 5 and pid[5] is not None:
+        try:
+            _view_key, offset, size = pid[5]
+        except (TypeError, ValueError):
+            raise WeightsFileError(f'malformed storage view {str(pid[5])[:80]!r}') from None
+        if not (_is_int(offset) and _is_int(size) and 0 <= offset and 0 <= size and offset + size <= numel):
+            raise WeightsFileError(f'storage view ({offset!r}, {size!r}) outside its storage of {numel} elements')
+        view = (offset, size)
+    return _StorageRef(storage_type, key, numel, view)
+
+
+# Several tensors may view one storage (tied weights, slices of a fused matrix), and a zero stride
+# repeats an element: the arrays built may exceed the storages read, but only by this much, so a small
+# file cannot make the reader allocate without bound.
+_EXPANSION = 4
+_EXPANSION_SLACK = 64 << 20   # bytes
+
+
+def _resolve(obj, storage_array, source):
+    """Replace every _TensorRef in `obj` by its checked array (each shared object visited once)."""
+    done = {}
+    budget = {'read': {}, 'built': 0}
+
+    def visit(node, path):
+        if id(node) in done:
+            return done[id(node)]
+        if isinstance(node, _TensorRef):
+            try:
+                data = storage_array(node.storage)
+                _check_view(node, data.size)
+                budget['read'][node.storage.key] = data.nbytes
+                numel = 1
+                for d in node.size:
+                    numel *= d
+                budget['built'] += numel * data.dtype.itemsize
+                allowed = _EXPANSION * sum(budget['read'].values()) + _EXPANSION_SLACK
+                if budget['built'] > allowed:
+                    raise _Refused(f'shape {node.size} brings the arrays built to {budget["built"]} bytes '
+                                   f'from {sum(budget["read"].values())} bytes of storage (more than '
+                                   f'{_EXPANSION}x + {_EXPANSION_SLACK >> 20} MiB): refusing a file that '
+                                   f'expands in memory')
+            except _Refused as e:
+                raise WeightsFileError(f'{source}: tensor {path or "<root>"}: {e}') from None
+            if len(node.size) == 0:
+                result = data[node.offset].copy()
+            else:
+                itemsize = data.dtype.itemsize
+                view = np.lib.stride_tricks.as_strided(
+                    data[node.offset:], shape=node.size, strides=tuple(s * itemsize for s in node.stride))
+                result = np.ascontiguousarray(view)
+        elif isinstance(node, dict):
+            result = type(node)()
+            done[id(node)] = result
+            for k, v in node.items():
+                result[k] = visit(v, f'{path}.{k}' if path else str(k))
+        elif isinstance(node, (list, tuple)):
+            items = [visit(v, f'{path}[{i}]') for i, v in enumerate(node)]
+            result = items if isinstance(node, list) else tuple(items)
+        elif isinstance(node, (_StorageRef, _StorageType)):
+            raise WeightsFileError(f'{source}: {path or "<root>"}: a bare storage where a tensor or value belongs')
+        else:
+            result = node
+        done[id(node)] = result
+        return result
+
+    return visit(obj, '')
 
 
 def _load_zip(path):
     with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        pkl = next((n for n in names if n.endswith('data.pkl')), None)
+        infos = {i.filename: i for i in zf.infolist()}
+        pkl = next((n for n in infos if n.endswith('data.pkl')), None)
         if pkl is None:
-            raise ValueError(f'{path}: zip archive without data.pkl: not a torch checkpoint')
+            raise WeightsFileError(f'{path}: zip archive without data.pkl: not a torch checkpoint')
         root = pkl[:-len('data.pkl')]
+
+        def read(name, expected=None):
+            info = infos.get(name)
+            if info is None:
+                raise _Refused(f'its storage {name} is missing from the archive')
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise WeightsFileError(f'{path}: member {name} is compressed (method {info.compress_type}); '
+                                       f'torch writes checkpoints uncompressed')
+            if expected is not None and info.file_size != expected:
+                raise _Refused(f'its storage {name} holds {info.file_size} bytes, not the {expected} '
+                               f'its element count and dtype need')
+            return zf.read(info)
+
         byteorder = 'little'
-        if root + 'byteorder' in names:
-            byteorder = zf.read(root + 'byteorder').decode().strip()
+        if root + 'byteorder' in infos:
+            byteorder = read(root + 'byteorder').decode('ascii', 'replace').strip()
+            if byteorder not in ('little', 'big'):
+                raise WeightsFileError(f'{path}: byteorder record {byteorder[:20]!r} is neither little nor big')
         cache = {}
 
-        def load_storage(storage_type, key, _location, _numel, *_rest):
-            if key not in cache:
-                cache[key] = _bytes_to_array(zf.read(f'{root}data/{key}'), storage_type.dtype, byteorder)
-            return cache[key]
+        def storage_array(ref):
+            if ref.key not in cache:
+                raw = read(f'{root}data/{ref.key}', ref.numel * ref.type.itemsize)
+                cache[ref.key] = _bytes_to_array(raw, ref.type.dtype, byteorder)
+            return cache[ref.key]
 
-        return _Unpickler(io.BytesIO(zf.read(pkl)), load_storage).load()
+        obj = _unpickler(io.BytesIO(read(pkl)), path, lambda pid: _storage_pid(pid, legacy=False)).load()
+        return _resolve(obj, storage_array, path)
 
 
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
@@ -148,62 +263,81 @@ _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 
 def _load_legacy(path):
     """torch < 1.6 stream: magic, protocol, sys info, object, storage keys, raw storages."""
+    size = os.path.getsize(path)
     with open(path, 'rb') as f:
-        safe = lambda: _Unpickler(f, None).load()  # noqa: E731 - header pickles hold no tensors
-        if safe() != _LEGACY_MAGIC:
-            raise ValueError(f'{path}: not a torch checkpoint (bad magic number)')
-        safe()  # protocol version
-        safe()  # sys info
+        header = lambda: _unpickler(f, path).load()  # noqa: E731 - header pickles hold no tensors
+        if header() != _LEGACY_MAGIC:
+            raise WeightsFileError(f'{path}: not a torch checkpoint (bad magic number)')
+        header()  # protocol version
+        header()  # sys info
         roots = {}
 
-        def load_storage(storage_type, root_key, _location, numel, view_metadata=None):
-            roots.setdefault(root_key, [storage_type, numel, None])
-            if view_metadata is None:
-                return _LazyStorage(roots, root_key)
-            _view_key, offset, view_size = view_metadata
-            return _LazyStorage(roots, root_key, offset, view_size)
+        def persistent(pid):
+            ref = _storage_pid(pid, legacy=True)
+            known = roots.setdefault(ref.key, ref)
+            if known.type.name != ref.type.name or known.numel != ref.numel:
+                raise WeightsFileError(f'{path}: storage {ref.key} is declared twice with different '
+                                       f'types or sizes')
+            return ref
 
-        obj = _Unpickler(f, load_storage, defer_tensors=True).load()
-        keys = _Unpickler(f, None).load()
+        obj = _unpickler(f, path, persistent).load()
+        keys = _unpickler(f, path).load()
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise WeightsFileError(f'{path}: the storage key list is malformed')
+        arrays = {}
         for key in keys:
-            storage_type, _numel, _ = roots[key]
-            count = struct.unpack('<q', f.read(8))[0]
-            itemsize = 2 if storage_type.dtype == 'bfloat16' else np.dtype(storage_type.dtype).itemsize
-            roots[key][2] = _bytes_to_array(f.read(count * itemsize), storage_type.dtype)
-    return _resolve_lazy(obj)
+            if key not in roots:
+                raise WeightsFileError(f'{path}: storage {key} is listed but no tensor uses it')
+            ref = roots[key]
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise WeightsFileError(f'{path}: truncated before the size of storage {key}')
+            count = struct.unpack('<q', raw)[0]
+            nbytes = count * ref.type.itemsize
+            if count != ref.numel or nbytes > size - f.tell():
+                raise WeightsFileError(f'{path}: storage {key} claims {count} elements, its id says '
+                                       f'{ref.numel}, and {size - f.tell()} bytes are left in the file')
+            arrays[key] = _bytes_to_array(f.read(nbytes), ref.type.dtype)
+        if f.read(1):
+            raise WeightsFileError(f'{path}: bytes after the last storage: not a file written by torch.save')
 
+    def storage_array(ref):
+        if ref.key not in arrays:
+            raise _Refused(f'its storage {ref.key} is not in the file')
+        data = arrays[ref.key]
+        if ref.view is not None:
+            data = data[ref.view[0]:ref.view[0] + ref.view[1]]
+        return data
 
-class _LazyStorage:
-    """A legacy storage whose bytes come after the object pickle."""
-
-    def __init__(self, roots, key, offset=0, size=None):
-        self.roots, self.key, self.offset, self.size = roots, key, offset, size
-
-    def array(self):
-        data = self.roots[self.key][2]
-        return data[self.offset:] if self.size is None else data[self.offset:self.offset + self.size]
-
-
-class _LazyTensor:
-    def __init__(self, storage, args):
-        self.storage, self.args = storage, args
-
-
-def _resolve_lazy(obj):
-    if isinstance(obj, _LazyTensor):
-        return _rebuild_tensor(obj.storage.array(), *obj.args)
-    if isinstance(obj, dict):
-        return type(obj)((k, _resolve_lazy(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve_lazy(v) for v in obj)
-    return obj
+    return _resolve(obj, storage_array, path)
 
 
 def load_torch(path):
-    """Unpickle a `.pth`/`.pt` file into NumPy arrays and plain containers."""
-    if zipfile.is_zipfile(path):
-        return _load_zip(path)
-    return _load_legacy(path)
+    """Unpickle a `.pth`/`.pt` file into NumPy arrays and plain containers.
+
+    UnsafeCheckpointError for a refused global, WeightsFileError (naming the
+    file, and the tensor's key when a tensor is at fault) for anything else
+    wrong with the file.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        if zipfile.is_zipfile(path):
+            return _load_zip(path)
+        return _load_legacy(path)
+    except UnsafePickleError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise UnsafeCheckpointError(f'{path}: refusing to load: {e}') from None
+    except WeightsFileError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise WeightsFileError(f'{path}: {e}') from None
+    except _Refused as e:
+        raise WeightsFileError(f'{path}: {e}') from None
+    except Exception as e:   # truncated, damaged: zipfile, zlib, struct, pickle, numpy all raise their own
+        raise WeightsFileError(f'{path}: not a readable torch checkpoint ({type(e).__name__}: '
+                               f'{str(e)[:200]})') from None
 
 
 _WRAPPER_KEYS = ('model', 'state_dict', 'model_state', 'model_ema', 'module', 'net', 'params')
@@ -243,7 +377,5 @@ def load_checkpoint(path):
         with np.load(path, allow_pickle=False) as data:
             return collections.OrderedDict((k, data[k]) for k in data.files)
     if ext == '.pdparams':
-        import paddle
-        return collections.OrderedDict(
-            (k, v.numpy() if hasattr(v, 'numpy') else np.asarray(v)) for k, v in paddle.load(path).items())
+        return load_paddle_state_dict(path)   # the engine's restricted reader of paddle.save files
     return unwrap_state_dict(load_torch(path), source=path)

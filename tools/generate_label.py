@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 from engine.data.dataset import ImageListDataset  # noqa: E402
+from engine.data.decode import DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
 from engine.data.transforms import EvalTransform, eval_resize_shape, eval_resize_size  # noqa: E402
 from engine.token_labeling import label_map_path, save_label_map  # noqa: E402
 
@@ -85,10 +86,11 @@ def eval_region(width, height, image_size, crop_pct):
 class LabelSourceDataset(paddle.io.Dataset):
     """The images of a list file through an evaluation transform: (image, index, width, height)."""
 
-    def __init__(self, root, list_file, num_classes, transform, skip_bad_images=False):
+    def __init__(self, root, list_file, num_classes, transform, skip_bad_images=False,
+                 max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__()
         self.images = ImageListDataset(root, list_file, num_classes, transform=None,
-                                       skip_bad_images=skip_bad_images)
+                                       skip_bad_images=skip_bad_images, max_image_pixels=max_image_pixels)
         self.transform = transform
 
     def __len__(self):
@@ -174,7 +176,8 @@ def main(argv=None):
     data = config.DATA
     transform = EvalTransform(data.IMAGE_SIZE, data.CROP_PCT, data.MEAN, data.STD, data.INTERPOLATION)
     dataset = LabelSourceDataset(args.data_path, os.path.join(args.data_path, args.list or data.TRAIN_LIST),
-                                 config.MODEL.NUM_CLASSES, transform, data.SKIP_BAD_IMAGES)
+                                 config.MODEL.NUM_CLASSES, transform, data.SKIP_BAD_IMAGES,
+                                 max_image_pixels=data.MAX_IMAGE_PIXELS)
     print(f'{config.MODEL.NAME}: label maps of {len(dataset)} images at {data.IMAGE_SIZE} px '
           f'(crop_pct {data.CROP_PCT}) -> {args.output}')
     written, top1 = generate_label_maps(

@@ -96,13 +96,13 @@ def load_model(cfg, pretrained=None, opts=None):
     """(config, model in eval mode) from a config, with the weights of `pretrained`."""
     import paddle
     from engine.families import build_from_config
+    from engine.weights_io import load_state_dict
     from port_weights.keymap import check_state
     config, model = build_from_config(cfg, opts)
     if not hasattr(model, 'forward_attention'):
         raise SystemExit(f'{config.MODEL.TYPE} models have no forward_attention(): not supported')
     if pretrained:
-        state = {k: v.numpy() if hasattr(v, 'numpy') else np.asarray(v)
-                 for k, v in paddle.load(pretrained).items()}
+        state = load_state_dict(pretrained)   # restricted reader: a hostile file cannot run code
         if hasattr(model, 'adapt_state_dict'):
             for message in model.adapt_state_dict(state):
                 print(f'WARNING: {message}')

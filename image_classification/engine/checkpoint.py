@@ -45,6 +45,7 @@ import numpy as np
 import paddle
 
 from .errors import UserError
+from .weights_io import load_paddle, load_state_dict
 
 
 class KeyMismatchError(UserError, ValueError):
@@ -147,10 +148,7 @@ def check_finite_weights(state, source):
 def _load_params(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f'weights file not found: {path}')
-    state = paddle.load(path)
-    if not isinstance(state, dict):
-        raise KeyMismatchError(f'{path}: expected a state dict, found {type(state).__name__}')
-    return {k: (v.numpy() if isinstance(v, paddle.Tensor) else np.asarray(v)) for k, v in state.items()}
+    return dict(load_state_dict(path))   # restricted reader: a hostile file cannot run code
 
 
 def _set_state_strict(model, state, source, ignore=()):
@@ -570,7 +568,7 @@ def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None):
         check_finite_weights(ema_state, ema_path)
         check_state(model_shapes(ema.module), ema_state, source=ema_path)
         ema.set_state_dict({k: paddle.to_tensor(v) for k, v in ema_state.items()})
-    state = paddle.load(prefix + '.pdopt')
+    state = load_paddle(prefix + '.pdopt', tensors=True)   # restricted reader, paddle.load's result
     optimizer.set_state_dict(_framework_optimizer_state(model, state['optimizer']))
     scheduler.set_state_dict(state['lr_scheduler'])
     if scaler is not None and state.get('scaler'):

@@ -288,6 +288,9 @@ def base_config():
     c.DATA.STD = [0.229, 0.224, 0.225]
     c.DATA.NUM_WORKERS = 2
     c.DATA.SKIP_BAD_IMAGES = False      # log and skip undecodable images instead of failing
+    # images whose header declares more pixels are refused before decoding (a bad image, as
+    # above); PIL's own default; None or 0: no limit
+    c.DATA.MAX_IMAGE_PIXELS = 89_478_485
 
     c.MODEL = CN()
     c.MODEL.TYPE = ''

@@ -48,4 +48,5 @@ def build_dataset(config, mode):
                         f'{config.DATA.TRAIN_LIST} / {config.DATA.VAL_LIST})')
     list_file = os.path.join(root, config.DATA.TRAIN_LIST if mode == 'train' else config.DATA.VAL_LIST)
     return ImageListDataset(root, list_file, config.MODEL.NUM_CLASSES, build_transform(config, mode),
-                            skip_bad_images=config.DATA.SKIP_BAD_IMAGES)
+                            skip_bad_images=config.DATA.SKIP_BAD_IMAGES,
+                            max_image_pixels=config.DATA.MAX_IMAGE_PIXELS)

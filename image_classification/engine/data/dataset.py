@@ -17,7 +17,9 @@ line:
   crash hours later;
 - an image that cannot be read or decoded raises `BadImageError` inside the
   loader worker, with the list file, line and path in its message (Paddle's
-  worker re-raises the exception type with that message in the main process).
+  worker re-raises the exception type with that message in the main process);
+  so does an image whose header declares more than DATA.MAX_IMAGE_PIXELS
+  pixels, found before it is decoded (see decode.py).
 
 With DATA.SKIP_BAD_IMAGES, missing files are dropped at construction (logged
 once), and an undecodable image is logged and replaced by the next sample in
@@ -36,7 +38,7 @@ import numpy as np
 import paddle
 
 from ..errors import UserError
-from .decode import DecodeError, decode_image
+from .decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
 
 __all__ = ['DataError', 'ListFileError', 'MissingImageError', 'BadImageError',
            'parse_list_file', 'ImageListDataset', 'skipped_report']
@@ -142,12 +144,17 @@ class ImageListDataset(paddle.io.Dataset):
     accepts_seeded_index = True
 
     def __init__(self, root, list_file, num_classes, transform=None, skip_bad_images=False,
-                 check_files=True):
+                 check_files=True, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__()
+        if max_image_pixels is not None and (isinstance(max_image_pixels, bool)
+                                             or not isinstance(max_image_pixels, int) or max_image_pixels < 0):
+            raise DataError(f'DATA.MAX_IMAGE_PIXELS must be a pixel count >= 0, or None or 0 for no limit; '
+                            f'got {max_image_pixels!r}')
         self.root = root
         self.list_file = list_file
         self.transform = transform
         self.skip_bad_images = skip_bad_images
+        self.max_image_pixels = max_image_pixels
         samples = parse_list_file(list_file, num_classes)
         self.num_missing = 0   # dropped at construction (only with skip_bad_images)
         if check_files:
@@ -194,7 +201,7 @@ class ImageListDataset(paddle.io.Dataset):
         try:
             with open(path, 'rb') as f:
                 data = f.read()
-            return decode_image(data)
+            return decode_image(data, self.max_image_pixels)
         except (OSError, DecodeError) as e:
             raise BadImageError(f'{self.where(index)}: cannot read image {path}: {e}') from None
 
