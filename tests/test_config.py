@@ -73,7 +73,8 @@ from engine.families import FAMILIES, load_family  # noqa: E402
 _SAMPLES = {int: ('4', 4), float: ('0.5', 0.5), str: ('some/file.pdparams', 'some/file.pdparams')}
 _SPECIAL = {'TRAIN.CUTMIX_MINMAX': ('[0.2, 0.8]', [0.2, 0.8]),
             'MODEL.QK_SCALE': ('0.125', 0.125),           # SP-ViT-S: head_dim 64 -> 64 ** -0.5
-            'TRAIN.LINEAR_SCALED_LR': ('256', 256)}
+            'TRAIN.LINEAR_SCALED_LR': ('256', 256),
+            'DATA.MAX_IMAGE_PIXELS': ('1000000', 1_000_000)}
 
 
 def _optional_keys():
@@ -92,7 +93,7 @@ def test_optional_keys_are_the_expected_ones():
     assert {k for _, k in _optional_keys()} == {
         'DATA.BATCH_SIZE_EVAL', 'MODEL.PRETRAINED', 'MODEL.RESUME', 'TRAIN.GRAD_CLIP',
         'TRAIN.LINEAR_SCALED_LR', 'TRAIN.COLOR_JITTER', 'TRAIN.CUTMIX_MINMAX', 'TRAIN.TEACHER_MODEL',
-        'TRAIN.TEACHER_CONFIG', 'MODEL.QK_SCALE'}
+        'TRAIN.TEACHER_CONFIG', 'MODEL.QK_SCALE', 'DATA.MAX_IMAGE_PIXELS'}
 
 
 @pytest.mark.parametrize('family,key', _optional_keys())

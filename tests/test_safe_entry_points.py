@@ -22,7 +22,7 @@ from engine.weights_io import UnsafePickleError
 from port_weights.checkpoint_io import UnsafeCheckpointError
 from test_engine_run import TinyNet, _argv, build_tiny, get_config, make_dataset
 
-from engine.launcher import main as train_main
+from engine.launcher import execute as train_main   # raises the UserError instead of exiting 2
 
 IC = os.path.join(REPO, 'image_classification')
 VIT_DEMO = os.path.join(IC, 'ViT', 'configs', 'vit_demo_digits_32.yaml')

@@ -263,7 +263,7 @@ _CV2_INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'lanczos', 'area', 'box
 
 # Keys where 0 means "off" exactly as None does: stored as None, whatever the source, so the
 # printed config and every consumer see one value for "off".
-ZERO_MEANS_NONE = {'TRAIN.GRAD_CLIP', 'TRAIN.LINEAR_SCALED_LR'}
+ZERO_MEANS_NONE = {'TRAIN.GRAD_CLIP', 'TRAIN.LINEAR_SCALED_LR', 'DATA.MAX_IMAGE_PIXELS'}
 
 
 def base_config():
@@ -290,7 +290,7 @@ def base_config():
     c.DATA.SKIP_BAD_IMAGES = False      # log and skip undecodable images instead of failing
     # images whose header declares more pixels are refused before decoding (a bad image, as
     # above); PIL's own default; None or 0: no limit
-    c.DATA.MAX_IMAGE_PIXELS = 89_478_485
+    c.DATA.MAX_IMAGE_PIXELS = optional(int, default=89_478_485)   # PIL's limit; 0 / None: no limit
 
     c.MODEL = CN()
     c.MODEL.TYPE = ''
@@ -380,6 +380,7 @@ BASE_RULES = {
     'DATA.MEAN': (length('DATA.IMAGE_CHANNELS'), each(in_range(0, 1))),
     'DATA.STD': (length('DATA.IMAGE_CHANNELS'), each(greater_than(0))),
     'DATA.NUM_WORKERS': (NON_NEGATIVE,),
+    'DATA.MAX_IMAGE_PIXELS': (at_least(1),),
     'MODEL.NUM_CLASSES': (at_least(1),),
     'MODEL.DROPOUT': (in_range(0, 1, high_open=True),),
     'MODEL.ATTENTION_DROPOUT': (in_range(0, 1, high_open=True),),
