@@ -43,6 +43,7 @@ def base_config():
     c.DATA.STD = [0.229, 0.224, 0.225]
     c.DATA.NUM_WORKERS = 2
     c.DATA.SKIP_BAD_IMAGES = False      # log and skip undecodable images instead of failing
+    c.DATA.REPEATED_AUG = 0             # copies of each image per epoch (DeiT's RASampler: 3); 0 or 1 = off
 
     c.MODEL = CN()
     c.MODEL.TYPE = ''
