@@ -37,6 +37,9 @@ def base_config():
     c.DATA.IMAGE_CHANNELS = 3
     # eval preprocessing: resize the short side to IMAGE_SIZE / CROP_PCT with
     # INTERPOLATION, center-crop IMAGE_SIZE, normalise with MEAN / STD.
+    # EVAL_RESIZE 'squash' instead resizes the whole image to IMAGE_SIZE x IMAGE_SIZE
+    # (aspect not kept, no crop, CROP_PCT unused), as Google's ViT and ViT-pytorch evaluate.
+    c.DATA.EVAL_RESIZE = 'shorter'      # 'shorter' | 'squash'
     c.DATA.CROP_PCT = 0.875
     c.DATA.INTERPOLATION = 'bicubic'
     c.DATA.MEAN = [0.485, 0.456, 0.406]
