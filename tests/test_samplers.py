@@ -166,3 +166,21 @@ def test_seed_globals_depends_on_the_key_only():
     seed_globals(0, 1, 2, 4)
     other = draws()
     assert all(a != b for a, b in zip(first, other))
+
+
+def test_configs_turn_repeated_aug_on_where_the_official_main_does():
+    """3 repeats in every PiT, PerViT and VVT config and in the DeiT-recipe ViTs (DeiT's, PerViT's and
+    VVT's main.py default to --repeated-aug; PiT was trained with DeiT's code).  Off for SP-ViT (its
+    timm-based main.py has no such option), Google's ViT fine-tuning, RegNet and the demos."""
+    import glob
+    import os
+    from engine.families import family_for_config
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'image_classification')
+    on = set()
+    for path in sorted(glob.glob(os.path.join(root, '*', 'configs', '*.yaml'))):
+        if family_for_config(path).get_config(path).DATA.REPEATED_AUG == 3:
+            on.add(os.path.relpath(path, root))
+    expected = {os.path.relpath(p, root) for family in ('PiT', 'PerViT', 'VVT')
+                for p in glob.glob(os.path.join(root, family, 'configs', '*.yaml')) if 'demo' not in p}
+    expected |= {f'ViT/configs/vit_{size}_patch16_{res}.yaml' for size in ('tiny', 'small') for res in (224, 384)}
+    assert on == expected and len(on) == 24
