@@ -204,18 +204,21 @@ def test_eval_logs_squash_resize(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_with_launch(data, tmp_path):
-    """main_multi_gpu.py of a real family, 2 ranks over gloo, exact validation count."""
+def test_two_cpu_processes_with_launch(data256, tmp_path):
+    """main_multi_gpu.py of a real family, 2 ranks over gloo, exact validation count; the DeiT-recipe
+    config trains with repeated augmentation: DeiT's 256 // 256 * 256 / 2 = 128 images per rank."""
     script = os.path.join(REPO, 'image_classification', 'ViT', 'main_multi_gpu.py')
     cfg = os.path.join(REPO, 'image_classification', 'ViT', 'configs', 'vit_tiny_patch16_224.yaml')
     cmd = [sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
-           '--log_dir', str(tmp_path / 'launch'), script, '-cfg', cfg] + _argv(data, str(tmp_path / 'out')) + [
-        'TRAIN.NUM_EPOCHS', '1', 'TRAIN.MODEL_EMA', 'False', 'DATA.IMAGE_SIZE', '32', 'MODEL.DEPTH', '1']
+           '--log_dir', str(tmp_path / 'launch'), script, '-cfg', cfg] + _argv(data256, str(tmp_path / 'out')) + [
+        'TRAIN.NUM_EPOCHS', '1', 'TRAIN.MODEL_EMA', 'False', 'DATA.IMAGE_SIZE', '32', 'MODEL.DEPTH', '1',
+        'DATA.BATCH_SIZE', '32']
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     logs = proc.stdout + proc.stderr
     assert proc.returncode == 0, logs[-3000:]
     master = open(tmp_path / 'out' / 'log.txt').read()
     assert 'process 0/2' in master
+    assert re.search(r'REPEATED_AUG: 3', master) and 'training: 256 images, 4 steps/epoch' in master, master[-3000:]
     assert re.search(r'Validation Acc@1: [0-9.]+, Validation Acc@5: [0-9.]+ \(21 images\)', master), master[-2000:]
     assert os.path.isfile(tmp_path / 'out' / 'latest.txt')
 
