@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from engine import data
-from engine.config import base_config
+from engine.config import ConfigError, base_config
 from engine.data import autoaugment as aa
 from engine.data import transforms as tf
 from engine.data.baseline import PIL_OPS, paddlevit_transform
@@ -340,6 +340,38 @@ def test_describe_eval_transform():
     text = data.describe_eval_transform(make_config(size=224, **{'DATA.CROP_PCT': 0.9}))
     assert text == ('resize short side to 248 (224 / crop_pct 0.9, bicubic, PIL), center crop 224, '
                     'normalize mean=(0.485, 0.456, 0.406) std=(0.229, 0.224, 0.225)')
+
+
+@pytest.mark.parametrize('shape, size, interpolation', [((375, 500), 224, 'bilinear'), ((301, 257), 96, 'bicubic'),
+                                                          ((40, 40), 32, 'bilinear'), ((32, 32), 32, 'bilinear')])
+def test_squash_eval_is_a_resize_of_the_whole_image(shape, size, interpolation):
+    """DATA.EVAL_RESIZE squash: the whole image resized to size x size by PIL (as ViT-pytorch's
+    transforms.Resize((s, s)) does on PIL images), no crop, whatever CROP_PCT says."""
+    img = photo(*shape, seed=3)
+    config = make_config(size=size, **{'DATA.EVAL_RESIZE': 'squash', 'DATA.CROP_PCT': 0.875,
+                                       'DATA.INTERPOLATION': interpolation, 'DATA.MEAN': [0.5] * 3,
+                                       'DATA.STD': [0.5] * 3})
+    ours = data.build_transform(config, 'val')(img)
+    filters = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}
+    resized = np.asarray(Image.fromarray(img).resize((size, size), filters[interpolation]), np.float64)
+    ref = ((resized / 255 - 0.5) / 0.5).transpose(2, 0, 1)
+    assert ours.shape == (3, size, size)
+    assert np.abs(ours - ref).max() < 1e-6
+
+
+def test_describe_squash_eval_says_crop_pct_is_ignored():
+    config = make_config(size=384, **{'DATA.EVAL_RESIZE': 'squash', 'DATA.CROP_PCT': 0.875,
+                                      'DATA.INTERPOLATION': 'bilinear'})
+    assert data.describe_eval_transform(config) == (
+        'squash: resize the whole image to 384x384 (bilinear, PIL; aspect ratio not kept), no crop, '
+        'crop_pct 0.875 ignored, normalize mean=(0.485, 0.456, 0.406) std=(0.229, 0.224, 0.225)')
+
+
+def test_unknown_eval_resize_names_key_and_choices():
+    config = make_config(**{'DATA.EVAL_RESIZE': 'center'})
+    for call in (lambda: data.build_transform(config, 'val'), lambda: data.describe_eval_transform(config)):
+        with pytest.raises(ConfigError, match=r"DATA.EVAL_RESIZE: 'center' is not one of 'shorter' .* 'squash'"):
+            call()
 
 
 # --------------------------------------------------------------------------- augmentation ops vs PIL

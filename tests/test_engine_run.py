@@ -1,6 +1,8 @@
 """The shared launcher end to end on a tiny generated dataset, on the CPU.
 
-- resuming from epoch 1 reproduces the uninterrupted run's epoch-2 loss exactly;
+- resuming from epoch 1 reproduces the uninterrupted run's epoch-2 loss exactly, also after a
+  kill with 2 loader workers, RandAugment, mixup / cutmix, random erasing, EMA and repeated
+  augmentation on (every logged loss digit for digit);
 - a NaN loss stops the run with a message instead of training on;
 - `-eval` logs the eval preprocessing and counts every validation image once;
 - `main_multi_gpu.py` under `paddle.distributed.launch` runs as 2 CPU processes
@@ -134,6 +136,86 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path):
     assert resumed['ema_acc1'] == pytest.approx(full['ema_acc1'])
 
 
+STALLING_MAIN = '''
+import os, sys, time
+sys.path[:0] = {paths!r}
+from engine.launcher import main
+from test_engine_run import get_config, TinyNet
+
+
+class StallsAtStep(TinyNet):
+    steps = 0
+
+    def forward(self, x):
+        if self.training:
+            StallsAtStep.steps += 1
+            if StallsAtStep.steps == {stall_at}:
+                open({marker!r}, 'w').close()
+                time.sleep(600)          # the test kills the process here
+        return super().forward(x)
+
+
+if __name__ == '__main__':
+    main(get_config, lambda c: StallsAtStep(c.MODEL.NUM_CLASSES), argv={argv!r})
+'''
+
+# every source of randomness of a DeiT-style recipe, with loader workers and repeated augmentation
+RANDOM_RECIPE = ('DATA.NUM_WORKERS', '2', 'DATA.REPEATED_AUG', '3', 'DATA.BATCH_SIZE', '32',
+                 'TRAIN.RAND_AUGMENT', 'True', 'TRAIN.MIXUP_ALPHA', '0.8', 'TRAIN.CUTMIX_ALPHA', '1.0',
+                 'TRAIN.RANDOM_ERASE_PROB', '0.25', 'REPORT_FREQ', '1')
+
+
+def _logged(path, epoch):
+    """Every loss, LR and accuracy line the log holds for `epoch` (timings stripped)."""
+    text = open(path).read()
+    tag = re.escape(f'Epoch[{epoch:03d}/002], ')
+    return re.findall(tag + r'(Step\[\d+/\d+\], Loss: [^,]+, LR: [^,]+|Train Loss: [^,]+|'
+                            r'Validation Loss: .*|EMA Validation .*)', text)
+
+
+@pytest.fixture(scope='module')
+def data256(tmp_path_factory):
+    """256 training images: the least DeiT's repeated-augmentation sampler reads an epoch from."""
+    return make_dataset(tmp_path_factory.mktemp('squares256'), n_train=256)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_with_workers_replays_every_loss(data256, tmp_path):
+    """Killed in epoch 2 and resumed from its output folder, a run logs the uninterrupted run's
+    losses digit for digit, with 2 loader workers and every random draw of the recipe on (dropout,
+    RandAugment, mixup / cutmix, random erasing, repeated augmentation; EMA weights evaluated).
+    Before the trainer reseeded each step, Paddle's worker start shifted the mixup draws."""
+    full = main(get_config, build_tiny, argv=_argv(data256, str(tmp_path / 'full'), *RANDOM_RECIPE))
+    steps = len(_logged(tmp_path / 'full' / 'log.txt', 1)) - 3              # minus epoch, val, EMA lines
+    assert steps == 256 // 32
+
+    killed, marker = tmp_path / 'killed', tmp_path / 'stalled'
+    script = tmp_path / 'stalling_main.py'
+    script.write_text(STALLING_MAIN.format(
+        paths=[os.path.dirname(os.path.abspath(__file__))] + sys.path[:2], stall_at=steps + 1,
+        marker=str(marker), argv=_argv(data256, str(killed), *RANDOM_RECIPE)))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=str(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.time() < deadline, 'the run to kill never reached epoch 2'
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert (killed / 'latest.txt').read_text().strip() == 'tiny-Epoch-1'
+
+    resumed = main(get_config, build_tiny, argv=_argv(data256, str(tmp_path / 'resumed'), *RANDOM_RECIPE) + [
+        '-resume', str(killed)])
+    assert _logged(killed / 'log.txt', 1) == _logged(tmp_path / 'full' / 'log.txt', 1)
+    epoch2 = _logged(tmp_path / 'full' / 'log.txt', 2)
+    assert len(epoch2) == steps + 3
+    assert _logged(tmp_path / 'resumed' / 'log.txt', 2) == epoch2
+    assert resumed['train_loss'] == full['train_loss'] and resumed['ema_acc1'] == full['ema_acc1']
+
+
 def test_nan_loss_stops_with_message(data, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r'loss is nan at epoch 1, step 2'):
         main(get_config, build_tiny, argv=_argv(data, str(tmp_path), 'MODEL.POISON', 'True'))
@@ -150,19 +232,29 @@ def test_eval_logs_preprocessing_and_counts_all(data, tmp_path, capsys):
     assert 'Validation Acc@1:' in log
 
 
+def test_eval_logs_squash_resize(data, tmp_path):
+    main(get_config, build_tiny, argv=_argv(data, str(tmp_path), 'DATA.EVAL_RESIZE', 'squash') + ['-eval'])
+    log = open(tmp_path / 'log.txt').read()
+    assert re.search(r'eval transform: squash: resize the whole image to 16x16 \(bicubic, PIL; aspect ratio '
+                     r'not kept\), no crop, crop_pct 0.875 ignored', log), log[-2000:]
+
+
 @pytest.mark.slow
-def test_two_cpu_processes_with_launch(data, tmp_path):
-    """main_multi_gpu.py of a real family, 2 ranks over gloo, exact validation count."""
+def test_two_cpu_processes_with_launch(data256, tmp_path):
+    """main_multi_gpu.py of a real family, 2 ranks over gloo, exact validation count; the DeiT-recipe
+    config trains with repeated augmentation: DeiT's 256 // 256 * 256 / 2 = 128 images per rank."""
     script = os.path.join(REPO, 'image_classification', 'ViT', 'main_multi_gpu.py')
     cfg = os.path.join(REPO, 'image_classification', 'ViT', 'configs', 'vit_tiny_patch16_224.yaml')
     cmd = [sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
-           '--log_dir', str(tmp_path / 'launch'), script] + _argv(data, str(tmp_path / 'out'), cfg=cfg) + [
-        'TRAIN.NUM_EPOCHS', '1', 'TRAIN.MODEL_EMA', 'False', 'DATA.IMAGE_SIZE', '32', 'MODEL.DEPTH', '1']
+           '--log_dir', str(tmp_path / 'launch'), script] + _argv(data256, str(tmp_path / 'out'), cfg=cfg) + [
+        'TRAIN.NUM_EPOCHS', '1', 'TRAIN.MODEL_EMA', 'False', 'DATA.IMAGE_SIZE', '32', 'MODEL.DEPTH', '1',
+        'DATA.BATCH_SIZE', '32']
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     logs = proc.stdout + proc.stderr
     assert proc.returncode == 0, logs[-3000:]
     master = open(tmp_path / 'out' / 'log.txt').read()
     assert 'process 0/2' in master
+    assert re.search(r'REPEATED_AUG: 3', master) and 'training: 256 images, 4 steps/epoch' in master, master[-3000:]
     assert re.search(r'Validation Acc@1: [0-9.]+, Validation Acc@5: [0-9.]+ \(21 images\)', master), master[-2000:]
     assert os.path.isfile(tmp_path / 'out' / 'latest.txt')
 

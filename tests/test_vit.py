@@ -108,10 +108,15 @@ def test_config_states_eval_preprocessing_and_recipe(name):
     if '_tiny_' in path or '_small_' in path:        # DeiT recipe from scratch
         assert config.TRAIN.OPTIMIZER.NAME == 'AdamW' and config.MODEL.DROPPATH == 0.1
         assert config.DATA.CROP_PCT == 0.875 and config.DATA.INTERPOLATION == 'bicubic'
+        assert config.DATA.EVAL_RESIZE == 'shorter' and config.DATA.REPEATED_AUG == 3
     else:                                             # Google / ViT-pytorch fine-tuning
         assert config.TRAIN.OPTIMIZER.NAME == 'SGD' and config.TRAIN.GRAD_CLIP == 1.0
         assert config.DATA.MEAN == [0.5, 0.5, 0.5] and config.DATA.CROP_PCT == 1.0
         assert config.MODEL.ZERO_HEAD
+        # evaluated on the whole image squashed to the input size, fine-tuned on 5-100% crops, no flip
+        assert config.DATA.EVAL_RESIZE == 'squash' and config.DATA.INTERPOLATION == 'bilinear'
+        assert tuple(config.TRAIN.CROP_SCALE) == (0.05, 1.0) and config.TRAIN.HFLIP_PROB == 0.0
+        assert config.DATA.REPEATED_AUG == 0
 
 
 def test_config_override_and_unknown_key():

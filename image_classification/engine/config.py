@@ -282,6 +282,9 @@ def base_config():
     c.DATA.IMAGE_CHANNELS = 3
     # eval preprocessing: resize the short side to IMAGE_SIZE / CROP_PCT with
     # INTERPOLATION, center-crop IMAGE_SIZE, normalise with MEAN / STD.
+    # EVAL_RESIZE 'squash' instead resizes the whole image to IMAGE_SIZE x IMAGE_SIZE
+    # (aspect not kept, no crop, CROP_PCT unused), as Google's ViT and ViT-pytorch evaluate.
+    c.DATA.EVAL_RESIZE = 'shorter'      # 'shorter' | 'squash'
     c.DATA.CROP_PCT = 0.875
     c.DATA.INTERPOLATION = 'bicubic'
     c.DATA.MEAN = [0.485, 0.456, 0.406]
@@ -291,6 +294,7 @@ def base_config():
     # images whose header declares more pixels are refused before decoding (a bad image, as
     # above); PIL's own default; None or 0: no limit
     c.DATA.MAX_IMAGE_PIXELS = optional(int, default=89_478_485)   # PIL's limit; 0 / None: no limit
+    c.DATA.REPEATED_AUG = 0             # copies of each image per epoch (DeiT's RASampler: 3); 0 or 1 = off
 
     c.MODEL = CN()
     c.MODEL.TYPE = ''
@@ -377,6 +381,8 @@ BASE_RULES = {
     'DATA.IMAGE_CHANNELS': (Rule(lambda v, c: v == 3, '3: images are decoded as RGB'),),
     'DATA.CROP_PCT': (in_range(0, 1, low_open=True),),
     'DATA.INTERPOLATION': (one_of(*_PIL_INTERPOLATIONS),),
+    'DATA.EVAL_RESIZE': (one_of('shorter', 'squash'),),
+    'DATA.REPEATED_AUG': (NON_NEGATIVE,),
     'DATA.MEAN': (length('DATA.IMAGE_CHANNELS'), each(in_range(0, 1))),
     'DATA.STD': (length('DATA.IMAGE_CHANNELS'), each(greater_than(0))),
     'DATA.NUM_WORKERS': (NON_NEGATIVE,),

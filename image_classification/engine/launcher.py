@@ -164,7 +164,8 @@ def _seed_everything(seed):
 
 
 def _epoch_seed(config, epoch, rank):
-    """Each epoch's randomness depends only on (SEED, epoch, rank): resume is exact."""
+    """Seed for what runs between epochs; each training step then reseeds the global generators
+    from (SEED, rank, epoch, step) itself (engine.seeding), so resume is exact with loader workers."""
     return config.SEED + 100003 * epoch + 1009 * rank
 
 
@@ -265,7 +266,7 @@ def run(config, build_model, hooks, args, distributed):
                 f'global batch {config.DATA.BATCH_SIZE * world * config.TRAIN.ACCUM_ITER}, '
                 f'scaled base lr {base_lr:.3e}, AMP {amp if config.AMP else "off"}')
     state = TrainState(optimizer, scheduler, criterion, scaler, amp, ema, batch_mix,
-                       config.TRAIN.ACCUM_ITER, distill)
+                       config.TRAIN.ACCUM_ITER, distill, seed_key=(config.SEED, rank))
     train_model = paddle.DataParallel(model) if world > 1 else model
     writer = ScalarWriter(config.SAVE, rank)
     result = {}

@@ -500,7 +500,8 @@ class MixToken:
 
     def sample(self, grid):
         """A TokenBox of an (H, W) grid, drawn from numpy's global generator (which the
-        launcher seeds per epoch and rank), in the official order of draws."""
+        trainer reseeds before each step from SEED, rank, epoch and step), in the official
+        order of draws."""
         h, w = int(grid[0]), int(grid[1])
         lam = np.random.beta(self.beta, self.beta)
         cut = math.sqrt(1. - lam)

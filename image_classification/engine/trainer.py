@@ -14,6 +14,7 @@ import paddle.nn.functional as F
 
 from . import distributed as dist
 from .errors import UserError
+from .seeding import seed_globals
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -32,7 +33,7 @@ class TrainState:
     """What the step loop needs besides the model: optimizer, schedule, AMP, EMA."""
 
     def __init__(self, optimizer, scheduler, criterion, scaler, amp, ema=None, batch_mix=None,
-                 accum_iter=1, distill=False):
+                 accum_iter=1, distill=False, seed_key=None):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.criterion = criterion
@@ -42,6 +43,9 @@ class TrainState:
         self.batch_mix = batch_mix
         self.accum_iter = max(1, accum_iter)
         self.distill = distill           # criterion takes (images, outputs, targets)
+        # (SEED, rank): each step reseeds the global generators from (SEED, rank, epoch, step)
+        # (engine.seeding), so that a resumed run draws what the uninterrupted one did
+        self.seed_key = seed_key
 
 
 def _loss(state, images, outputs, targets):
@@ -66,6 +70,8 @@ def train_one_epoch(model, loader, state, epoch, num_epochs, logger, report_freq
     window_loss = paddle.zeros([1], dtype='float32')
     seen, window_steps, window_start, epoch_start = 0, 0, time.time(), time.time()
     for step, (images, targets) in enumerate(loader):
+        if state.seed_key is not None:
+            seed_globals(*state.seed_key, epoch, step)
         if state.batch_mix is not None:
             images, targets = state.batch_mix(images, targets)
         with paddle.amp.auto_cast(**state.amp):

@@ -3,7 +3,10 @@
 Train: `paddle.io.DistributedBatchSampler` (one replica in a single process),
 shuffled with a seed made of (SEED, epoch), `drop_last=True` so every step sees
 a full batch (Mixup mixes image i with image B-1-i; a short last batch would
-also skew BatchNorm and the LR schedule's step count).
+also skew BatchNorm and the LR schedule's step count).  With DATA.REPEATED_AUG
+R > 1: DeiT's repeated-augmentation sampler instead (`samplers.RepeatedAugSampler`:
+R copies of each sampled image spread over the ranks, DeiT's epoch length), also
+with `drop_last`.
 
 Val: `EvalBatchSampler` gives rank r the indices r, r + world, r + 2 world, ...
 with no padding and no drop: each image is evaluated exactly once over all
@@ -12,14 +15,18 @@ must sum its counts and all-reduce once at the end (engine.trainer.evaluate
 does), never per step.
 
 Randomness: for datasets that accept it (ImageListDataset), the batch sampler
-yields `(index, seed)` pairs with seed = (SEED, epoch, index): the
-augmentation of a sample depends on nothing else, not on the worker that
-loads it, the number of workers or processes, or what ran before, so a run
-resumed at an epoch boundary sees the same images.  `set_epoch(epoch)` on the
-loader's batch sampler selects the epoch (the launcher calls it); without it
-each pass over the loader advances the epoch by one.  Worker processes are
-also seeded (numpy / random) from (SEED, rank, worker id, the loader's per
-pass seed) for datasets that draw from the global generators.
+yields `(index, seed)` pairs with seed = (SEED, epoch, index), or (SEED, epoch,
+index, copy number) under repeated augmentation: the augmentation of a sample
+depends on nothing else, not on the worker that loads it, the number of workers
+or processes, or what ran before, so a run resumed at an epoch boundary sees the
+same images.  `set_epoch(epoch)` on the loader's batch sampler selects the epoch
+(the launcher calls it); without it each pass over the loader advances the epoch
+by one.  Worker processes are also seeded (numpy / random) from (SEED, rank,
+worker id, the loader's per pass seed) for datasets that draw from the global
+generators.  Paddle draws that per pass seed from numpy's global generator in
+this process when it starts the workers (in the first epoch of a run, so in
+another epoch after a resume); the training step therefore reseeds the global
+generators itself before each step (`engine.seeding`, called by the trainer).
 
 Shared memory: Paddle's workers hand batches over in /dev/shm.  When it is too
 small for the batches in flight (Docker's default is 64 MB), the loader would
@@ -49,6 +56,9 @@ import time
 
 import numpy as np
 import paddle
+
+from ..config import ConfigError
+from .samplers import RepeatedAugSampler
 
 __all__ = ['DataLoader', 'SeededBatchSampler', 'EvalBatchSampler', 'build_dataloader', 'shared_memory_ok']
 
@@ -118,7 +128,12 @@ class _ReraisingIterator:
 
 
 class SeededBatchSampler(paddle.io.BatchSampler):
-    """Wraps a batch sampler; yields batches of (index, (seed, epoch, index)) for seeded datasets."""
+    """Wraps a batch sampler; yields batches of (index, (seed, epoch, index)) for seeded datasets.
+
+    Under repeated augmentation an index comes several times per epoch; each copy gets
+    the key (seed, epoch, index, k), k its occurrence number, so that the copies are
+    augmented differently (the point of repeating them).
+    """
 
     def __init__(self, batch_sampler, seed):
         self.batch_sampler = batch_sampler
@@ -132,11 +147,17 @@ class SeededBatchSampler(paddle.io.BatchSampler):
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
-        if hasattr(self.batch_sampler, 'set_epoch'):
-            # the shuffle (numpy RandomState) takes a 32-bit seed made of SEED and epoch
+        if isinstance(self.batch_sampler, paddle.io.DistributedBatchSampler):
+            # its shuffle (numpy RandomState) takes a 32-bit seed made of SEED and epoch
             self.batch_sampler.set_epoch((self.seed * 1_000_003 + epoch) % 2 ** 32)
-        for batch in self.batch_sampler:
-            yield [(int(i), (self.seed, epoch, int(i))) for i in batch]
+        elif hasattr(self.batch_sampler, 'set_epoch'):
+            self.batch_sampler.set_epoch(epoch)        # RepeatedAugSampler: seeded by (SEED, epoch) itself
+        if hasattr(self.batch_sampler, 'batches_with_occurrence'):
+            for batch in self.batch_sampler.batches_with_occurrence():
+                yield [(i, (self.seed, epoch, i, k)) for i, k in batch]
+        else:
+            for batch in self.batch_sampler:
+                yield [(int(i), (self.seed, epoch, int(i))) for i in batch]
 
     def __len__(self):
         return len(self.batch_sampler)
@@ -219,8 +240,18 @@ def build_dataloader(config, dataset, mode, distributed):
     train = mode == 'train'
     batch_size = config.DATA.BATCH_SIZE if train else (config.DATA.BATCH_SIZE_EVAL or config.DATA.BATCH_SIZE)
     if train:
-        sampler = paddle.io.DistributedBatchSampler(dataset, batch_size, num_replicas=world, rank=rank,
-                                                    shuffle=True, drop_last=True)
+        repeats = int(config.DATA.REPEATED_AUG)
+        if repeats > 1:
+            sampler = RepeatedAugSampler(len(dataset), batch_size, repeats, rank, world, seed=config.SEED)
+            if len(sampler) == 0:
+                raise ConfigError(
+                    f'DATA.REPEATED_AUG {repeats}: DeiT\'s repeated-augmentation sampler reads '
+                    f'floor(N // 256 * 256 / processes) = {sampler.selected} images per process per epoch '
+                    f'for N = {len(dataset)} training images on {world} process(es), which cannot fill one '
+                    f'batch of {batch_size}: set DATA.REPEATED_AUG 0 (off) or lower DATA.BATCH_SIZE')
+        else:
+            sampler = paddle.io.DistributedBatchSampler(dataset, batch_size, num_replicas=world, rank=rank,
+                                                        shuffle=True, drop_last=True)
         if len(sampler) == 0:
             raise ValueError(f'{len(dataset)} training images cannot fill one batch of {batch_size} '
                              f'per process on {world} process(es) (the last partial batch is dropped): '

@@ -14,8 +14,9 @@ The semantics are timm's `Mixup` (what DeiT trains with):
 Modes: 'batch' (one lambda and box per batch), 'elem' (one per image), 'pair'
 (one per image pair i, B-1-i; needs an even batch).
 
-Random draws use numpy's global generator, which the launcher reseeds for each
-(SEED, epoch, rank), so resuming at an epoch boundary replays the same mixes.
+Random draws use numpy's global generator, which the trainer reseeds before
+each step from (SEED, rank, epoch, step) (engine.seeding), so resuming at an
+epoch boundary replays the same mixes.
 Nothing is read back from the device: in 'batch' mode lambda and the box are
 Python numbers; 'elem' / 'pair' upload a few small arrays.
 """

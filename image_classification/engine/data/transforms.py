@@ -13,9 +13,14 @@ tables, and the float conversion happens once, at normalisation.  The crop is
 resized with OpenCV's kernel of the configured name; when it shrinks by 2x or
 more (large photos, small IMAGE_SIZE), INTER_AREA is used to avoid aliasing.
 
-Eval: resize the short side to floor(IMAGE_SIZE / CROP_PCT) with
-DATA.INTERPOLATION, centre-crop IMAGE_SIZE, normalise.  The resize is PIL's,
-as in the official (timm / torchvision) evaluation, because published
+Eval (DATA.EVAL_RESIZE 'shorter', the default): resize the short side to
+floor(IMAGE_SIZE / CROP_PCT) with DATA.INTERPOLATION, centre-crop IMAGE_SIZE,
+normalise (DeiT, timm and most PyTorch models).  DATA.EVAL_RESIZE 'squash':
+resize the whole image to IMAGE_SIZE x IMAGE_SIZE, aspect not kept, no crop,
+CROP_PCT unused -- how Google's ViT (`tf.image.resize` to the crop size in
+vit_jax/input_pipeline.py) and ViT-pytorch (`transforms.Resize((s, s))`)
+evaluate, so what their weights were fine-tuned and measured on.  The resize is
+PIL's, as in the official (timm / torchvision) evaluation, because published
 accuracies depend on that filter; sizes and crop offsets follow torchvision's
 rounding (tested equal to paddle.vision.transforms' Resize + CenterCrop).
 """
@@ -25,12 +30,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..config import ConfigError
 from . import autoaugment as aa
 from .autoaugment import AutoAugment, RandAugment
 
 __all__ = ['RandomResizedCrop', 'ColorJitter', 'Normalize', 'RandomErasing', 'TrainTransform',
            'EvalTransform', 'build_transform', 'eval_resize_size', 'eval_resize_shape',
-           'describe_eval_transform']
+           'describe_eval_transform', 'EVAL_RESIZE_MODES']
 
 _CV2 = {'nearest': cv2.INTER_NEAREST, 'bilinear': cv2.INTER_LINEAR, 'bicubic': cv2.INTER_CUBIC,
         'lanczos': cv2.INTER_LANCZOS4, 'area': cv2.INTER_AREA, 'box': cv2.INTER_AREA}
@@ -221,16 +227,33 @@ def eval_resize_shape(height, width, short):
     return short, int(short * width / height)
 
 
-class EvalTransform:
-    """Resize the short side (PIL filter), centre-crop `image_size`, normalise; `__call__(img, rng=None)`."""
+EVAL_RESIZE_MODES = ('shorter', 'squash')
 
-    def __init__(self, image_size, crop_pct, mean, std, interpolation='bicubic'):
+
+def _check_eval_resize(resize):
+    if resize not in EVAL_RESIZE_MODES:
+        raise ConfigError(f"DATA.EVAL_RESIZE: {resize!r} is not one of 'shorter' (short side to "
+                          f"IMAGE_SIZE / CROP_PCT, centre crop) or 'squash' (whole image to "
+                          f"IMAGE_SIZE x IMAGE_SIZE, no crop)")
+
+
+class EvalTransform:
+    """Resize (PIL filter) and normalise; `__call__(img, rng=None)`.
+
+    resize='shorter': the short side to IMAGE_SIZE / CROP_PCT, then a centre crop of
+    `image_size`.  resize='squash': the whole image to `image_size` x `image_size`, no
+    crop, `crop_pct` unused (see the module docstring).
+    """
+
+    def __init__(self, image_size, crop_pct, mean, std, interpolation='bicubic', resize='shorter'):
         _check_interpolation(interpolation, _PIL, 'DATA.INTERPOLATION')
         if interpolation == 'random':
             raise ValueError("DATA.INTERPOLATION: 'random' is for training only")
+        _check_eval_resize(resize)
         self.image_size = image_size
+        self.resize = resize
         self.short = eval_resize_size(image_size, crop_pct)
-        if self.short < image_size:
+        if resize == 'shorter' and self.short < image_size:
             raise ValueError(f'DATA.CROP_PCT={crop_pct} > 1 would crop {image_size} px out of '
                              f'{self.short} px')
         self.interpolation = interpolation
@@ -238,8 +261,12 @@ class EvalTransform:
 
     def __call__(self, img, rng=None):
         height, width = img.shape[:2]
-        new_h, new_w = eval_resize_shape(height, width, self.short)
         size = self.image_size
+        if self.resize == 'squash':
+            if (height, width) != (size, size):
+                img = np.asarray(Image.fromarray(img).resize((size, size), _PIL[self.interpolation]))
+            return self.normalize(img)
+        new_h, new_w = eval_resize_shape(height, width, self.short)
         top = int(round((new_h - size) / 2.0))
         left = int(round((new_w - size) / 2.0))
         if (new_h, new_w) != (height, width):
@@ -265,16 +292,22 @@ def build_transform(config, mode):
             random_erase_mode=train.RANDOM_ERASE_MODE, random_erase_count=train.RANDOM_ERASE_COUNT,
             hflip=train.HFLIP_PROB, crop_scale=train.CROP_SCALE)
     if mode == 'val':
-        return EvalTransform(data.IMAGE_SIZE, data.CROP_PCT, data.MEAN, data.STD, data.INTERPOLATION)
+        return EvalTransform(data.IMAGE_SIZE, data.CROP_PCT, data.MEAN, data.STD, data.INTERPOLATION,
+                             resize=data.EVAL_RESIZE)
     raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
 
 
 def describe_eval_transform(config):
-    """One line for the eval log: resize, crop_pct, interpolation, mean, std."""
+    """One line for the eval log: resize, crop_pct (or that it is unused), interpolation, mean, std."""
     data = config.DATA
-    short = eval_resize_size(data.IMAGE_SIZE, data.CROP_PCT)
+    _check_eval_resize(data.EVAL_RESIZE)
     mean = ', '.join(f'{v:g}' for v in data.MEAN)
     std = ', '.join(f'{v:g}' for v in data.STD)
+    normalize = f'normalize mean=({mean}) std=({std})'
+    if data.EVAL_RESIZE == 'squash':
+        return (f'squash: resize the whole image to {data.IMAGE_SIZE}x{data.IMAGE_SIZE} '
+                f'({data.INTERPOLATION}, PIL; aspect ratio not kept), no crop, crop_pct '
+                f'{data.CROP_PCT:g} ignored, {normalize}')
+    short = eval_resize_size(data.IMAGE_SIZE, data.CROP_PCT)
     return (f'resize short side to {short} ({data.IMAGE_SIZE} / crop_pct {data.CROP_PCT:g}, '
-            f'{data.INTERPOLATION}, PIL), center crop {data.IMAGE_SIZE}, '
-            f'normalize mean=({mean}) std=({std})')
+            f'{data.INTERPOLATION}, PIL), center crop {data.IMAGE_SIZE}, {normalize}')
