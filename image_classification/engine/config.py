@@ -57,6 +57,8 @@ def base_config():
     c.TRAIN = CN()
     c.TRAIN.LAST_EPOCH = 0
     c.TRAIN.NUM_EPOCHS = 300
+    # epochs after NUM_EPOCHS held at END_LR (timm's --cooldown-epochs: SP-ViT/TLT train 300 + 10)
+    c.TRAIN.COOLDOWN_EPOCHS = 0
     c.TRAIN.WARMUP_EPOCHS = 5.0         # may be fractional (ViT fine-tuning warms up 500 steps)
     c.TRAIN.WEIGHT_DECAY = 0.05
     c.TRAIN.BASE_LR = 5e-4
@@ -65,8 +67,14 @@ def base_config():
     c.TRAIN.GRAD_CLIP = None            # global-norm clip value
     c.TRAIN.ACCUM_ITER = 1
     c.TRAIN.LINEAR_SCALED_LR = 512      # lr *= global_batch / this; None disables
+    # which LRs that factor scales: 'base' = BASE_LR only (DeiT, PiT, PerViT, VVT main.py);
+    # 'all' = also WARMUP_START_LR and END_LR (PaddleViT)
+    c.TRAIN.LR_SCALING = 'base'
     c.TRAIN.MODEL_EMA = False
     c.TRAIN.MODEL_EMA_DECAY = 0.99996
+    # train with every layer inside the model in eval mode: no dropout, attention dropout or drop
+    # path, BatchNorm frozen at its running statistics (DeiT's --finetune; engine/trainer.py)
+    c.TRAIN.FINETUNE_EVAL_MODE = False
 
     c.TRAIN.OPTIMIZER = CN()
     c.TRAIN.OPTIMIZER.NAME = 'AdamW'
