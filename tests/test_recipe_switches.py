@@ -264,3 +264,31 @@ def test_finetune_eval_mode_is_logged_with_a_warning_without_weights(tmp_path):
     log = open(out / 'log.txt').read()
     assert 'TRAIN.FINETUNE_EVAL_MODE: training with every layer in eval mode' in log
     assert 'WARNING: TRAIN.FINETUNE_EVAL_MODE is meant for fine-tuning' in log
+
+
+# ---- the switches as each family's configs set them (the official values, README tables) -------
+
+def _family_configs():
+    root = os.path.join(REPO, 'image_classification')
+    for family in ('PiT', 'ViT', 'PerViT', 'SPViT', 'VVT'):
+        folder = os.path.join(root, family, 'configs')
+        for name in sorted(os.listdir(folder)):
+            if name.endswith('.yaml') and 'demo' not in name:
+                yield family, name, load_family(family).get_config(os.path.join(folder, name))
+
+
+def test_configs_carry_the_official_switches():
+    deit_finetunes = {'pit_b_distilled_384.yaml', 'vit_tiny_patch16_384.yaml', 'vit_small_patch16_384.yaml'}
+    seen = set()
+    for family, name, c in _family_configs():
+        seen.add(name)
+        # SP-ViT / TLT loop over timm's epochs + cooldown_epochs (10); DeiT, PerViT, VVT do not
+        assert c.TRAIN.COOLDOWN_EPOCHS == (10 if family == 'SPViT' else 0), name
+        assert total_epochs(c) == c.TRAIN.NUM_EPOCHS + c.TRAIN.COOLDOWN_EPOCHS
+        # DeiT (and VVT's copy of its main.py) fine-tune with model.train(False)
+        assert c.TRAIN.FINETUNE_EVAL_MODE == (name in deit_finetunes), name
+        # no official script scales the warmup-start or minimum LR with the batch
+        assert c.TRAIN.LR_SCALING == 'base', name
+        if name.startswith(('vit_tiny', 'vit_small', 'pit_')):   # DeiT's main.py: EMA on, 0.99996
+            assert c.TRAIN.MODEL_EMA and c.TRAIN.MODEL_EMA_DECAY == 0.99996, name
+    assert deit_finetunes <= seen and 'spvit_l_384.yaml' in seen
