@@ -192,7 +192,8 @@ def test_resume_after_kill_with_workers_replays_every_loss(data256, tmp_path):
     killed, marker = tmp_path / 'killed', tmp_path / 'stalled'
     script = tmp_path / 'stalling_main.py'
     script.write_text(STALLING_MAIN.format(
-        paths=[os.path.dirname(os.path.abspath(__file__))] + sys.path[:2], stall_at=steps + 1,
+        paths=[os.path.dirname(os.path.abspath(__file__)), REPO, os.path.join(REPO, 'image_classification')],
+        stall_at=steps + 1,
         marker=str(marker), argv=_argv(data256, str(killed), *RANDOM_RECIPE)))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=str(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -287,7 +288,7 @@ if __name__ == '__main__':
 def test_dead_rank_ends_the_job_instead_of_hanging(data, tmp_path):
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     script = tmp_path / 'dying_main.py'
-    script.write_text(DYING_MAIN.format(paths=[tests_dir] + sys.path[:2]))
+    script.write_text(DYING_MAIN.format(paths=[tests_dir, REPO, os.path.join(REPO, 'image_classification')]))
     cmd = [sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
            '--log_dir', str(tmp_path / 'launch'), str(script)] + _argv(data, str(tmp_path / 'out'))
     start = time.time()

@@ -324,7 +324,7 @@ def test_launcher_trains_with_and_without_token_labels(labelled, tmp_path):
     assert isinstance(hooks.build_dataset(config, 'train'), TokenLabelDataset)
     assert hooks.build_dataset(config, 'val') is None
     common = ['-cfg', S224, '-data_path', root, '-batch_size', '4', '-opts', *TINY,
-              'TRAIN.NUM_EPOCHS', '1', 'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.MODEL_EMA', 'False', 'REPORT_FREQ', '1']
+              'TRAIN.NUM_EPOCHS', '1', 'TRAIN.COOLDOWN_EPOCHS', '0', 'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.MODEL_EMA', 'False', 'REPORT_FREQ', '1']
     with_labels = main(family.get_config, family.build_model, hooks=hooks,
                        argv=['-output', str(tmp_path / 'tl'), '-token_label_dir', labels] + common)
     assert np.isfinite(with_labels['train_loss']) and with_labels['epoch'] == 1
@@ -384,7 +384,7 @@ def test_two_process_training_with_token_labels(labelled, tmp_path):
     cmd = [sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2', '--log_dir',
            str(tmp_path / 'launch'), 'main_multi_gpu.py', '-cfg', S224, '-data_path', root,
            '-output', str(tmp_path / 'out'), '-batch_size', '2', '-token_label_dir', labels, '-opts', *TINY,
-           'TRAIN.NUM_EPOCHS', '1', 'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.MODEL_EMA', 'False', 'REPORT_FREQ', '1']
+           'TRAIN.NUM_EPOCHS', '1', 'TRAIN.COOLDOWN_EPOCHS', '0', 'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.MODEL_EMA', 'False', 'REPORT_FREQ', '1']
     run = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=600)
     logs = run.stdout + run.stderr + ''.join(open(tmp_path / 'launch' / f).read()
                                              for f in os.listdir(tmp_path / 'launch') if f.startswith('workerlog'))

@@ -309,6 +309,8 @@ def base_config():
     c.TRAIN = CN()
     c.TRAIN.LAST_EPOCH = 0
     c.TRAIN.NUM_EPOCHS = 300
+    # epochs after NUM_EPOCHS held at END_LR (timm's --cooldown-epochs: SP-ViT/TLT train 300 + 10)
+    c.TRAIN.COOLDOWN_EPOCHS = 0
     c.TRAIN.WARMUP_EPOCHS = 5.0         # may be fractional (ViT fine-tuning warms up 500 steps)
     c.TRAIN.WEIGHT_DECAY = 0.05
     c.TRAIN.BASE_LR = 5e-4
@@ -317,8 +319,14 @@ def base_config():
     c.TRAIN.GRAD_CLIP = optional(float)     # global-norm clip value; None or 0: no clipping
     c.TRAIN.ACCUM_ITER = 1
     c.TRAIN.LINEAR_SCALED_LR = optional(int, default=512)   # lr *= global_batch / this; None or 0: unscaled
+    # which LRs that factor scales: 'base' = BASE_LR only (DeiT, PiT, PerViT, VVT main.py);
+    # 'all' = also WARMUP_START_LR and END_LR (PaddleViT)
+    c.TRAIN.LR_SCALING = 'base'
     c.TRAIN.MODEL_EMA = False
     c.TRAIN.MODEL_EMA_DECAY = 0.99996
+    # train with every layer inside the model in eval mode: no dropout, attention dropout or drop
+    # path, BatchNorm frozen at its running statistics (DeiT's --finetune; engine/trainer.py)
+    c.TRAIN.FINETUNE_EVAL_MODE = False
 
     c.TRAIN.OPTIMIZER = CN()
     c.TRAIN.OPTIMIZER.NAME = 'AdamW'
@@ -402,6 +410,8 @@ BASE_RULES = {
     'TRAIN.ACCUM_ITER': (at_least(1),),
     'TRAIN.LINEAR_SCALED_LR': (at_least(1),),
     'TRAIN.MODEL_EMA_DECAY': (in_range(0, 1, high_open=True),),
+    'TRAIN.LR_SCALING': (one_of('base', 'all'),),
+    'TRAIN.COOLDOWN_EPOCHS': (NON_NEGATIVE,),
     'TRAIN.OPTIMIZER.NAME': (one_of('AdamW', 'SGD', case_sensitive=False),),
     'TRAIN.OPTIMIZER.EPS': (POSITIVE,),
     'TRAIN.OPTIMIZER.BETAS': (length(2), each(in_range(0, 1, high_open=True))),

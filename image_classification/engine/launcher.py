@@ -28,7 +28,7 @@ from .errors import USER_ERROR_EXIT_CODE, UserError, exit_on_user_error
 from .ema import ModelEMA
 from .hooks import FamilyHooks
 from .logger import ScalarWriter, get_logger
-from .optim import build_optimizer, build_scheduler, scaled_lrs
+from .optim import build_optimizer, build_scheduler, scaled_lrs, total_epochs
 from .trainer import NonFiniteLossError, NonFiniteOutputError, TrainState, evaluate, train_one_epoch
 
 
@@ -261,38 +261,50 @@ def run(config, build_model, hooks, args, distributed):
     elif start_epoch:
         scheduler.step(start_epoch * steps_per_epoch)
 
-    base_lr, _, _ = scaled_lrs(config, world)
+    base_lr, start_lr, end_lr = scaled_lrs(config, world)
+    num_epochs = total_epochs(config)
     logger.info(f'training: {len(train_dataset)} images, {steps_per_epoch} steps/epoch, '
                 f'global batch {config.DATA.BATCH_SIZE * world * config.TRAIN.ACCUM_ITER}, '
-                f'scaled base lr {base_lr:.3e}, AMP {amp if config.AMP else "off"}')
+                f'lr {base_lr:.3e} (warmup from {start_lr:.3e}, min {end_lr:.3e}; '
+                f'LR_SCALING {config.TRAIN.LR_SCALING}), {config.TRAIN.NUM_EPOCHS} epochs'
+                f'{f" + {config.TRAIN.COOLDOWN_EPOCHS} cooldown at the min lr" if config.TRAIN.COOLDOWN_EPOCHS else ""}, '
+                f'AMP {amp if config.AMP else "off"}')
+    if config.TRAIN.FINETUNE_EVAL_MODE:
+        logger.info('TRAIN.FINETUNE_EVAL_MODE: training with every layer in eval mode (no dropout, '
+                    'attention dropout or drop path; BatchNorm frozen at its running statistics)')
+        if not (config.MODEL.PRETRAINED or config.MODEL.RESUME):
+            logger.info('WARNING: TRAIN.FINETUNE_EVAL_MODE is meant for fine-tuning, but neither '
+                        '-pretrained nor -resume is given: this trains from random weights without '
+                        'dropout or drop path')
     state = TrainState(optimizer, scheduler, criterion, scaler, amp, ema, batch_mix,
-                       config.TRAIN.ACCUM_ITER, distill, seed_key=(config.SEED, rank))
+                       config.TRAIN.ACCUM_ITER, distill, seed_key=(config.SEED, rank),
+                       finetune_eval_mode=config.TRAIN.FINETUNE_EVAL_MODE)
     train_model = paddle.DataParallel(model) if world > 1 else model
     writer = ScalarWriter(config.SAVE, rank)
     result = {}
     best_saved = bool(resume_prefix)   # a new run's first validation replaces any old Best (-overwrite)
-    for epoch in range(start_epoch + 1, config.TRAIN.NUM_EPOCHS + 1):
+    for epoch in range(start_epoch + 1, num_epochs + 1):
         _seed_everything(_epoch_seed(config, epoch, rank))
         if hasattr(train_loader.batch_sampler, 'set_epoch'):
             train_loader.batch_sampler.set_epoch(epoch)
         start = time.time()
         try:
-            train_loss = train_one_epoch(train_model, train_loader, state, epoch, config.TRAIN.NUM_EPOCHS,
+            train_loss = train_one_epoch(train_model, train_loader, state, epoch, num_epochs,
                                          logger, config.REPORT_FREQ, writer)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f'{e} {checkpoints.resume_hint()}') from None
-        logger.info(f'----- Epoch[{epoch:03d}/{config.TRAIN.NUM_EPOCHS:03d}], Train Loss: {train_loss:.4f}, '
+        logger.info(f'----- Epoch[{epoch:03d}/{num_epochs:03d}], Train Loss: {train_loss:.4f}, '
                     f'time: {time.time() - start:.1f}s{data.skipped_report(train_dataset)}')
         result = {'epoch': epoch, 'train_loss': train_loss}
         # every rank, every epoch: all stop together, before a diverged epoch is evaluated or saved
         checkpoints.check_finite(epoch, model, ema)
         loss = None
-        if epoch % config.VALIDATE_FREQ == 0 or epoch == config.TRAIN.NUM_EPOCHS:
+        if epoch % config.VALIDATE_FREQ == 0 or epoch == num_epochs:
             try:
                 loss, top1, top5, count = evaluate(model, val_loader, amp)
             except NonFiniteOutputError as e:
                 raise checkpoints.diverged(epoch, f'validation: {e}') from None
-            logger.info(f'----- Epoch[{epoch:03d}/{config.TRAIN.NUM_EPOCHS:03d}], Validation Loss: {loss:.4f}, '
+            logger.info(f'----- Epoch[{epoch:03d}/{num_epochs:03d}], Validation Loss: {loss:.4f}, '
                         f'Validation Acc@1: {top1 / 100:.4f}, Validation Acc@5: {top5 / 100:.4f} ({count} images)')
             writer.add_scalar('val/acc1', top1, epoch)
             result.update(val_loss=loss, acc1=top1, acc5=top5)
@@ -301,7 +313,7 @@ def run(config, build_model, hooks, args, distributed):
                     _, ema_top1, ema_top5, _ = evaluate(ema.module, val_loader, amp)
                 except NonFiniteOutputError as e:
                     raise checkpoints.diverged(epoch, f'EMA validation: {e}') from None
-                logger.info(f'----- Epoch[{epoch:03d}/{config.TRAIN.NUM_EPOCHS:03d}], EMA Validation '
+                logger.info(f'----- Epoch[{epoch:03d}/{num_epochs:03d}], EMA Validation '
                             f'Acc@1: {ema_top1 / 100:.4f}, EMA Validation Acc@5: {ema_top5 / 100:.4f}')
                 result.update(ema_acc1=ema_top1)
             if (top1 > best_acc or not best_saved) and rank == 0:

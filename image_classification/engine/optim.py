@@ -12,6 +12,7 @@ import paddle
 from paddle.optimizer.lr import LRScheduler
 
 
+
 def no_decay_names(model):
     """Structured names of parameters that must not be decayed.
 
@@ -36,20 +37,46 @@ def decay_filter(model):
 
 
 def scaled_lrs(config, world_size):
-    """(base, warmup_start, end) learning rates scaled by global batch / LINEAR_SCALED_LR."""
+    """(base, warmup_start, end) learning rates for this run's global batch.
+
+    With TRAIN.LINEAR_SCALED_LR set, the factor is global batch (per-process
+    batch x processes x ACCUM_ITER) / LINEAR_SCALED_LR.  TRAIN.LR_SCALING says
+    which of the three it multiplies:
+
+    - 'base': BASE_LR only; WARMUP_START_LR and END_LR are absolute.  This is
+      what every official script here does (DeiT, PerViT and VVT main.py scale
+      `args.lr` alone before timm's scheduler reads `--warmup-lr` / `--min-lr`).
+    - 'all': all three, as PaddleViT does.
+    """
     train = config.TRAIN
-    lrs = (train.BASE_LR, train.WARMUP_START_LR, train.END_LR)
+    base, start, end = train.BASE_LR, train.WARMUP_START_LR, train.END_LR
     if train.LINEAR_SCALED_LR:
         factor = config.DATA.BATCH_SIZE * world_size * train.ACCUM_ITER / train.LINEAR_SCALED_LR
-        lrs = tuple(lr * factor for lr in lrs)
-    return lrs
+        base *= factor
+        if train.LR_SCALING == 'all':
+            start, end = start * factor, end * factor
+    return base, start, end
+
+
+def total_epochs(config):
+    """Epochs a run trains: NUM_EPOCHS of schedule, then COOLDOWN_EPOCHS at END_LR.
+
+    timm's `create_scheduler` returns `cycle length + cooldown_epochs` and the
+    training scripts that use that number (TLT, SP-ViT) loop over it, their
+    cosine scheduler holding `lr_min` once past `t_initial`; DeiT, PerViT and
+    VVT ignore it (their recipes have no cooldown).
+    """
+    return config.TRAIN.NUM_EPOCHS + config.TRAIN.COOLDOWN_EPOCHS
 
 
 class WarmupCosine(LRScheduler):
     """Linear warmup from `warmup_start_lr` to `base_lr` over `warmup_steps`, then
     half-cosine down to `end_lr` at `total_steps`; stepped once per optimizer step.
 
-    lr(0) = warmup_start_lr, lr(warmup_steps) = base_lr, lr(total_steps) = end_lr.
+    lr(0) = warmup_start_lr, lr(warmup_steps) = base_lr, lr(total_steps) = end_lr,
+    and every step past `total_steps` stays at `end_lr`: that is the cooldown
+    (TRAIN.COOLDOWN_EPOCHS), as timm's cosine scheduler returns `lr_min` once a
+    run goes past its single cycle.
     """
 
     def __init__(self, base_lr, warmup_start_lr, end_lr, warmup_steps, total_steps, last_epoch=-1):
@@ -71,7 +98,10 @@ class WarmupCosine(LRScheduler):
 
 
 def build_scheduler(config, steps_per_epoch, world_size):
-    """The schedule named by TRAIN.LR_SCHEDULER.NAME, in optimizer steps."""
+    """The schedule named by TRAIN.LR_SCHEDULER.NAME, in optimizer steps.
+
+    It spans NUM_EPOCHS; the run's COOLDOWN_EPOCHS after them hold END_LR.
+    """
     name = config.TRAIN.LR_SCHEDULER.NAME.lower()
     base, start, end = scaled_lrs(config, world_size)
     total = config.TRAIN.NUM_EPOCHS * steps_per_epoch

@@ -33,7 +33,7 @@ class TrainState:
     """What the step loop needs besides the model: optimizer, schedule, AMP, EMA."""
 
     def __init__(self, optimizer, scheduler, criterion, scaler, amp, ema=None, batch_mix=None,
-                 accum_iter=1, distill=False, seed_key=None):
+                 accum_iter=1, distill=False, seed_key=None, finetune_eval_mode=False):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.criterion = criterion
@@ -46,6 +46,32 @@ class TrainState:
         # (SEED, rank): each step reseeds the global generators from (SEED, rank, epoch, step)
         # (engine.seeding), so that a resumed run draws what the uninterrupted one did
         self.seed_key = seed_key
+        self.finetune_eval_mode = finetune_eval_mode   # TRAIN.FINETUNE_EVAL_MODE: see set_training_mode
+
+
+def set_training_mode(model, finetune_eval_mode=False):
+    """Put `model` in training mode; with `finetune_eval_mode`, every layer inside it in eval mode.
+
+    DeiT fine-tunes at 384 with `model.train(False)` (main.py, `--finetune`:
+    "keep in eval mode during finetuning"; VVT's main.py does the same), so that
+    no layer is stochastic while the weights adapt to the new resolution: no
+    dropout, no attention dropout, no drop path (stochastic depth), and any
+    BatchNorm normalises with its running statistics and leaves them unchanged.
+    Gradients flow as in training: eval mode changes no `stop_gradient`.
+
+    Here every sub-layer gets eval mode and the model's own top-level layer keeps
+    training mode.  Our models read their own `training` flag for what the
+    forward returns, not for randomness: a distilled PiT returns both heads
+    (DeiT's would return their average, which is why DeiT refuses to fine-tune
+    with distillation), SP-ViT returns its per-token logits for Token Labeling,
+    PerViT recomputes (not caches) its position attention so that it gets
+    gradients.  Dropout and drop path live in sub-layers (including the
+    attention layers' functional dropout), so they are all off.
+    """
+    model.train()
+    if finetune_eval_mode:
+        for layer in _unwrap(model).sublayers():
+            layer.eval()
 
 
 def _loss(state, images, outputs, targets):
@@ -63,7 +89,7 @@ def _fmt_time(seconds):
 
 def train_one_epoch(model, loader, state, epoch, num_epochs, logger, report_freq, writer=None):
     """Train for one pass over `loader`; returns the mean training loss."""
-    model.train()
+    set_training_mode(model, state.finetune_eval_mode)
     steps = len(loader)
     loss_sum = paddle.zeros([1], dtype='float32')
     skipped = paddle.zeros([1], dtype='float32')
