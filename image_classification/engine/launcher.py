@@ -25,7 +25,7 @@ from .ema import ModelEMA
 from .hooks import FamilyHooks
 from .logger import ScalarWriter, get_logger
 from .optim import build_optimizer, build_scheduler, scaled_lrs
-from .trainer import TrainState, evaluate, train_one_epoch
+from .trainer import TrainState, describe_count, evaluate, train_one_epoch
 
 
 
@@ -121,11 +121,11 @@ def run(config, build_model, hooks, args, distributed):
         if not config.MODEL.PRETRAINED:
             logger.info('WARNING: -eval without -pretrained evaluates random weights')
         start = time.time()
-        loss, top1, top5, count = evaluate(model, val_loader, amp)
+        loss, top1, top5, count, skipped = scored = evaluate(model, val_loader, amp)
         logger.info(f'Validation Loss: {loss:.4f}, Validation Acc@1: {top1 / 100:.4f}, '
-                    f'Validation Acc@5: {top5 / 100:.4f} ({count} images, {time.time() - start:.1f}s)')
+                    f'Validation Acc@5: {top5 / 100:.4f} ({describe_count(scored)}, {time.time() - start:.1f}s)')
         hooks.after_eval(model, config, args, logger)
-        return {'loss': loss, 'acc1': top1, 'acc5': top5, 'count': count}
+        return {'loss': loss, 'acc1': top1, 'acc5': top5, 'count': count, 'skipped': skipped}
 
     train_dataset = hooks.build_dataset(config, 'train') or data.build_dataset(config, 'train')
     train_loader = data.build_dataloader(config, train_dataset, 'train', distributed=world > 1)
@@ -186,13 +186,14 @@ def run(config, build_model, hooks, args, distributed):
                     f'time: {time.time() - start:.1f}s{data.skipped_report(train_dataset)}')
         result = {'epoch': epoch, 'train_loss': train_loss}
         if epoch % config.VALIDATE_FREQ == 0 or epoch == config.TRAIN.NUM_EPOCHS:
-            loss, top1, top5, count = evaluate(model, val_loader, amp)
+            loss, top1, top5, count, _ = scored = evaluate(model, val_loader, amp)
             logger.info(f'----- Epoch[{epoch:03d}/{config.TRAIN.NUM_EPOCHS:03d}], Validation Loss: {loss:.4f}, '
-                        f'Validation Acc@1: {top1 / 100:.4f}, Validation Acc@5: {top5 / 100:.4f} ({count} images)')
+                        f'Validation Acc@1: {top1 / 100:.4f}, Validation Acc@5: {top5 / 100:.4f} '
+                        f'({describe_count(scored)})')
             writer.add_scalar('val/acc1', top1, epoch)
             result.update(val_loss=loss, acc1=top1, acc5=top5)
             if ema is not None:
-                _, ema_top1, ema_top5, _ = evaluate(ema.module, val_loader, amp)
+                _, ema_top1, ema_top5, _, _ = evaluate(ema.module, val_loader, amp)
                 logger.info(f'----- Epoch[{epoch:03d}/{config.TRAIN.NUM_EPOCHS:03d}], EMA Validation '
                             f'Acc@1: {ema_top1 / 100:.4f}, EMA Validation Acc@5: {ema_top5 / 100:.4f}')
                 result.update(ema_acc1=ema_top1)
