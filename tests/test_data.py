@@ -213,7 +213,6 @@ def test_truncated_jpeg_error_names_list_line(tmp_path):
     assert f'train_list.txt:4: cannot read image {tmp_path}/img/3.jpg' in str(e.value)
 
 
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnhandledThreadExceptionWarning')   # Paddle's reader thread
 def test_truncated_jpeg_error_survives_worker_boundary(tmp_path):
     write_dataset(tmp_path, n=8, bad={5}, list_name='val_list.txt')
     config = make_config(tmp_path, **{'DATA.NUM_WORKERS': 2})
@@ -239,9 +238,8 @@ def test_skip_bad_images_counts_across_workers(val_listed):
     loader = data.build_dataloader(config, dataset, 'val', distributed=False)
     for epoch in range(2):
         labels = np.concatenate([y.numpy() for _, y in loader])
-        assert len(labels) == 12                    # bad samples are replaced, not dropped
-        # sample 2 is replaced by sample 3 (label 3), sample 9 by sample 10 (label 2)
-        assert labels[2] == 3 and labels[9] == 2
+        # evaluation leaves bad samples out (training replaces them: test_loader_faults.py)
+        assert labels.tolist() == [i % 4 for i in range(12) if i not in (2, 9)]
         assert data.skipped_report(dataset) == ', skipped 2 bad image(s) (DATA.SKIP_BAD_IMAGES)'
     assert data.skipped_report(dataset) == '' and dataset.skipped == 0
 

@@ -256,7 +256,7 @@ def test_two_cpu_processes_with_launch(data256, tmp_path):
     master = open(tmp_path / 'out' / 'log.txt').read()
     assert 'process 0/2' in master
     assert re.search(r'REPEATED_AUG: 3', master) and 'training: 256 images, 4 steps/epoch' in master, master[-3000:]
-    assert re.search(r'Validation Acc@1: [0-9.]+, Validation Acc@5: [0-9.]+ \(21 images\)', master), master[-2000:]
+    assert re.search(r'Validation Acc@1: [0-9.]+, Validation Acc@5: [0-9.]+ \(21 images scored\)', master), master[-2000:]
     assert os.path.isfile(tmp_path / 'out' / 'latest.txt')
 
 

@@ -29,7 +29,8 @@ from .ema import ModelEMA
 from .hooks import FamilyHooks
 from .logger import ScalarWriter, get_logger
 from .optim import build_optimizer, build_scheduler, scaled_lrs, total_epochs
-from .trainer import NonFiniteLossError, NonFiniteOutputError, TrainState, evaluate, train_one_epoch
+from .trainer import (NonFiniteLossError, NonFiniteOutputError, TrainState, describe_count, evaluate,
+                      train_one_epoch)
 
 
 
@@ -209,11 +210,11 @@ def run(config, build_model, hooks, args, distributed):
         if not config.MODEL.PRETRAINED:
             logger.info('WARNING: -eval without -pretrained evaluates random weights')
         start = time.time()
-        loss, top1, top5, count = evaluate(model, val_loader, amp)
+        loss, top1, top5, count, skipped = scored = evaluate(model, val_loader, amp)
         logger.info(f'Validation Loss: {loss:.4f}, Validation Acc@1: {top1 / 100:.4f}, '
-                    f'Validation Acc@5: {top5 / 100:.4f} ({count} images, {time.time() - start:.1f}s)')
+                    f'Validation Acc@5: {top5 / 100:.4f} ({describe_count(scored)}, {time.time() - start:.1f}s)')
         hooks.after_eval(model, config, args, logger)
-        return {'loss': loss, 'acc1': top1, 'acc5': top5, 'count': count}
+        return {'loss': loss, 'acc1': top1, 'acc5': top5, 'count': count, 'skipped': skipped}
 
     train_dataset = hooks.build_dataset(config, 'train') or data.build_dataset(config, 'train')
     train_loader = data.build_dataloader(config, train_dataset, 'train', distributed=world > 1)
@@ -301,16 +302,17 @@ def run(config, build_model, hooks, args, distributed):
         loss = None
         if epoch % config.VALIDATE_FREQ == 0 or epoch == num_epochs:
             try:
-                loss, top1, top5, count = evaluate(model, val_loader, amp)
+                loss, top1, top5, count, _ = scored = evaluate(model, val_loader, amp)
             except NonFiniteOutputError as e:
                 raise checkpoints.diverged(epoch, f'validation: {e}') from None
             logger.info(f'----- Epoch[{epoch:03d}/{num_epochs:03d}], Validation Loss: {loss:.4f}, '
-                        f'Validation Acc@1: {top1 / 100:.4f}, Validation Acc@5: {top5 / 100:.4f} ({count} images)')
+                        f'Validation Acc@1: {top1 / 100:.4f}, Validation Acc@5: {top5 / 100:.4f} '
+                        f'({describe_count(scored)})')
             writer.add_scalar('val/acc1', top1, epoch)
             result.update(val_loss=loss, acc1=top1, acc5=top5)
             if ema is not None:
                 try:
-                    _, ema_top1, ema_top5, _ = evaluate(ema.module, val_loader, amp)
+                    _, ema_top1, ema_top5, _, _ = evaluate(ema.module, val_loader, amp)
                 except NonFiniteOutputError as e:
                     raise checkpoints.diverged(epoch, f'EMA validation: {e}') from None
                 logger.info(f'----- Epoch[{epoch:03d}/{num_epochs:03d}], EMA Validation '

@@ -8,6 +8,7 @@ loss scaling the scaler skips such steps by itself and the count is logged.
 import contextlib
 import math
 import time
+from typing import NamedTuple
 
 import paddle
 import paddle.nn.functional as F
@@ -153,17 +154,47 @@ def train_one_epoch(model, loader, state, epoch, num_epochs, logger, report_freq
     return loss_sum.item() / max(steps, 1)
 
 
+class EvalResult(NamedTuple):
+    """What `evaluate` measured: mean loss, top-1 and top-5 in %, over `count` images scored.
+
+    `skipped`: listed images that were not scored because they could not be read
+    (DATA.SKIP_BAD_IMAGES), missing ones included; count + skipped is the length of
+    the list.
+    """
+    loss: float
+    top1: float
+    top5: float
+    count: int
+    skipped: int = 0
+
+
+def describe_count(result):
+    """'359 images scored', or '7 images scored, 1 skipped: see the log', for an evaluation summary."""
+    text = f'{result.count} images scored'
+    if result.skipped:
+        text += f', {result.skipped} skipped: see the log'   # each skip is logged with its list line
+    return text
+
+
 @paddle.no_grad()
 def evaluate(model, loader, amp=None):
-    """(loss, top-1 %, top-5 %, count) over the whole validation set, summed over ranks.
+    """EvalResult(loss, top-1 %, top-5 %, count, skipped) over the whole validation set, summed over ranks.
 
     Each rank evaluates a disjoint share (see the val sampler); sums of
     correct predictions, losses and sample counts are all-reduced once at the
-    end, so no sample is counted twice or dropped.  NaN/inf logits or loss
-    raise NonFiniteOutputError instead of returning an accuracy.
+    end, so no sample is counted twice or dropped.  An image skipped by the
+    dataset (DATA.SKIP_BAD_IMAGES) is left out of its batch by the loader, so
+    every metric is over the `count` images actually scored; the skips are
+    counted by the dataset (`take_skipped()`) and all-reduced with the rest.
+    NaN/inf logits or loss raise NonFiniteOutputError instead of returning an
+    accuracy.
     """
     model = _unwrap(model)
     model.eval()
+    dataset = getattr(loader, 'dataset', None)
+    take_skipped = getattr(dataset, 'take_skipped', None)
+    if take_skipped is not None:
+        take_skipped()   # forget skips counted before this pass
     totals = paddle.zeros([4], dtype='float64')   # loss sum, top-1, top-5, count
     non_finite = paddle.zeros([1], dtype='float64')   # images whose logits hold NaN/inf
     for images, labels in loader:
@@ -178,13 +209,16 @@ def evaluate(model, loader, amp=None):
         hits = (top == labels.unsqueeze(-1)).astype('float64')
         totals += paddle.stack([loss.astype('float64').reshape([]), hits[:, 0].sum(), hits.sum(),
                                 paddle.to_tensor(float(labels.shape[0]), dtype='float64')])
+    skipped_here = take_skipped() if take_skipped is not None else 0
+    totals = paddle.concat([totals, paddle.to_tensor([float(skipped_here)], dtype='float64')])
     dist.all_reduce_sum(totals)
     dist.all_reduce_sum(non_finite)
-    loss_sum, top1, top5, count = totals.numpy().tolist()
+    loss_sum, top1, top5, count, skipped = totals.numpy().tolist()
     # A NaN logit still ranks somewhere in topk, so broken weights would print an "accuracy".
     if non_finite.item() or not math.isfinite(loss_sum):
         raise NonFiniteOutputError(
             f'{int(non_finite.item())} of {int(count)} validation images gave NaN or infinite logits '
             f'(loss sum {loss_sum}): the weights are broken (diverged or damaged), so no accuracy is reported')
-    count = max(count, 1.0)
-    return loss_sum / count, 100.0 * top1 / count, 100.0 * top5 / count, int(count)
+    skipped += getattr(dataset, 'num_missing', 0)   # dropped when the list was read, alike on every rank
+    scored = max(count, 1.0)
+    return EvalResult(loss_sum / scored, 100.0 * top1 / scored, 100.0 * top5 / scored, int(count), int(skipped))

@@ -23,7 +23,7 @@ import os
 from .dataset import (BadImageError, DataError, ImageListDataset, ListFileError, MissingImageError,
                       parse_list_file, skipped_report)
 from .decode import DecodeError, decode_image
-from .loader import EvalBatchSampler, SeededBatchSampler, build_dataloader, shared_memory_ok
+from .loader import EvalBatchSampler, SeededBatchSampler, build_dataloader, collate_skipping, shared_memory_ok
 from .mixup import Mixup, build_mixup, smooth_one_hot
 from .transforms import (EvalTransform, TrainTransform, build_transform, describe_eval_transform,
                          eval_resize_size)
@@ -39,7 +39,8 @@ __all__ = ['build_dataset', 'build_dataloader', 'build_mixup', 'build_transform'
 
 def build_dataset(config, mode):
     """The ImageListDataset of DATA.TRAIN_LIST ('train') or DATA.VAL_LIST ('val') under DATA.DATA_PATH,
-    with the train or eval transform of the config."""
+    with the train or eval transform of the config.  Under DATA.SKIP_BAD_IMAGES an unreadable
+    image is replaced by the next sample for training and left out of evaluation."""
     if mode not in ('train', 'val'):
         raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
     root = config.DATA.DATA_PATH
@@ -49,4 +50,5 @@ def build_dataset(config, mode):
     list_file = os.path.join(root, config.DATA.TRAIN_LIST if mode == 'train' else config.DATA.VAL_LIST)
     return ImageListDataset(root, list_file, config.MODEL.NUM_CLASSES, build_transform(config, mode),
                             skip_bad_images=config.DATA.SKIP_BAD_IMAGES,
-                            max_image_pixels=config.DATA.MAX_IMAGE_PIXELS)
+                            max_image_pixels=config.DATA.MAX_IMAGE_PIXELS,
+                            drop_skipped=mode == 'val')   # evaluation scores only what it could read

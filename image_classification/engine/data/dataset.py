@@ -16,15 +16,20 @@ line:
   DATA_PATH or a half-copied dataset) into an immediate error instead of a
   crash hours later;
 - an image that cannot be read or decoded raises `BadImageError` inside the
-  loader worker, with the list file, line and path in its message (Paddle's
-  worker re-raises the exception type with that message in the main process);
-  so does an image whose header declares more than DATA.MAX_IMAGE_PIXELS
-  pixels, found before it is decoded (see decode.py).
+  loader worker, with the list file, line and path in its message; the
+  dataset keeps the error (`take_error()`) so that engine.data.DataLoader
+  raises it with that message in the main process.  So does an image whose
+  header declares more than DATA.MAX_IMAGE_PIXELS pixels, found before it is
+  decoded (see decode.py).
 
 With DATA.SKIP_BAD_IMAGES, missing files are dropped at construction (logged
-once), and an undecodable image is logged and replaced by the next sample in
-the list; the replacements are counted in a counter shared with the worker
-processes (`ImageListDataset.take_skipped()`, `skipped_report()`).
+once, counted in `num_missing`), and an undecodable image is logged and
+skipped: for training (`drop_skipped=False`) it is replaced by the next
+readable sample in the list, so batches stay full; for evaluation
+(`drop_skipped=True`) the sample is None, which the val loader leaves out of
+its batch, so that no image is scored in place of another.  Skipped images are
+counted in a counter shared with the worker processes
+(`ImageListDataset.take_skipped()`, `skipped_report()`).
 
 Samples are stored compactly (one bytes buffer for all paths, numpy arrays for
 labels and line numbers) so forked workers do not copy them page by page as
@@ -33,6 +38,8 @@ reference counts change.
 import logging
 import multiprocessing
 import os
+import pickle
+import struct
 
 import numpy as np
 import paddle
@@ -47,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_LISTED = 10          # errors quoted in one message
 _MAX_CONSECUTIVE_BAD = 50  # SKIP_BAD_IMAGES gives up after this many bad samples in a row
-_ERROR_BYTES = 4096        # room for the message of a worker's failure
+_ERROR_BYTES = 4096        # room for a worker's UserError (its class and message, pickled)
 
 
 class DataError(UserError, ValueError):
@@ -139,12 +146,17 @@ class ImageListDataset(paddle.io.Dataset):
     `numpy.random.default_rng(seed)`, which is how `build_dataloader` makes the
     augmentation of each sample depend only on (SEED, epoch, index), whatever
     the number of workers or processes.
+
+    `skip_bad_images`: an unreadable image is logged and counted instead of
+    raising BadImageError; `drop_skipped` then decides what takes its place:
+    nothing (`dataset[i]` is None; for evaluation) or the next readable sample
+    (for training).
     """
 
     accepts_seeded_index = True
 
     def __init__(self, root, list_file, num_classes, transform=None, skip_bad_images=False,
-                 check_files=True, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+                 check_files=True, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, drop_skipped=False):
         super().__init__()
         if max_image_pixels is not None and (isinstance(max_image_pixels, bool)
                                              or not isinstance(max_image_pixels, int) or max_image_pixels < 0):
@@ -155,6 +167,7 @@ class ImageListDataset(paddle.io.Dataset):
         self.transform = transform
         self.skip_bad_images = skip_bad_images
         self.max_image_pixels = max_image_pixels
+        self.drop_skipped = drop_skipped
         samples = parse_list_file(list_file, num_classes)
         self.num_missing = 0   # dropped at construction (only with skip_bad_images)
         if check_files:
@@ -215,14 +228,20 @@ class ImageListDataset(paddle.io.Dataset):
     def __getitem__(self, key):
         try:
             return self._getitem(key)
-        except Exception as e:
-            # Paddle's loader re-raises a worker's exception in a reader thread and the main
-            # thread only sees "Blocking queue is killed": keep the message for
-            # engine.data.DataLoader to raise there (see take_error)
-            kind = 'bad' if isinstance(e, BadImageError) else 'other'
-            with self._error.get_lock():
-                self._error.value = f'{kind}:{e}'.encode('utf-8', 'replace')[:_ERROR_BYTES - 1]
+        except UserError as e:
+            # Paddle rebuilds a worker's exception in the main process as its type with the
+            # worker's traceback for a message: keep the error itself for
+            # engine.data.DataLoader to raise there (see take_error).  Other exceptions are
+            # bugs or resource errors, whose traceback is what the user needs.
+            self._keep_error(e)
             raise
+
+    def _keep_error(self, error):
+        blob = pickle.dumps((type(error), str(error)[:_ERROR_BYTES // 2]))
+        if len(blob) + 4 > _ERROR_BYTES:
+            return
+        with self._error.get_lock():
+            self._error[:len(blob) + 4] = struct.pack('<I', len(blob)) + blob
 
     def _getitem(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
@@ -236,12 +255,16 @@ class ImageListDataset(paddle.io.Dataset):
                 with self._skipped.get_lock():
                     self._skipped.value += 1
                 logger.warning(f'skipped (DATA.SKIP_BAD_IMAGES): {e}')
+                if self.drop_skipped:
+                    return None
                 index = (index + 1) % len(self)
                 continue
             if self.transform is None:
                 return image, int(self.labels[index])
             try:
                 return self.transform(image, self._rng(seed)), int(self.labels[index])
+            except MemoryError:
+                raise   # a resource error, not this image's: keep its type
             except Exception as e:
                 raise RuntimeError(f'{self.where(index)}: transforming {self.path(index)} '
                                    f'(image shape {image.shape}) failed: {type(e).__name__}: {e}') from e
@@ -249,13 +272,18 @@ class ImageListDataset(paddle.io.Dataset):
                             f'{self.where(index)} ({self.path(index)}): is DATA.DATA_PATH right?')
 
     def take_error(self):
-        """The exception a worker last raised, as an exception to raise here, or None (and clear it)."""
+        """The UserError this dataset last raised, in any process, rebuilt here; or None (and clear it)."""
         with self._error.get_lock():
-            text, self._error.value = self._error.value.decode('utf-8', 'replace'), b''
-        if not text:
+            size = struct.unpack('<I', self._error[:4])[0]
+            blob = self._error[4:4 + size]
+            self._error[:4] = bytes(4)
+        if not size:
             return None
-        kind, message = text.split(':', 1)
-        return (BadImageError if kind == 'bad' else DataError)(message)
+        try:
+            cls, message = pickle.loads(blob)
+            return cls(message)
+        except Exception:   # a UserError subclass that cannot be rebuilt from its message
+            return None
 
     @property
     def skipped(self):

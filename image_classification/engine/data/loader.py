@@ -33,16 +33,29 @@ small for the batches in flight (Docker's default is 64 MB), the loader would
 die with a bus error; `build_dataloader` checks the free space first and falls
 back to pipes (`use_shared_memory=False`, slower) with a warning.
 
-Paddle's multi-process loader needs three repairs, made by `DataLoader` and the
-worker initialisation here (each one seen on this machine with Paddle 3.3):
+Paddle's loader needs four repairs, made by `DataLoader` and the worker
+initialisation here (each one seen on this machine with Paddle 3.3):
+- with 0 workers, Paddle loads batches in a reader thread that feeds a blocking
+  queue; an exception there (a bad image, a transform error, a MemoryError)
+  kills the thread without closing or killing the queue, so the main thread
+  waits for the next batch forever.  The thread here hands its exception over
+  and kills the queue, and the main thread raises that exception;
 - a worker's exception reaches the main thread only as "SystemError: Blocking
-  queue is killed"; the dataset's own message (file, line) is raised instead;
+  queue is killed"; the worker's exception is raised instead: a `UserError`
+  (e.g. BadImageError) with the dataset's own message (file, line), anything
+  else (a bug, a MemoryError) as its type with the worker's traceback;
 - a failed iterator left to the garbage collector hangs the process in its
   clean-up, and an old iterator collected inside a newly forked worker wrecks
   the parent's queues: failed iterators are shut down at once, and garbage is
   collected (and the rest frozen) before workers are forked;
 - workers block on their index queue without a timeout, so they outlive a
   killed parent for good; a watchdog thread ends them.
+
+Skipped samples: a dataset returns None for a sample it skips (ImageListDataset
+in evaluation, with DATA.SKIP_BAD_IMAGES); the val loader's collate function
+leaves it out of its batch, so a batch may be smaller than the batch size, and
+a batch of skipped samples only is not yielded at all.  Nothing is put in the
+skipped sample's place: evaluation scores the images it could read, no other.
 """
 import functools
 import gc
@@ -56,22 +69,28 @@ import time
 
 import numpy as np
 import paddle
+from paddle.io.dataloader.collate import default_collate_fn
+from paddle.io.dataloader.dataloader_iter import _DataLoaderIterMultiProcess, _DataLoaderIterSingleProcess
 
 from ..config import ConfigError
+from ..errors import UserError
 from .samplers import RepeatedAugSampler
 
-__all__ = ['DataLoader', 'SeededBatchSampler', 'EvalBatchSampler', 'build_dataloader', 'shared_memory_ok']
+__all__ = ['DataLoader', 'SeededBatchSampler', 'EvalBatchSampler', 'build_dataloader', 'shared_memory_ok',
+           'collate_skipping']
 
 logger = logging.getLogger(__name__)
 
 
 class DataLoader(paddle.io.DataLoader):
-    """paddle.io.DataLoader that re-raises a worker's failure with its message in this thread.
+    """paddle.io.DataLoader whose failures end the iteration at once, with the real exception.
 
-    Paddle hands a worker's exception to a reader thread, which dies with it, and the
-    main thread only gets "SystemError: Blocking queue is killed".  Datasets with a
-    `take_error()` (ImageListDataset) keep the message, and it is raised here instead
-    (e.g. BadImageError naming the list file, line and image).
+    Any exception raised while loading a batch, in this process (0 workers) or in a
+    worker, is raised by `next()` in the main thread, and the loader's thread and
+    workers are stopped first (see the module docstring for what Paddle does
+    instead).  A `UserError` from a worker is raised with the dataset's own message
+    when the dataset keeps it (`take_error()`, ImageListDataset): Paddle would
+    rebuild it with the worker's traceback pasted into the message.
     """
 
     def __iter__(self):
@@ -83,18 +102,86 @@ class DataLoader(paddle.io.DataLoader):
             gc.collect()
             gc.freeze()
             try:
-                iterator = super().__iter__()
+                iterator = self._paddle_iterator()
             finally:
                 gc.unfreeze()
         else:
-            iterator = super().__iter__()
+            iterator = self._paddle_iterator()
         return _ReraisingIterator(iterator, self)
+
+    def _paddle_iterator(self):
+        """What paddle.io.DataLoader.__iter__ returns, built from the subclasses below."""
+        if self.num_workers == 0:
+            return _SingleProcessIterator(self)
+        if not self._persistent_workers:
+            return _MultiProcessIterator(self)
+        if self._iterator is None:
+            self._iterator = _MultiProcessIterator(self)
+        else:
+            self._iterator._reset()
+        return self._iterator
 
     def shutdown(self, timeout=5):
         """Stop the worker processes now (persistent ones included); the next pass restarts them."""
         iterator, self._iterator = getattr(self, '_iterator', None), None
-        if iterator is not None and hasattr(iterator, '_try_shutdown_all'):
-            iterator._try_shutdown_all(timeout)
+        if iterator is not None:
+            _shutdown(iterator, timeout)
+
+
+class _HandOverFailure:
+    """Paddle's reader thread, made to hand its exception to the main thread.
+
+    Paddle's `_thread_loop` runs in a daemon thread: with 0 workers it loads the
+    batches itself, with workers it re-raises a worker's exception there.  An
+    exception escaping it is only printed by `threading.excepthook`; with 0 workers
+    the blocking queue is not even killed, so the main thread's read never returns.
+    Here the exception is kept in `failure` and the queue killed, which wakes the
+    main thread with "Blocking queue is killed"; `_ReraisingIterator` then raises
+    `failure` in its place.
+    """
+
+    failure = None
+
+    def _thread_loop(self, *args, **kwargs):
+        try:
+            super()._thread_loop(*args, **kwargs)
+        except BaseException as e:   # noqa: B036  (a MemoryError or a SystemExit must not hang either)
+            self.failure = e
+            self._exit_thread_unexpectedly()
+
+
+class _SingleProcessIterator(_HandOverFailure, _DataLoaderIterSingleProcess):
+    pass
+
+
+class _MultiProcessIterator(_HandOverFailure, _DataLoaderIterMultiProcess):
+    pass
+
+
+def _shutdown(iterator, timeout):
+    """Stop a Paddle loader iterator's thread and workers, waiting at most about `timeout` s per worker."""
+    if isinstance(iterator, _DataLoaderIterMultiProcess):
+        iterator._try_shutdown_all(timeout)
+    elif hasattr(iterator, '_try_shutdown_all'):
+        iterator._try_shutdown_all()   # single process: closes the queue, joins the thread
+
+
+# A batch of skipped samples only.  Paddle's loader cannot carry an empty batch (a batch
+# without arrays ends the iteration, a zero-size array fails in shared memory), so it
+# travels as this one-array dict, which _ReraisingIterator drops.
+_NO_SAMPLES = '_engine_data_loader_all_samples_skipped'
+
+
+def collate_skipping(samples):
+    """Paddle's default collate over the samples that are not None (skipped ones are left out)."""
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        return {_NO_SAMPLES: np.zeros([1], dtype=np.uint8)}
+    return default_collate_fn(kept)
+
+
+def _no_samples(batch):
+    return isinstance(batch, dict) and _NO_SAMPLES in batch
 
 
 class _ReraisingIterator:
@@ -105,26 +192,46 @@ class _ReraisingIterator:
         return self
 
     def __len__(self):
-        return len(self.iterator)
+        return len(self.loader)
 
     def __next__(self):
+        if self.iterator is None:
+            raise RuntimeError('this pass over the loader failed and was shut down; '
+                               'start a new one with iter(loader)')
         try:
-            return next(self.iterator)
+            batch = next(self.iterator)
+            while _no_samples(batch):
+                batch = next(self.iterator)
+            return batch
         except StopIteration:
             raise
-        except BaseException as e:
-            # A failed Paddle iterator left to the garbage collector hangs in its clean-up
-            # (it joins workers that never get the stop message): stop the workers here.
-            iterator, self.iterator = self.iterator, None
-            if hasattr(iterator, '_try_shutdown_all'):
-                iterator._try_shutdown_all(5)
-            if getattr(self.loader, '_iterator', None) is iterator:
-                self.loader._iterator = None
-            take = getattr(self.loader.dataset, 'take_error', None)
-            error = take() if take is not None else None
-            if error is None or isinstance(e, KeyboardInterrupt):
-                raise
-            raise error from None
+        except BaseException as e:   # noqa: B036  (whatever it is, the loader must stop first)
+            error = e
+        # raised here, outside the except clause: the failure keeps its own cause and context
+        # instead of growing a "during handling of SystemError: Blocking queue is killed"
+        raise self._fail(error)
+
+    def _fail(self, error):
+        """Stop the thread and workers; return the exception that made the loader fail."""
+        iterator, self.iterator = self.iterator, None
+        thread = getattr(iterator, '_thread', None)
+        # A failed Paddle iterator left to the garbage collector hangs in its clean-up
+        # (it joins workers that never get the stop message): stop the workers here.
+        _shutdown(iterator, 5)
+        if getattr(self.loader, '_iterator', None) is iterator:
+            self.loader._iterator = None
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        if thread is not None and thread is not threading.current_thread():
+            # the thread kills the queue, which wakes us, just before it stores `failure`
+            thread.join(5)
+        failure = getattr(iterator, 'failure', None)
+        take = getattr(self.loader.dataset, 'take_error', None)
+        kept = take() if take is not None else None
+        if isinstance(failure, UserError) and isinstance(kept, type(failure)) \
+                and isinstance(iterator, _DataLoaderIterMultiProcess):
+            return kept   # Paddle rebuilt the worker's error as type(message + worker traceback)
+        return failure if failure is not None else error
 
 
 class SeededBatchSampler(paddle.io.BatchSampler):
@@ -231,7 +338,8 @@ def build_dataloader(config, dataset, mode, distributed):
     Batch size DATA.BATCH_SIZE (train) / DATA.BATCH_SIZE_EVAL (val, falling back
     to BATCH_SIZE), DATA.NUM_WORKERS worker processes (0: load in this process),
     persistent across epochs.  `distributed`: split across the ranks of the
-    current paddle.distributed group.
+    current paddle.distributed group.  The val loader leaves skipped samples
+    (None) out of its batches (`collate_skipping`).
     """
     if mode not in ('train', 'val'):
         raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
@@ -273,4 +381,6 @@ def build_dataloader(config, dataset, mode, distributed):
                            f'memory (slower). Give the container more (docker --shm-size=8g) to avoid it.')
         kwargs = dict(use_shared_memory=ok, persistent_workers=True,
                       worker_init_fn=functools.partial(_seed_worker, config.SEED, rank))
+    if not train:
+        kwargs['collate_fn'] = collate_skipping
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, return_list=True, **kwargs)
