@@ -130,15 +130,16 @@ class PeripheralPositionEncoding(nn.Layer):
     1.2 s a training step for the twelve PPEs of PerViT-T, this order 0.39 s
     (PyTorch: 0.24 s); the parameters and their names are the official ones.
 
-    The folded conv1 is written in the one form Paddle Inference's oneDNN
+    The folded conv1 is written in a form Paddle Inference's oneDNN
     passes (3.3.1) handle in an exported model: its taps are built directly in
     the [k*k, 4h] layout the GEMM takes (transpose, then reshape) and its bias
     as vector @ matrix^T.  Built as reshape -> transpose feeding the GEMM (as
     `taps.t()` did), oneDNN fuses the pair into a `fused_matmul` that raises
     `dnnl::error` for a 4-D input, here at predictor creation since the whole
-    PPE is constant-folded; a matrix @ vector followed by an add is fused into
-    one that adds only the first element of the addend (wrong values, no
-    error).  Both forms compute the same numbers in dygraph.
+    PPE is constant-folded.  A matrix @ vector followed by an add is fused into
+    one that adds only the first element of the addend (wrong values, no error;
+    seen in a minimal graph, not in this one).  Both forms compute the same
+    numbers in dygraph, at the same speed (paired, PerViT-T training step).
     """
 
     def __init__(self, num_heads, peripheral_init, kernel_size=3):
