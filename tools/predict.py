@@ -21,6 +21,7 @@ runs on the first GPU of a CUDA build of Paddle.
 """
 import argparse
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -150,13 +151,14 @@ class InferenceModel:
         self.log(f'oneDNN could not {what} ({reason}); running without oneDNN')
 
 
-PASS_LOG = '--- Running PIR pass'     # one line per optimisation pass, printed unless glog info is disabled
+GLOG_WARNING = re.compile(r'^[WEF]\d{4} ')    # glog's prefix of a warning, error or fatal line
 
 
 def _attempt(fn):
     """(fn(), None, []) or (None, the exception, Paddle's error lines), with Paddle's C++
-    log (file descriptor 2) captured meanwhile: the pass log is dropped, the error lines
-    are returned, and whatever else was written goes back to stderr."""
+    log (file descriptor 2) captured meanwhile.  The error lines are returned; of the
+    rest, warnings (glog's W/E lines, Python's) go back to stderr and Paddle's pass
+    chatter, which `disable_glog_info` would have silenced, is dropped."""
     sys.stderr.flush()
     saved = os.dup(2)
     result = error = None
@@ -171,9 +173,9 @@ def _attempt(fn):
             os.dup2(saved, 2)
             os.close(saved)
         f.seek(0)
-        lines = [ln for ln in f.read().decode('utf-8', 'replace').splitlines(keepends=True) if PASS_LOG not in ln]
+        lines = f.read().decode('utf-8', 'replace').splitlines(keepends=True)
     logged = [ln for ln in lines if error is not None and ('exception' in ln.lower() or 'error' in ln.lower())]
-    sys.stderr.write(''.join(ln for ln in lines if ln not in logged))
+    sys.stderr.write(''.join(ln for ln in lines if ln not in logged and (GLOG_WARNING.match(ln) or 'Warning' in ln)))
     return result, error, logged
 
 
