@@ -186,26 +186,137 @@ def test_onnx_export_matches(trained, exported):
     np.testing.assert_allclose(out, _dynamic_logits(model, x), rtol=0, atol=1e-5)
 
 
-class _ChannelsLast(paddle.nn.Layer):
-    """A depthwise convolution in NHWC, as VVT uses: Paddle Inference 3.3's oneDNN rejects it."""
+# ---- the oneDNN fallback (predict.InferenceModel) -------------------------------------------
+GLOG_LINE = 'W1203 10:27:20.933746 11405 pir_interpreter.cc:2045] onednn_op.fused_matmul raises an exception dnnl::error'
+
+
+class _FailingRun:
+    """A predictor whose run() fails as Paddle's oneDNN kernels do: a bare std::exception,
+    the op named only in the C++ log."""
+
+    def __init__(self, predictor):
+        self._predictor = predictor
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def run(self):
+        os.write(2, (GLOG_LINE + '\n').encode())
+        raise RuntimeError('std::exception')
+
+
+def _onednn_breaks(monkeypatch, when):
+    """Make oneDNN fail `when` = 'build' or 'run', as Paddle 3.3.1's does for some graphs."""
+    create = predict.create_predictor
+
+    def patched(model_dir, device='cpu', threads=None, onednn=True, **kwargs):
+        if onednn and when == 'build':
+            os.write(2, (GLOG_LINE + '\n').encode())
+            raise RuntimeError('std::exception')
+        predictor = create(model_dir, device, threads, onednn, **kwargs)
+        return _FailingRun(predictor) if onednn and when == 'run' else predictor
+
+    monkeypatch.setattr(predict, 'create_predictor', patched)
+
+
+@pytest.mark.parametrize('when, what', [('build', 'build the predictor'), ('run', 'run this model')])
+def test_onednn_failure_falls_back_once_naming_the_error(trained, exported, monkeypatch, capfd, when, what):
+    config, model, _ = trained
+    _onednn_breaks(monkeypatch, when)
+    messages = []
+    classifier = predict.Classifier(exported, config, threads=1, log=messages.append)
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype('float32')
+    for batch in (x, x[:1], x):
+        np.testing.assert_allclose(classifier.logits(batch), _dynamic_logits(model, batch), rtol=0, atol=1e-5)
+    assert not classifier.onednn
+    assert messages == [f'oneDNN could not {what} (onednn_op.fused_matmul raises an exception dnnl::error; '
+                        'RuntimeError: std::exception); running without oneDNN']
+    assert 'dnnl::error' not in capfd.readouterr().err      # said once, in the message
+
+
+def test_a_failure_not_of_onednn_is_raised_as_it_is(trained, exported, capfd):
+    """A batch that fails without oneDNN too (4 channels for a 3-channel model) raises the
+    plain predictor's error, with no message, and oneDNN stays in use."""
+    config, model, _ = trained
+    messages = []
+    classifier = predict.Classifier(exported, config, threads=1, log=messages.append)
+    bad = np.zeros((1, 4, 32, 32), np.float32)
+    with pytest.raises((RuntimeError, ValueError)) as info:
+        classifier.logits(bad)
+    assert 'std::exception' not in str(info.value)            # Paddle's own message on the shape
+    assert classifier.onednn and not messages
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype('float32')
+    np.testing.assert_allclose(classifier.logits(x), _dynamic_logits(model, x), rtol=0, atol=1e-5)
+    with pytest.raises((RuntimeError, ValueError)):            # after a good batch: no retry
+        classifier.logits(bad)
+    assert classifier.onednn and not messages
+
+
+class _FoldedReshapeTranspose(paddle.nn.Layer):
+    """The op pattern PerViT's position encoding had: a constant 4-D tensor @ a parameter
+    reshaped then transposed.  Paddle Inference 3.3.1's oneDNN fuses the reshape and the
+    transpose into a `fused_matmul` that raises dnnl::error for a 4-D input; all inputs
+    being constant, `constant_folding_pass` runs it while the predictor is built."""
 
     def __init__(self):
         super().__init__()
-        self.conv = paddle.nn.Conv2D(3, 3, 3, padding=1, groups=3, data_format='NHWC')
-        self.head = paddle.nn.Linear(3, 7)
+        self.w = self.create_parameter([7, 3, 3])
+        self.patches = np.random.default_rng(6).standard_normal((4, 5, 5, 9)).astype('float32')
 
     def forward(self, x):
-        return self.head(self.conv(x.transpose([0, 2, 3, 1])).mean([1, 2]))
+        folded = paddle.matmul(paddle.to_tensor(self.patches), self.w.reshape([7, 9]).t()).mean(axis=[0, 1, 2])
+        return x.mean(axis=[2, 3]).matmul(paddle.ones([3, 7])) + folded
 
 
-def test_predictor_runs_models_onednn_rejects(trained, tmp_path):
-    config = trained[0]
-    model = _ChannelsLast()
+@pytest.fixture()
+def unbuildable(tmp_path):
+    """(model, folder) of `_FoldedReshapeTranspose` exported; skips where Paddle's oneDNN builds it."""
+    model = _FoldedReshapeTranspose()
     model.eval()
     export_model.export(model, 32, str(tmp_path))
+    try:
+        predict.create_predictor(str(tmp_path), threads=1, onednn=True)
+    except RuntimeError:
+        return model, str(tmp_path)
+    pytest.skip(f'Paddle {paddle.__version__} builds the folded reshape-transpose matmul with oneDNN')
+
+
+def test_onednn_that_cannot_build_the_graph_is_dropped(trained, unbuildable):
+    """The real failure, through a real predictor."""
+    model, folder = unbuildable
     messages = []
-    classifier = predict.Classifier(str(tmp_path), config, threads=1, log=messages.append)
-    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype('float32')
+    classifier = predict.Classifier(folder, trained[0], threads=1, log=messages.append)
+    x = np.random.default_rng(7).standard_normal((2, 3, 32, 32)).astype('float32')
     np.testing.assert_allclose(classifier.logits(x), _dynamic_logits(model, x), rtol=0, atol=1e-5)
-    if not classifier.onednn:                  # a later Paddle may run it with oneDNN
-        assert 'running without oneDNN' in messages[0]
+    assert not classifier.onednn and len(messages) == 1
+    assert messages[0].startswith('oneDNN could not build the predictor (')
+    assert messages[0].endswith('RuntimeError: std::exception); running without oneDNN')
+
+
+def test_benchmark_inference_takes_the_same_decision(unbuildable, capsys):
+    """`tools/benchmark.py --inference` times the graph without oneDNN where it cannot be built
+    (it died in create_predictor), and with oneDNN where it can."""
+    from tools import benchmark
+    model, _ = unbuildable
+    x = np.random.default_rng(8).standard_normal((2, 3, 32, 32)).astype('float32')
+    step, onednn = benchmark._inference_step(model, 32, x, 'cpu', 1)
+    assert onednn is False
+    assert 'oneDNN could not build the predictor' in capsys.readouterr().err
+    np.testing.assert_allclose(step(), _dynamic_logits(model, x), rtol=0, atol=1e-5)
+    plain = _PlainConvNet()
+    plain.eval()
+    step, onednn = benchmark._inference_step(plain, 32, x, 'cpu', 1)
+    assert onednn is True
+    np.testing.assert_allclose(step(), _dynamic_logits(plain, x), rtol=0, atol=1e-5)
+
+
+class _PlainConvNet(paddle.nn.Layer):
+    """A conv and a linear head: a graph oneDNN runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 4, 3, padding=1)
+        self.head = paddle.nn.Linear(4, 7)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean([2, 3]))

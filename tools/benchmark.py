@@ -199,8 +199,10 @@ def measure(job):
 
 def _inference_step(model, size, images, device, threads):
     """One Paddle Inference run of `model`, exported to a temporary folder as
-    `tools/export_model.py` does and loaded as `tools/predict.py` does (oneDNN on
-    CPU; without it where a oneDNN kernel rejects the graph)."""
+    `tools/export_model.py` does and loaded as `tools/predict.py` does: oneDNN on
+    CPU unless `predict.InferenceModel` finds that it cannot build or run this
+    graph (then without it, with its message on stderr).  Returns (step, whether
+    oneDNN runs it; None on GPU)."""
     import tempfile
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import export_model
@@ -208,16 +210,13 @@ def _inference_step(model, size, images, device, threads):
     folder = tempfile.mkdtemp(prefix='benchmark_export_')
     try:
         export_model.export(model, size, folder)
-        for onednn in ((True, False) if device == 'cpu' else (None,)):
-            predictor = predict.create_predictor(folder, device, threads, onednn=bool(onednn))
-            try:
-                predict.run(predictor, images)
-                return (lambda: predict.run(predictor, images)), onednn
-            except Exception:                  # noqa: BLE001  (oneDNN refusing a kernel: retry without)
-                if onednn is not True:
-                    raise
+        runner = predict.InferenceModel(folder, device, threads, onednn=device == 'cpu',
+                                        log=lambda message: print(message, file=sys.stderr, flush=True))
+        runner.logits(images)                      # the first batch settles oneDNN or not
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    predictor = runner.predictor
+    return (lambda: predict.run(predictor, images)), (runner.onednn if device == 'cpu' else None)
 
 
 # --------------------------------------------------------------------------- isolation

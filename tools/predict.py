@@ -12,14 +12,18 @@ classes are printed, one per line: rank, class index, softmax probability and,
 with `--labels` (a text file with one class name per line, line i = class i),
 the name.
 
-The CPU path uses oneDNN (the fastest measured) on this process's cores;
-models whose channels-last convolutions Paddle Inference's oneDNN rejects
-(VVT) fall back to plain kernels, with a message; `--no-onednn` skips oneDNN.
-`--device gpu` runs on the first GPU of a CUDA build of Paddle.
+The CPU path uses oneDNN (the fastest measured) on this process's cores.
+Where Paddle Inference's oneDNN cannot build the predictor for a model or
+cannot run its first batch (its fusion passes have bugs that depend on the
+graph, see `InferenceModel`), the model runs on plain kernels instead, after
+one message naming the error; `--no-onednn` skips oneDNN.  `--device gpu`
+runs on the first GPU of a CUDA build of Paddle.
 """
 import argparse
 import os
+import re
 import sys
+import tempfile
 import warnings
 
 warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
@@ -37,7 +41,7 @@ from engine.data import DecodeError, build_transform, decode_image, describe_eva
 from engine.families import family_for_config  # noqa: E402
 from engine.runtime import cpu_threads  # noqa: E402
 
-__all__ = ['Classifier', 'create_predictor', 'load_config', 'read_labels', 'run', 'softmax', 'topk']
+__all__ = ['Classifier', 'InferenceModel', 'create_predictor', 'load_config', 'read_labels', 'run', 'softmax', 'topk']
 
 MODEL_NAME = 'inference'
 
@@ -61,15 +65,21 @@ def load_config(model_dir, cfg_file=None):
     return config
 
 
-def create_predictor(model_dir, device='cpu', threads=None, onednn=True):
-    """A Paddle Inference predictor for `model_dir/inference.{json,pdiparams}`."""
+def create_predictor(model_dir, device='cpu', threads=None, onednn=True, paddle_log=False):
+    """A Paddle Inference predictor for `model_dir/inference.{json,pdiparams}`.
+
+    `paddle_log`: leave Paddle's C++ log as it is instead of silencing it
+    (`disable_glog_info`, which also lowers the log level for the rest of the
+    process); `InferenceModel` captures it to name what oneDNN failed on.
+    """
     prefix = os.path.join(model_dir, MODEL_NAME)
     model_file = next((prefix + ext for ext in ('.json', '.pdmodel') if os.path.isfile(prefix + ext)), None)
     if model_file is None or not os.path.isfile(prefix + '.pdiparams'):
         raise FileNotFoundError(f'{model_dir} holds no {MODEL_NAME}.json/.pdiparams: '
                                 'make it with tools/export_model.py')
     config = inference.Config(model_file, prefix + '.pdiparams')
-    config.disable_glog_info()
+    if not paddle_log:
+        config.disable_glog_info()
     if device == 'gpu':
         config.enable_use_gpu(256, 0)
     else:
@@ -82,38 +92,100 @@ def create_predictor(model_dir, device='cpu', threads=None, onednn=True):
     return inference.create_predictor(config)
 
 
-class Classifier:
-    """An exported model with the eval preprocessing of its config.
+class InferenceModel:
+    """A Paddle Inference predictor of an exported model, on oneDNN where oneDNN works.
 
-    On CPU it runs through oneDNN, the fastest path measured.  Paddle
-    Inference 3.3's oneDNN convolution rejects channels-last (NHWC)
-    convolutions, which some models use (VVT); when the first batch fails in a
-    oneDNN kernel the predictor is rebuilt without oneDNN, and the switch is
-    printed.
+    The one place that decides whether a model runs on oneDNN (`Classifier`,
+    hence `predict.py`, and `tools/benchmark.py --inference` use it).  Paddle
+    Inference 3.3.1's oneDNN passes fuse op patterns into kernels that fail for
+    some graphs: a reshape -> transpose feeding a matmul whose other input is
+    4-D becomes a `fused_matmul` that raises `dnnl::error`.  When that matmul's
+    inputs are all constants (PerViT's position encoding before it was
+    rewritten) the predictor's `constant_folding_pass` runs it and creation
+    fails; otherwise the first run fails.  Either way Python sees only
+    `RuntimeError: std::exception`.
+
+    So with oneDNN on CPU, a failure while the predictor is built or while the
+    first batch runs is retried without oneDNN.  If the retry works, one message
+    names the oneDNN error (Paddle's C++ log line, captured for that, and the
+    exception) and everything after runs without oneDNN.  If the retry fails
+    too, the fault is not oneDNN's: the retry's error is raised, no message.
+    Later batches are never retried.  Paddle silences its log level for the
+    whole process once any predictor is built quietly, so only the first
+    predictor of a process (as in `predict.py`) can quote the log line.
     """
 
-    def __init__(self, model_dir, config, device='cpu', threads=None, onednn=True, log=print):
-        self.model_dir, self.config, self.device, self.threads = model_dir, config, device, threads
+    def __init__(self, model_dir, device='cpu', threads=None, onednn=True, log=print):
+        self.model_dir, self.device, self.threads, self.log = model_dir, device, threads, log
         self.onednn = onednn and device == 'cpu'
-        self.log = log
-        self.predictor = create_predictor(model_dir, device, threads, self.onednn)
-        self.transform = build_transform(config, 'val')
         self.checked = False        # whether a batch has run
+        if not self.onednn:
+            self.predictor = create_predictor(model_dir, device, threads, onednn=False)
+            return
+        self.predictor, error, logged = _attempt(
+            lambda: create_predictor(model_dir, device, threads, onednn=True, paddle_log=True))
+        if error is not None:
+            plain = create_predictor(model_dir, device, threads, onednn=False)   # raises if the model is at fault
+            self._give_up_onednn('build the predictor', error, logged)
+            self.predictor = plain
 
     def logits(self, images):
         """Logits [N, classes] for a float32 [N, 3, S, S] batch of preprocessed images."""
-        try:
+        if self.checked or not self.onednn:
             out = run(self.predictor, images)
-        except (ValueError, RuntimeError) as e:
-            if not self.onednn or self.checked or 'onednn' not in str(e).lower():
-                raise
-            lines = [ln.strip() for ln in str(e).splitlines() if 'Error' in ln] or [str(e)]
-            self.log(f'oneDNN could not run this model ({lines[0][:200]}); running without oneDNN')
-            self.onednn = False
-            self.predictor = create_predictor(self.model_dir, self.device, self.threads, onednn=False)
-            out = run(self.predictor, images)
+        else:
+            out, error, logged = _attempt(lambda: run(self.predictor, images))
+            if error is not None:
+                plain = create_predictor(self.model_dir, self.device, self.threads, onednn=False)
+                out = run(plain, images)                # raises if the batch (or the model) is at fault
+                self._give_up_onednn('run this model', error, logged)
+                self.predictor = plain
         self.checked = True
         return out
+
+    def _give_up_onednn(self, what, error, logged):
+        self.onednn = False
+        named = [ln.split('] ', 1)[-1].strip() for ln in logged]       # without glog's prefix
+        raised = [ln.strip() for ln in str(error).splitlines() if 'Error' in ln] or [str(error).strip()]
+        reason = '; '.join(text[:200] for text in named[:2] + [f'{type(error).__name__}: {raised[0]}'])
+        self.log(f'oneDNN could not {what} ({reason}); running without oneDNN')
+
+
+GLOG_WARNING = re.compile(r'^[WEF]\d{4} ')    # glog's prefix of a warning, error or fatal line
+
+
+def _attempt(fn):
+    """(fn(), None, []) or (None, the exception, Paddle's error lines), with Paddle's C++
+    log (file descriptor 2) captured meanwhile.  The error lines are returned; of the
+    rest, warnings (glog's W/E lines, Python's) go back to stderr and Paddle's pass
+    chatter, which `disable_glog_info` would have silenced, is dropped."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    result = error = None
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            result = fn()
+        except Exception as e:          # noqa: BLE001  (Paddle raises a bare RuntimeError: std::exception)
+            error = e
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        lines = f.read().decode('utf-8', 'replace').splitlines(keepends=True)
+    logged = [ln for ln in lines if error is not None and ('exception' in ln.lower() or 'error' in ln.lower())]
+    sys.stderr.write(''.join(ln for ln in lines if ln not in logged and (GLOG_WARNING.match(ln) or 'Warning' in ln)))
+    return result, error, logged
+
+
+class Classifier(InferenceModel):
+    """An exported model with the eval preprocessing of its config (oneDNN as `InferenceModel`)."""
+
+    def __init__(self, model_dir, config, device='cpu', threads=None, onednn=True, log=print):
+        super().__init__(model_dir, device, threads, onednn, log)
+        self.config = config
+        self.transform = build_transform(config, 'val')
 
     def preprocess(self, paths):
         """[N, 3, S, S] float32 batch of the image files, through the config's eval transform."""

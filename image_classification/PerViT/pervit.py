@@ -129,6 +129,17 @@ class PeripheralPositionEncoding(nn.Layer):
     is a sum of one GEMM per tap (`conv_valid_last`).  Paddle's CPU conv took
     1.2 s a training step for the twelve PPEs of PerViT-T, this order 0.39 s
     (PyTorch: 0.24 s); the parameters and their names are the official ones.
+
+    The folded conv1 is written in a form Paddle Inference's oneDNN
+    passes (3.3.1) handle in an exported model: its taps are built directly in
+    the [k*k, 4h] layout the GEMM takes (transpose, then reshape) and its bias
+    as vector @ matrix^T.  Built as reshape -> transpose feeding the GEMM (as
+    `taps.t()` did), oneDNN fuses the pair into a `fused_matmul` that raises
+    `dnnl::error` for a 4-D input, here at predictor creation since the whole
+    PPE is constant-folded.  A matrix @ vector followed by an add is fused into
+    one that adds only the first element of the addend (wrong values, no error;
+    seen in a minimal graph, not in this one).  Both forms compute the same
+    numbers in dygraph, at the same speed (paired, PerViT-T training step).
     """
 
     def __init__(self, num_heads, peripheral_init, kernel_size=3):
@@ -149,9 +160,10 @@ class PeripheralPositionEncoding(nn.Layer):
         """`distance_patches` [N, s, s, k*k] from `distance_patches()`, `embed` the shared Linear(1 -> 4h)."""
         w1, b1 = self.conv1.weight, self.conv1.bias                  # [4h, 4h, k, k], [4h]
         k = w1.shape[-1]
-        taps = (w1 * embed.weight.reshape([1, -1, 1, 1])).sum(axis=1).reshape([w1.shape[0], -1])
-        bias = b1 + paddle.matmul(w1.sum(axis=[2, 3]), embed.bias)
-        x = linear(distance_patches, taps.t(), bias)                 # conv1: [N, s, s, 4h]
+        # taps[t, o] = sum_i w1[o, i, t] * embed.weight[i]; bias[o] = b1[o] + sum_i w1[o, i, :, :].sum() * embed.bias[i]
+        taps = (w1 * embed.weight.reshape([1, -1, 1, 1])).sum(axis=1).transpose([1, 2, 0]).reshape([k * k, -1])
+        bias = b1 + paddle.matmul(embed.bias, w1.sum(axis=[2, 3]), transpose_y=True)
+        x = linear(distance_patches, taps, bias)                     # conv1: [N, s, s, 4h]
         x = F.relu(self._norm(self.gn1, x))
         x = conv_valid_last(x, self.conv2.weight, self.conv2.bias)   # conv2: [N, side, side, h]
         x = self._norm(self.gn2, x)

@@ -1,0 +1,98 @@
+"""Every family's exported graph runs through Paddle Inference, with oneDNN and without,
+and gives the dynamic model's logits (tools/export_model.py + tools/predict.py).
+
+The export tests in test_export.py use a tiny stand-in model; Paddle Inference's
+oneDNN passes fuse op patterns, and a pattern only one family's graph has can
+break only that family (PerViT's peripheral position encoding did: its predictor
+could not be built with oneDNN).  So each case is a small model made from the
+family's smallest config with small widths and depths but every block type of
+the family's graph: ViT's class token (and the R50 hybrid stem), PiT's pooling
+layers (and the distillation token), PerViT's peripheral position encoding and
+its stage-change shortcut, SP-ViT's spatial-prior blocks followed by class-token
+blocks, VVT's vicinity attention, RegNetY's grouped SE bottlenecks.
+
+Weights are moved away from their initialisation (PerViT starts its position
+encoding from constants, under which a kernel that mixes up elements can still
+give the right numbers) and BatchNorm gets non-trivial statistics.
+"""
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import FIXTURES, REPO
+from engine.families import build_from_config
+from tools import export_model, predict
+
+CONFIGS = os.path.join(REPO, 'image_classification')
+TINY_PIT = ['DATA.IMAGE_SIZE', '64', 'MODEL.BASE_DIMS', '[8, 8, 8]', 'MODEL.DEPTH', '[1, 1, 1]',
+            'MODEL.NUM_HEADS', '[2, 2, 4]']
+CASES = {   # name: (config, opts)
+    'vit': ('ViT/configs/vit_tiny_patch16_224.yaml',
+            ['DATA.IMAGE_SIZE', '32', 'MODEL.PATCH_SIZE', '8', 'MODEL.EMBED_DIM', '32', 'MODEL.DEPTH', '2',
+             'MODEL.NUM_HEADS', '2', 'MODEL.MLP_DIM', '64']),
+    'vit_r50': (os.path.join(FIXTURES, 'vit_r50_mini', 'vit_r50_mini.yaml'), []),
+    'pit': ('PiT/configs/pit_ti_224.yaml', TINY_PIT),
+    'pit_distilled': ('PiT/configs/pit_ti_distilled_224.yaml', TINY_PIT),
+    'pervit': (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
+               ['DATA.IMAGE_SIZE', '64', 'MODEL.DEPTHS', '[1, 1, 1, 1]']),
+    'spvit': ('SPViT/configs/spvit_s_224.yaml',
+              ['DATA.IMAGE_SIZE', '64', 'MODEL.EMBED_DIM', '48', 'MODEL.DEPTH', '2', 'MODEL.NUM_HEADS', '2',
+               'MODEL.LOCAL_UP_TO_LAYER', '1']),
+    'vvt': (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), []),
+    'regnety': ('RegNet/configs/regnety_400mf.yaml',
+                ['DATA.IMAGE_SIZE', '64', 'MODEL.STEM_WIDTH', '8', 'MODEL.W0', '16', 'MODEL.WA', '12.0',
+                 'MODEL.WM', '1.5', 'MODEL.DEPTH', '5', 'MODEL.GROUP_W', '12']),
+}
+RTOL = 1e-4   # of the largest logit; measured: at most 2e-6 with oneDNN, 1e-6 without
+
+
+def _randomised(model, rng):
+    """`model` in eval mode with every weight moved off its initialisation and BatchNorm
+    statistics set (mean in [-0.5, 0.5], variance in [0.5, 2])."""
+    for key, value in model.state_dict().items():
+        a = value.numpy()
+        if key.endswith('_variance'):
+            a = rng.uniform(0.5, 2.0, a.shape)
+        elif key.endswith('_mean'):
+            a = rng.uniform(-0.5, 0.5, a.shape)
+        else:
+            a = a + rng.normal(0.0, 0.1, a.shape)
+        value.set_value(a.astype(value.numpy().dtype))
+    model.eval()                # also drops PerViT's cached position attention
+    return model
+
+
+@pytest.fixture(scope='module', params=sorted(CASES))
+def exported(request, tmp_path_factory):
+    """(name, config, model dir, input batch, dynamic-model logits) of one family."""
+    name = request.param
+    cfg, opts = CASES[name]
+    paddle.seed(0)
+    config, model = build_from_config(os.path.join(CONFIGS, cfg), opts)
+    rng = np.random.default_rng(0)
+    model = _randomised(model, rng)
+    folder = str(tmp_path_factory.mktemp(f'export_{name}'))
+    export_model.export(model, config.DATA.IMAGE_SIZE, folder)
+    size = config.DATA.IMAGE_SIZE
+    x = rng.standard_normal((2, config.DATA.IMAGE_CHANNELS, size, size)).astype('float32')
+    with paddle.no_grad():
+        reference = model(paddle.to_tensor(x)).numpy()
+    return name, config, folder, x, reference
+
+
+@pytest.mark.parametrize('onednn', [True, False], ids=['onednn', 'plain'])
+def test_exported_family_predicts_as_the_dynamic_model(exported, onednn):
+    name, config, folder, x, reference = exported
+    messages = []
+    classifier = predict.Classifier(folder, config, threads=1, onednn=onednn, log=messages.append)
+    logits = classifier.logits(x)
+    assert logits.shape == reference.shape
+    error = np.abs(logits - reference).max() / np.abs(reference).max()
+    assert error <= RTOL, f'{name}: max |diff| / max |logit| = {error:.2e}'
+    # the export must run on oneDNN itself (the fastest CPU path), not only through the fallback
+    assert classifier.onednn == onednn, f'{name}: {messages}'
+    assert not messages
+    np.testing.assert_allclose(classifier.logits(x[:1]), reference[:1], rtol=0,
+                               atol=RTOL * np.abs(reference).max())      # another batch size
