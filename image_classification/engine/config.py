@@ -21,6 +21,24 @@ class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied."""
 
 
+# DATA.DATASET (-dataset): how engine.data.build_dataset reads DATA.DATA_PATH
+DATASETS = {
+    'imagenet2012': "PaddleViT's name, the default: the list files when DATA_PATH has them, "
+                    "else train/<class>/ and val/<class>/ folders",
+    'imagelist': 'the list files DATA.TRAIN_LIST and DATA.VAL_LIST only',
+    'imagefolder': 'the class folders train/<class>/ and val/<class>/ only',
+}
+
+
+def _check_dataset(value, source):
+    """An unknown DATA.DATASET is refused: PaddleViT accepted any name and ran the same."""
+    if value not in DATASETS:
+        known = '; '.join(f'{name} ({meaning})' for name, meaning in DATASETS.items())
+        hint = (' (PaddleViT downloads CIFAR at run time; here write its images as class folders '
+                'and pass -dataset imagefolder -num_classes N)' if str(value).lower().startswith('cifar') else '')
+        raise ConfigError(f'{source}: DATA.DATASET {value!r} is not known{hint}; allowed: {known}')
+
+
 def base_config():
     """A fresh copy of the defaults shared by every family."""
     c = CN()
@@ -30,7 +48,7 @@ def base_config():
     c.DATA.BATCH_SIZE = 256             # per process
     c.DATA.BATCH_SIZE_EVAL = None       # per process; None -> DATA.BATCH_SIZE
     c.DATA.DATA_PATH = ''
-    c.DATA.DATASET = 'imagenet2012'
+    c.DATA.DATASET = 'imagenet2012'     # how DATA_PATH is read: one of DATASETS (above)
     c.DATA.TRAIN_LIST = 'train_list.txt'
     c.DATA.VAL_LIST = 'val_list.txt'
     c.DATA.IMAGE_SIZE = 224
@@ -180,6 +198,8 @@ def _assign(config, key, value, source):
     was_frozen = config.is_frozen()
     config.defrost()
     node[parts[-1]] = _coerce(value, node[parts[-1]], key, source)
+    if key == 'DATA.DATASET':
+        _check_dataset(node[parts[-1]], source)
     if was_frozen:
         config.freeze()
 

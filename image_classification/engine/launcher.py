@@ -113,7 +113,10 @@ def run(config, build_model, hooks, args, distributed):
         load_pretrained(model, config.MODEL.PRETRAINED, log=logger.info)
 
     amp, use_scaler = _amp_settings(config, device.startswith('gpu'))
-    val_dataset = hooks.build_dataset(config, 'val') or data.build_dataset(config, 'val')
+    val_dataset = hooks.build_dataset(config, 'val') or data.build_dataset(config, 'val', log=logger.info)
+    if rank == 0 and getattr(val_dataset, 'classes', None):   # class folders: name the indices
+        data.write_labels(os.path.join(config.SAVE, 'labels.txt'), val_dataset.classes)
+        logger.info(f'class names (line i = class i): {os.path.join(config.SAVE, "labels.txt")}')
     val_loader = data.build_dataloader(config, val_dataset, 'val', distributed=world > 1)
     logger.info(f'eval transform: {data.describe_eval_transform(config)}')
 
@@ -127,7 +130,7 @@ def run(config, build_model, hooks, args, distributed):
         hooks.after_eval(model, config, args, logger)
         return {'loss': loss, 'acc1': top1, 'acc5': top5, 'count': count}
 
-    train_dataset = hooks.build_dataset(config, 'train') or data.build_dataset(config, 'train')
+    train_dataset = hooks.build_dataset(config, 'train') or data.build_dataset(config, 'train', log=logger.info)
     train_loader = data.build_dataloader(config, train_dataset, 'train', distributed=world > 1)
     steps_per_epoch = -(-len(train_loader) // max(1, config.TRAIN.ACCUM_ITER))
     scheduler = build_scheduler(config, steps_per_epoch, world)
