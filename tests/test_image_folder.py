@@ -172,6 +172,14 @@ def test_data_path_with_neither_layout(tmp_path):
         data.build_dataset(config_for(tmp_path / 'nowhere'), 'train')
 
 
+def test_token_labeling_asks_for_lists(tmp_path):
+    from engine.token_labeling import build_token_label_dataset
+    root = make_tree(tmp_path)
+    (tmp_path / 'maps').mkdir()
+    with pytest.raises(data.DataError, match=rf'Token Labeling reads list files .* python tools/make_lists.py {root}'):
+        build_token_label_dataset(config_for(root), str(tmp_path / 'maps'))
+
+
 # --------------------------------------------------------------------------- tools/make_lists.py
 def test_make_lists_writes_what_the_reader_sees(tmp_path, capsys):
     root = make_tree(tmp_path, {('val', 'zebra'): 0})
