@@ -4,7 +4,8 @@ repository whose Python is a stand-in that records every pip call (nothing is in
 - a fresh machine gets a venv, the CPU Paddle and the requirements;
 - a second run does nothing; a changed requirement file re-installs;
 - PADDLE_PACKAGE / PADDLE_INDEX_URL choose Paddle's GPU wheel from Paddle's index and
-  uninstall the CPU wheel first (both install the same `paddle` module);
+  uninstall the CPU wheel first (both install the same `paddle` module); later runs
+  without the variables keep that choice;
 - requirements.txt no longer names a Paddle package, so pip cannot put the CPU wheel on
   top of a GPU one.
 """
@@ -76,10 +77,18 @@ def test_gpu_wheel_from_paddles_index_replaces_the_cpu_wheel(tmp_path):
     assert uninstall < install < calls.index('-m pip install -q -r requirements-dev.txt')
     assert 'uninstalling paddlepaddle' in out
     assert _run(root, python, tmp_path, PADDLE_PACKAGE='paddlepaddle-gpu==3.0.0', PADDLE_INDEX_URL=index)[0] == []
-    # and back to the CPU default: the GPU wheel goes
+    # later runs without the variables (bash run_demo.sh) keep the GPU wheel
     (tmp_path / 'installed').write_text('paddlepaddle-gpu\n')
+    assert _run(root, python, tmp_path)[0] == []
+    with open(root / 'requirements.txt', 'a') as f:
+        f.write('tqdm\n')
     calls, _ = _run(root, python, tmp_path)
+    assert f'-m pip install -q paddlepaddle-gpu==3.0.0 --extra-index-url {index}' in calls
+    assert not any('uninstall' in c for c in calls)
+    # and back to the CPU wheel when asked: the GPU wheel goes
+    calls, _ = _run(root, python, tmp_path, PADDLE_PACKAGE='paddlepaddle>=3.0.0,<3.4')
     assert '-m pip uninstall -q -y paddlepaddle-gpu' in calls and '-m pip install -q paddlepaddle>=3.0.0,<3.4' in calls
+    assert not any('extra-index-url' in c for c in calls)
 
 
 def test_requirements_name_no_paddle_package():

@@ -11,10 +11,14 @@
 # GPU machine with CUDA 12.6, for example:
 #   PADDLE_PACKAGE='paddlepaddle-gpu>=3.0.0,<3.4' \
 #   PADDLE_INDEX_URL=https://www.paddlepaddle.org.cn/packages/stable/cu126/ bash run_tests.sh
+# The choice is kept in .venv/.paddle: later runs without the variables keep that Paddle.
 # The CPU and the GPU wheel install the same `paddle` module, so switching one for the
 # other uninstalls the first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -z "${PADDLE_PACKAGE:-}" ] && [ -f .venv/.paddle ]; then
+    { IFS= read -r PADDLE_PACKAGE; IFS= read -r PADDLE_INDEX_URL || true; } < .venv/.paddle
+fi
 PADDLE_PACKAGE=${PADDLE_PACKAGE:-'paddlepaddle>=3.0.0,<3.4'}
 PADDLE_INDEX_URL=${PADDLE_INDEX_URL:-}
 
@@ -44,5 +48,6 @@ if [ "$(cat .venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
     done
     "${pip[@]}" install -q "$PADDLE_PACKAGE" ${PADDLE_INDEX_URL:+--extra-index-url "$PADDLE_INDEX_URL"}
     "${pip[@]}" install -q -r requirements-dev.txt
+    printf '%s\n%s\n' "$PADDLE_PACKAGE" "$PADDLE_INDEX_URL" > .venv/.paddle
     echo "$want" > .venv/.requirements.sha
 fi

@@ -33,8 +33,10 @@ def build_parser(hooks):
     parser = argparse.ArgumentParser(
         description='Train or evaluate an image classifier (PaddleViT-compatible flags).')
     parser.add_argument('-cfg', type=str, default=None, help='YAML config of the variant')
-    parser.add_argument('-dataset', type=str, default=None)
-    parser.add_argument('-data_path', type=str, default=None, help='folder holding train_list.txt / val_list.txt')
+    parser.add_argument('-dataset', type=str, default=None,
+                        help='imagenet2012 (default: lists, else class folders) | imagelist | imagefolder')
+    parser.add_argument('-data_path', type=str, default=None,
+                        help='folder holding train_list.txt / val_list.txt, or train/<class>/ and val/<class>/')
     parser.add_argument('-output', type=str, default=None, help='output folder (config SAVE)')
     parser.add_argument('-batch_size', type=int, default=None, help='per-process training batch')
     parser.add_argument('-batch_size_eval', type=int, default=None, help='per-process evaluation batch')
