@@ -389,6 +389,18 @@ def test_cache_key_tells_paddle_builds_python_abis_and_cpus_apart(monkeypatch, t
     assert fused_ops.build_directory() == base
 
 
+def test_cpu_identity_names_the_instruction_set_on_x86_and_arm(tmp_path):
+    x86 = 'processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu sse2 avx2 avx512f\nbogomips\t: 4000\n'
+    arm = 'processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n'
+    identities = {}
+    for name, text in {'x86': x86, 'x86 without avx512': x86.replace(' avx512f', ''),
+                       'arm': arm, 'arm without sve': arm.replace(' sve', '')}.items():
+        (tmp_path / name).write_text(text)
+        identities[name] = fused_ops._cpu_identity(str(tmp_path / name))
+    assert len(set(identities.values())) == 4
+    assert 'bogomips' not in identities['x86'] and 'BogoMIPS' not in identities['arm']   # varies at run time
+
+
 def test_a_wheel_without_blas_builds_the_other_kernels_and_falls_back(tmp_path):
     """Where Paddle's wheel ships no MKL, the GEMM kernels are left out of the build and
     attention and dense convolutions without gradients take Paddle's ops."""

@@ -87,13 +87,18 @@ def enabled():
     return os.environ.get('PADDLEVIT_FUSED_CPU_OPS', '1') != '0'
 
 
-def _cpu_identity():
+# /proc/cpuinfo lines naming the CPU and its instruction set: x86 ('model name', 'flags'),
+# ARM ('Features', 'CPU implementer', 'CPU part'); the kernels are built with -march=native
+_CPU_KEYS = ('model name', 'flags', 'Features', 'CPU implementer', 'CPU architecture', 'CPU part')
+
+
+def _cpu_identity(cpuinfo='/proc/cpuinfo'):
     try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
+        with open(cpuinfo, encoding='utf-8') as f:
             lines = f.read(16384).splitlines()
     except OSError:
         return platform.processor()
-    return '\n'.join(line for line in lines if line.startswith(('model name', 'flags')))[:4096]
+    return '\n'.join(line for line in lines if line.startswith(_CPU_KEYS))[:4096]
 
 
 def _compile_flags():
