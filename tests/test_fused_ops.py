@@ -349,8 +349,11 @@ def test_a_moved_custom_op_entry_point_falls_back_with_one_warning(monkeypatch, 
 def test_cold_build_by_two_processes_at_once(tmp_path):
     """Two ranks starting together on a machine without the cache: one compiles
     (under the lock), the other waits and loads the result; both run the kernels."""
-    script = ('import logging, sys; sys.path.insert(0, %r); logging.basicConfig(level=logging.INFO)\n'
+    # logging is set up after `import paddle`: Paddle 3.0's import sets the root logger to
+    # WARNING (its distributed get_logger), which hid the 'compiling' line of both ranks
+    script = ('import logging, sys; sys.path.insert(0, %r)\n'
               'import engine; from engine import fused_ops\n'
+              'logging.basicConfig(level=logging.INFO, force=True)\n'
               'assert fused_ops.available(), "fell back"\n' % os.path.join(REPO, 'image_classification'))
     env = dict(os.environ, PADDLEVIT_KERNEL_DIR=str(tmp_path))
     ranks = [subprocess.Popen([sys.executable, '-c', script], env=env, stdout=subprocess.PIPE,
@@ -360,6 +363,42 @@ def test_cold_build_by_two_processes_at_once(tmp_path):
     assert sum('compiling the fused CPU kernels' in log for log in logs) == 1, logs
     builds = [d for d in os.listdir(tmp_path) if os.path.isdir(tmp_path / d)]
     assert len(builds) == 1 and os.path.exists(tmp_path / builds[0] / 'complete')
+
+
+def test_cache_key_tells_paddle_builds_python_abis_and_cpus_apart(monkeypatch, tmp_path):
+    """A library built for another Paddle is not an error Python can catch: 3.3.1's loaded
+    under 3.0.0 ended the process with "symbol lookup error".  So every Paddle build
+    (version, commit: the CPU and GPU wheels of one release share a version; CUDA), Python
+    ABI and CPU instruction set (-march=native) has its own build directory."""
+    monkeypatch.setenv('PADDLEVIT_KERNEL_DIR', str(tmp_path))
+    base = fused_ops.build_directory()
+    assert fused_ops.build_directory() == base and os.path.dirname(base) == str(tmp_path)
+    real_config_var = fused_ops.sysconfig.get_config_var
+    changes = {
+        'paddle version': lambda m: m.setattr(paddle, '__version__', paddle.__version__ + '.post1'),
+        'paddle commit': lambda m: m.setattr(paddle.version, 'commit', 'f' * 40),
+        'paddle cuda': lambda m: m.setattr(paddle.version, 'cuda', lambda: '12.6'),
+        'python abi': lambda m: m.setattr(fused_ops.sysconfig, 'get_config_var', lambda name: (
+            '.cpython-311t-x86_64-linux-gnu.so' if name == 'EXT_SUFFIX' else real_config_var(name))),
+        'cpu flags': lambda m: m.setattr(fused_ops, '_cpu_identity', lambda: 'flags\t: fpu sse2 avx2'),
+    }
+    for what, change in changes.items():
+        with monkeypatch.context() as m:
+            change(m)
+            assert fused_ops.build_directory() != base, what
+    assert fused_ops.build_directory() == base
+
+
+def test_cpu_identity_names_the_instruction_set_on_x86_and_arm(tmp_path):
+    x86 = 'processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu sse2 avx2 avx512f\nbogomips\t: 4000\n'
+    arm = 'processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n'
+    identities = {}
+    for name, text in {'x86': x86, 'x86 without avx512': x86.replace(' avx512f', ''),
+                       'arm': arm, 'arm without sve': arm.replace(' sve', '')}.items():
+        (tmp_path / name).write_text(text)
+        identities[name] = fused_ops._cpu_identity(str(tmp_path / name))
+    assert len(set(identities.values())) == 4
+    assert 'bogomips' not in identities['x86'] and 'BogoMIPS' not in identities['arm']   # varies at run time
 
 
 def test_a_wheel_without_blas_builds_the_other_kernels_and_falls_back(tmp_path):

@@ -85,10 +85,10 @@ def create_predictor(model_dir, device='cpu', threads=None, onednn=True, paddle_
     else:
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(threads or cpu_threads())
-        if onednn:
-            config.enable_onednn()
-        else:
-            config.disable_onednn()
+        switch = ('enable' if onednn else 'disable') + '_onednn'
+        if not hasattr(config, switch):     # Paddle 3.0 names oneDNN by its old name, MKLDNN
+            switch = switch.replace('onednn', 'mkldnn')
+        getattr(config, switch)()
     return inference.create_predictor(config)
 
 

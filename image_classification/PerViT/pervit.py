@@ -355,7 +355,9 @@ class PerViT(nn.Layer):
 
     def train(self, mode=True):
         self.reset_position_attention()
-        return super().train(mode)
+        # Paddle 3.0's Layer.train() takes no `mode` and returns None (3.1+: train(mode) -> self)
+        super().train() if mode else super().eval()
+        return self
 
     def eval(self):
         self.reset_position_attention()

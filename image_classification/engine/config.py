@@ -266,6 +266,15 @@ _CV2_INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'lanczos', 'area', 'box
 ZERO_MEANS_NONE = {'TRAIN.GRAD_CLIP', 'TRAIN.LINEAR_SCALED_LR', 'DATA.MAX_IMAGE_PIXELS'}
 
 
+# DATA.DATASET (-dataset): how engine.data.build_dataset reads DATA.DATA_PATH
+DATASETS = {
+    'imagenet2012': "PaddleViT's name, the default: the list files when DATA_PATH has them, "
+                    "else train/<class>/ and val/<class>/ folders",
+    'imagelist': 'the list files DATA.TRAIN_LIST and DATA.VAL_LIST only',
+    'imagefolder': 'the class folders train/<class>/ and val/<class>/ only',
+}
+
+
 def base_config():
     """A fresh copy of the defaults shared by every family (types declared, nothing checked)."""
     c = CN()
@@ -275,7 +284,7 @@ def base_config():
     c.DATA.BATCH_SIZE = 256             # per process
     c.DATA.BATCH_SIZE_EVAL = optional(int)   # per process; None -> DATA.BATCH_SIZE
     c.DATA.DATA_PATH = ''
-    c.DATA.DATASET = 'imagenet2012'
+    c.DATA.DATASET = 'imagenet2012'     # how DATA_PATH is read: one of DATASETS (above)
     c.DATA.TRAIN_LIST = 'train_list.txt'
     c.DATA.VAL_LIST = 'val_list.txt'
     c.DATA.IMAGE_SIZE = 224
@@ -390,6 +399,11 @@ BASE_RULES = {
     'DATA.CROP_PCT': (in_range(0, 1, low_open=True),),
     'DATA.INTERPOLATION': (one_of(*_PIL_INTERPOLATIONS),),
     'DATA.EVAL_RESIZE': (one_of('shorter', 'squash'),),
+    # PaddleViT accepted any name and ran the same; CIFAR was downloaded at run time there
+    'DATA.DATASET': (Rule(lambda v, c: v in DATASETS,
+                          'one of ' + '; '.join(f'{name!r} ({meaning})' for name, meaning in DATASETS.items())
+                          + ' (for CIFAR or any other set, write its images as class folders and pass '
+                            '-dataset imagefolder -num_classes N)'),),
     'DATA.REPEATED_AUG': (NON_NEGATIVE,),
     'DATA.MEAN': (length('DATA.IMAGE_CHANNELS'), each(in_range(0, 1))),
     'DATA.STD': (length('DATA.IMAGE_CHANNELS'), each(greater_than(0))),

@@ -27,6 +27,7 @@ import logging
 import os
 import platform
 import sys
+import sysconfig
 
 import numpy as np
 import paddle
@@ -86,13 +87,18 @@ def enabled():
     return os.environ.get('PADDLEVIT_FUSED_CPU_OPS', '1') != '0'
 
 
-def _cpu_identity():
+# /proc/cpuinfo lines naming the CPU and its instruction set: x86 ('model name', 'flags'),
+# ARM ('Features', 'CPU implementer', 'CPU part'); the kernels are built with -march=native
+_CPU_KEYS = ('model name', 'flags', 'Features', 'CPU implementer', 'CPU architecture', 'CPU part')
+
+
+def _cpu_identity(cpuinfo='/proc/cpuinfo'):
     try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
+        with open(cpuinfo, encoding='utf-8') as f:
             lines = f.read(16384).splitlines()
     except OSError:
         return platform.processor()
-    return '\n'.join(line for line in lines if line.startswith(('model name', 'flags')))[:4096]
+    return '\n'.join(line for line in lines if line.startswith(_CPU_KEYS))[:4096]
 
 
 def _compile_flags():
@@ -103,12 +109,36 @@ def _link_flags():
     return openmp_link_flags() + blas_flags()[1]
 
 
+def _paddle_identity():
+    """The Paddle build the library is compiled against: version, commit and CUDA.
+
+    A library built for one Paddle cannot be loaded by another: one built under 3.3.1
+    and loaded under 3.0.0 ends the process with "symbol lookup error: undefined symbol
+    paddle::experimental::empty(...)" (the dynamic loader exits; nothing can be caught
+    and no fallback runs).  The version alone is not enough: the CPU and the GPU wheel
+    of one release, or nightly builds (all 0.0.0), share it; the commit tells them apart.
+    """
+    version = getattr(paddle, 'version', None)
+    commit = getattr(version, 'commit', '')
+    cuda = version.cuda() if callable(getattr(version, 'cuda', None)) else ''
+    return f'paddle {paddle.__version__} commit {commit} cuda {cuda}'
+
+
+def _python_identity():
+    """The Python ABI the library links against: the extension suffix names the
+    implementation, version, ABI flags (debug, free-threaded) and platform; sys.version
+    adds the exact build."""
+    return f'{sysconfig.get_config_var("EXT_SUFFIX")} {sys.version}'
+
+
 def build_directory():
-    """Cache directory of this source built with these flags for this Paddle, Python and CPU."""
+    """Cache directory of this source built with these flags for this Paddle build, Python
+    ABI and CPU (model and instruction-set flags: the code is built with -march=native)."""
     key = hashlib.sha1()
     with open(SOURCE, 'rb') as f:
         key.update(f.read())
-    for part in (' '.join(_compile_flags() + _link_flags()), paddle.__version__, sys.version, platform.machine(), _cpu_identity()):
+    for part in (' '.join(_compile_flags() + _link_flags()), _paddle_identity(), _python_identity(),
+                 platform.machine(), _cpu_identity()):
         key.update(part.encode())
     root = os.environ.get('PADDLEVIT_KERNEL_DIR') or os.path.join(
         os.path.expanduser('~'), '.cache', 'paddlevit_kernels')
@@ -149,8 +179,12 @@ def _smoke_test():
         raise RuntimeError('the fused GELU kernel gave wrong values on its smoke test')
 
 
+@paddle.jit.not_to_static
 def available():
-    """Whether the kernels are registered in this process (building them on the first call)."""
+    """Whether the kernels are registered in this process (building them on the first call).
+
+    Never converted by dy2static: Paddle 3.0 converts it when a converted forward runs
+    in dygraph, and its conversion reads the module's `_state` as an undefined variable."""
     if _state['loaded'] is None:
         try:
             _build_and_register()

@@ -38,8 +38,10 @@ def build_parser(hooks):
     parser = argparse.ArgumentParser(
         description='Train or evaluate an image classifier (PaddleViT-compatible flags).')
     parser.add_argument('-cfg', type=str, default=None, help='YAML config of the variant')
-    parser.add_argument('-dataset', type=str, default=None)
-    parser.add_argument('-data_path', type=str, default=None, help='folder holding train_list.txt / val_list.txt')
+    parser.add_argument('-dataset', type=str, default=None,
+                        help='imagenet2012 (default: lists, else class folders) | imagelist | imagefolder')
+    parser.add_argument('-data_path', type=str, default=None,
+                        help='folder holding train_list.txt / val_list.txt, or train/<class>/ and val/<class>/')
     parser.add_argument('-output', type=str, default=None, help='output folder (config SAVE)')
     parser.add_argument('-batch_size', type=int, default=None, help='per-process training batch')
     parser.add_argument('-batch_size_eval', type=int, default=None, help='per-process evaluation batch')
@@ -202,7 +204,10 @@ def run(config, build_model, hooks, args, distributed):
         load_pretrained(model, config.MODEL.PRETRAINED, log=logger.info, drop_mismatched_head=not config.EVAL)
 
     amp, use_scaler = _amp_settings(config, device.startswith('gpu'))
-    val_dataset = hooks.build_dataset(config, 'val') or data.build_dataset(config, 'val')
+    val_dataset = hooks.build_dataset(config, 'val') or data.build_dataset(config, 'val', log=logger.info)
+    if rank == 0 and getattr(val_dataset, 'classes', None):   # class folders: name the indices
+        data.write_labels(os.path.join(config.SAVE, 'labels.txt'), val_dataset.classes)
+        logger.info(f'class names (line i = class i): {os.path.join(config.SAVE, "labels.txt")}')
     val_loader = data.build_dataloader(config, val_dataset, 'val', distributed=world > 1)
     logger.info(f'eval transform: {data.describe_eval_transform(config)}')
 
@@ -216,7 +221,7 @@ def run(config, build_model, hooks, args, distributed):
         hooks.after_eval(model, config, args, logger)
         return {'loss': loss, 'acc1': top1, 'acc5': top5, 'count': count, 'skipped': skipped}
 
-    train_dataset = hooks.build_dataset(config, 'train') or data.build_dataset(config, 'train')
+    train_dataset = hooks.build_dataset(config, 'train') or data.build_dataset(config, 'train', log=logger.info)
     train_loader = data.build_dataloader(config, train_dataset, 'train', distributed=world > 1)
     steps_per_epoch = -(-len(train_loader) // max(1, config.TRAIN.ACCUM_ITER))
     scheduler = build_scheduler(config, steps_per_epoch, world)

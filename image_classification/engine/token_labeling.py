@@ -441,6 +441,11 @@ def build_token_label_dataset(config, label_dir, label_region='center_square'):
     root = config.DATA.DATA_PATH
     if not root:
         raise dset.DataError('DATA.DATA_PATH is not set: pass -data_path')
+    from .data import data_layout
+    if data_layout(config) == 'folder':
+        raise dset.DataError(f'{root}: Token Labeling reads list files (tools/generate_label.py keys the '
+                             f'label maps by list path), and this data is class folders: write the lists '
+                             f'with python tools/make_lists.py {root} (the same samples and labels)')
     return TokenLabelDataset(root, os.path.join(root, config.DATA.TRAIN_LIST), config.MODEL.NUM_CLASSES,
                              label_dir, TokenLabelTransform.from_config(config), label_region,
                              skip_bad_images=config.DATA.SKIP_BAD_IMAGES)

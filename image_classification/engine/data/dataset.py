@@ -168,7 +168,7 @@ class ImageListDataset(paddle.io.Dataset):
         self.skip_bad_images = skip_bad_images
         self.max_image_pixels = max_image_pixels
         self.drop_skipped = drop_skipped
-        samples = parse_list_file(list_file, num_classes)
+        samples = self._read_samples(list_file, num_classes)
         self.num_missing = 0   # dropped at construction (only with skip_bad_images)
         if check_files:
             missing = _missing(root, samples)
@@ -195,6 +195,11 @@ class ImageListDataset(paddle.io.Dataset):
         self._skipped = multiprocessing.get_context().Value('q', 0)
         self._error = multiprocessing.get_context().Array('c', _ERROR_BYTES)
         self._fallback_rng = None
+
+    def _read_samples(self, list_file, num_classes):
+        """[(path, label, line)] of the dataset: the parsed list file (a subclass may read
+        its samples elsewhere, see image_folder.ImageFolderDataset)."""
+        return parse_list_file(list_file, num_classes)
 
     def __len__(self):
         return len(self.labels)
