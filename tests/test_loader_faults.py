@@ -176,6 +176,7 @@ import engine
 from engine import data
 from engine.config import base_config
 from engine.data.dataset import ImageListDataset
+from engine.errors import cli
 
 KIND, WORKERS = {kind!r}, {workers}
 
@@ -193,9 +194,15 @@ config = base_config()
 config.DATA.BATCH_SIZE_EVAL = 2
 config.DATA.NUM_WORKERS = WORKERS
 dataset = ImageListDataset({root!r}, {list_file!r}, 10, FailsOnWhite())
-for batch in data.build_dataloader(config, dataset, 'val', distributed=False):
-    print('batch', batch[1].numpy().tolist(), flush=True)
-print('the loader ended without an error')
+
+
+def main():
+    for batch in data.build_dataloader(config, dataset, 'val', distributed=False):
+        print('batch', batch[1].numpy().tolist(), flush=True)
+    print('the loader ended without an error')
+
+
+cli(main)   # as every entry point: a UserError (the bad image) exits 2 with its message alone
 '''
 
 
@@ -212,7 +219,8 @@ def test_any_loading_error_ends_the_pass(tmp_path, kind, workers):
         with open(os.path.join(root, listed['val'][BAD_LINE - 1][0]), 'wb') as f:
             f.write(blob.tobytes())
     script = tmp_path / 'iterate.py'
-    script.write_text(LOADER_SCRIPT.format(paths=sys.path[:3], kind=kind, workers=workers, root=root,
+    paths = [os.path.join(REPO, 'tests'), REPO, os.path.join(REPO, 'image_classification')]
+    script.write_text(LOADER_SCRIPT.format(paths=paths, kind=kind, workers=workers, root=root,
                                            list_file=os.path.join(root, 'val_list.txt')))
     code, out, seconds, left = run_isolated([sys.executable, str(script)], timeout=120)
     assert 'the loader ended without an error' not in out

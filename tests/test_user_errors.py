@@ -36,7 +36,7 @@ SINGLE = [
                                              'variant to evaluate'),
     # a data error, raised after the config dump: the message still ends the output
     (['-cfg', DEMO_CFG, '-data_path', '/nonexistent/digits', '-opts', 'DATA.NUM_WORKERS', '0'],
-     'main_single_gpu.py: error: list file not found: /nonexistent/digits/val_list.txt'),
+     "main_single_gpu.py: error: DATA.DATA_PATH '/nonexistent/digits' is not a folder (-data_path)"),
 ]
 
 
@@ -73,9 +73,9 @@ def test_spawned_ranks_user_error(tmp_path):
     proc, seconds = _run(cmd, cwd=str(tmp_path))
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert 'Traceback' not in proc.stdout + proc.stderr, proc.stderr[-3000:]
-    assert _last_line(proc.stderr) == (f'main_multi_gpu.py: error: list file not found: {tmp_path}/missing/'
-                                       f'val_list.txt (check DATA.DATA_PATH and DATA.TRAIN_LIST / DATA.VAL_LIST)')
-    assert (proc.stdout + proc.stderr).count('list file not found') == 1
+    assert _last_line(proc.stderr) == (f"main_multi_gpu.py: error: DATA.DATA_PATH '{tmp_path}/missing' "
+                                       f"is not a folder (-data_path)")
+    assert (proc.stdout + proc.stderr).count('is not a folder') == 1
     assert seconds < 120
 
 
@@ -87,7 +87,7 @@ def test_launched_ranks_user_error(kind, tmp_path):
     opts = (['-opts', 'TRAIN.OPTIMIZER.NAME', 'Adam'] if kind == 'config'
             else ['-data_path', str(tmp_path / 'missing'), '-opts', 'DATA.NUM_WORKERS', '0'])
     message = ("TRAIN.OPTIMIZER.NAME = 'Adam' is not allowed: must be one of 'AdamW', 'SGD' (any case)"
-               if kind == 'config' else f'list file not found: {tmp_path}/missing/val_list.txt')
+               if kind == 'config' else f"DATA.DATA_PATH '{tmp_path}/missing' is not a folder (-data_path)")
     cmd = [sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
            '--log_dir', str(tmp_path / 'launch'), os.path.join(VIT, 'main_multi_gpu.py'), '-cfg', DEMO_CFG,
            '-output', str(tmp_path / 'out')] + opts
