@@ -208,7 +208,10 @@ class PoolingTransformer(nn.Layer):
         feat.check_output_format(output_fmt)
         num_stages = len(self.transformers)
         chosen = feat.feature_indices(num_stages, indices)
-        x = self.pos_drop(add_position_embedding(self.patch_embed(x), self.pos_embed))
+        image_hw = x.shape[2:]
+        x = self.patch_embed(x)
+        feat.check_grid('PiT', x.shape[2:], (self.grid, self.grid), image_hw)
+        x = self.pos_drop(add_position_embedding(x, self.pos_embed))
         cls_tokens = self.cls_token.expand([x.shape[0], -1, -1])
         last = chosen[-1] if intermediates_only else num_stages - 1
         maps, prefixes = [], []

@@ -308,7 +308,10 @@ class SPViT(nn.Layer):
         """
         feat.check_output_format(output_fmt)
         chosen = feat.feature_indices(len(self.blocks), indices)
-        x = self.patch_embed(x).flatten(2).transpose([0, 2, 1])
+        image_hw = x.shape[2:]
+        x = self.patch_embed(x)
+        feat.check_grid('SP-ViT', x.shape[2:], self.grid, image_hw)
+        x = x.flatten(2).transpose([0, 2, 1])
         cls = self.cls_token.expand([x.shape[0], -1, -1])
         if self.local_up_to_layer == 0:
             x = paddle.concat([cls, x], axis=1)

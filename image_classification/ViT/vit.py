@@ -273,7 +273,12 @@ class VisionTransformer(nn.Layer):
         feat.check_output_format(output_fmt)
         chosen = feat.feature_indices(len(self.blocks), indices)
         gh, gw = self.patch_embed.grid_size
+        image_hw = x.shape[2:]
         x = self.patch_embed(x)
+        if x.shape[1] != gh * gw:
+            raise ValueError(f'ViT: a {image_hw[0]} x {image_hw[1]} input gives {x.shape[1]} patches; this model '
+                             f'was built for a {gh} x {gw} grid (DATA.IMAGE_SIZE) and takes only images of '
+                             f'that size')
         cls = self.cls_token.expand([x.shape[0], -1, -1])
         x = self.pos_drop(add_position_embedding(paddle.concat([cls, x], axis=1), self.pos_embed))
         last = chosen[-1] if intermediates_only else len(self.blocks) - 1

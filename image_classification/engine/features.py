@@ -54,6 +54,15 @@ def check_output_format(output_fmt):
         raise ValueError(f'output_fmt {output_fmt!r}: expected one of {OUTPUT_FORMATS}')
 
 
+def check_grid(family, got, built, image_hw):
+    """Refuse an input whose token grid differs from the one the model was built for (fixed
+    position embeddings: the families that have them resize them when loading weights, not per input)."""
+    if tuple(got) != tuple(built):
+        raise ValueError(f'{family}: a {image_hw[0]} x {image_hw[1]} input gives a {got[0]} x {got[1]} token '
+                         f'grid; this model was built for a {built[0]} x {built[1]} grid (DATA.IMAGE_SIZE) '
+                         f'and takes only images of that size')
+
+
 def tokens_to_map(tokens, height, width):
     """[B, H*W, C] tokens (row-major grid) -> [B, C, H, W]."""
     return tokens.transpose([0, 2, 1]).reshape([tokens.shape[0], tokens.shape[2], height, width])
