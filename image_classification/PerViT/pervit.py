@@ -41,6 +41,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import fused_ops
+from engine import features as feat
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_bias_last_axis, conv_tokens,
                            gemm_bias_wanted, linear, trunc_normal_, zeros_)
 
@@ -302,6 +303,12 @@ class PerViT(nn.Layer):
             Block(dims[i], dims[i + 1], num_heads, (float(biases[i]), float(weights[i])),
                   mlp_ratio=mlp_ratio, drop=drop_rate, drop_path=float(dpr[i]))
             for i in range(depth)])
+        # one feature per stage, after its last block; that block's MLP already widens the tokens
+        # to the next stage's width, so stage s has dims[end of s + 1] channels, all at stride 16
+        ends = np.cumsum(depths) - 1
+        self.stage_ends = [int(e) for e in ends]
+        self.feature_info = [dict(module=f'blocks.{e}', num_chs=dims[e + 1], reduction=16) for e in self.stage_ends]
+
         self.norm = LayerNorm(dims[-1], epsilon=LAYER_NORM_EPS)
         self.head = Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
@@ -387,6 +394,36 @@ class PerViT(nn.Layer):
                 x = blk(x, grid, phi)
         x = self.norm(x).mean(axis=1)
         return (x, attentions) if return_attention else x
+
+    def forward_intermediates(self, x, indices=None, norm=False, output_fmt='NCHW', intermediates_only=False,
+                              return_prefix_tokens=False):
+        """Each chosen stage's token map (after its last block), for dense heads (see `engine/features.py`).
+
+        PerViT is isotropic in space (the stem's stride 16 grid throughout) and
+        hierarchical in width only.  No class token: the prefix tokens, when
+        asked for, are empty [B, 0, C].  `norm=True` applies the final LayerNorm
+        to the last stage only (the only one of its width); the mean over that
+        normed map is `forward_features(x)`.  Any square input whose grid is at
+        least 2 x 2 (17 px and up) works, as for `forward` (the peripheral encoding
+        is built per grid); non-square inputs are refused, as by `forward`.  Returns the list when `intermediates_only`,
+        else (forward_features(x), list).
+        """
+        feat.check_output_format(output_fmt)
+        chosen = [self.stage_ends[s] for s in feat.feature_indices(len(self.stage_ends), indices)]
+        x, grid = self.stem(x)
+        position = self._position_attention_for(grid)
+        last = chosen[-1] if intermediates_only else len(self.blocks) - 1
+        maps, prefixes = [], []
+        for i in range(last + 1):
+            x = self.blocks[i](x, grid, position[i])
+            if i in chosen:
+                y = self.norm(x) if norm and i == len(self.blocks) - 1 else x
+                maps.append(feat.format_map(feat.tokens_to_map(y, *grid), output_fmt))
+                prefixes.append(feat.no_prefix(y.shape[0], y.shape[2], y.dtype))
+        out = feat.pack(maps, prefixes, return_prefix_tokens)
+        if intermediates_only:
+            return out
+        return self.norm(x).mean(axis=1), out
 
     def forward(self, x):
         return self.head(self.forward_features(x))

@@ -32,6 +32,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from engine import features as feat
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
                            ones_, torch_default_init, trunc_normal_, zeros_)
 
@@ -160,6 +161,10 @@ class PoolingTransformer(nn.Layer):
             if s < len(depth) - 1:
                 self.pools.append(ConvHeadPooling(dims[s], dims[s + 1], stride=2))
 
+        # one feature per stage: the token map after its blocks (before the pooling)
+        self.feature_info = [dict(module=f'transformers.{s}', num_chs=dims[s], reduction=stride * 2 ** s)
+                             for s in range(len(depth))]
+
         self.norm = LayerNorm(self.embed_dim, epsilon=LN_EPS)
         self.head = Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if distilled:
@@ -185,6 +190,42 @@ class PoolingTransformer(nn.Layer):
             x, cls_tokens = pool(*transformer(x, cls_tokens))
         _, cls_tokens = self.transformers[-1](x, cls_tokens)
         return self.norm(cls_tokens)
+
+    def forward_intermediates(self, x, indices=None, norm=False, output_fmt='NCHW', intermediates_only=False,
+                              return_prefix_tokens=False):
+        """Each chosen stage's token map after its blocks, for dense heads (see `engine/features.py`).
+
+        Stage s runs at stride `stride * 2**s` (8, 16, 32 for the official models;
+        the unpadded patch conv makes a 224 input a 27 x 27, 14 x 14, 7 x 7 pyramid)
+        with `dims[s]` channels.  The class (and distillation) token(s) are split
+        off: with `return_prefix_tokens` each map comes with them, [B, T, C].  PiT's
+        only final norm acts on those tokens, never on a map, so `norm=True` norms
+        the last stage's prefix tokens alone (then equal to `forward_features(x)`).
+        The position embedding is a fixed map, so only the built image size is
+        accepted.  Returns the list when `intermediates_only`, else
+        (forward_features(x), list).
+        """
+        feat.check_output_format(output_fmt)
+        num_stages = len(self.transformers)
+        chosen = feat.feature_indices(num_stages, indices)
+        image_hw = x.shape[2:]
+        x = self.patch_embed(x)
+        feat.check_grid('PiT', x.shape[2:], (self.grid, self.grid), image_hw)
+        x = self.pos_drop(add_position_embedding(x, self.pos_embed))
+        cls_tokens = self.cls_token.expand([x.shape[0], -1, -1])
+        last = chosen[-1] if intermediates_only else num_stages - 1
+        maps, prefixes = [], []
+        for s in range(last + 1):
+            x, cls_tokens = self.transformers[s](x, cls_tokens)
+            if s in chosen:
+                maps.append(feat.format_map(x, output_fmt))
+                prefixes.append(self.norm(cls_tokens) if norm and s == num_stages - 1 else cls_tokens)
+            if s < num_stages - 1:
+                x, cls_tokens = self.pools[s](x, cls_tokens)
+        out = feat.pack(maps, prefixes, return_prefix_tokens)
+        if intermediates_only:
+            return out
+        return self.norm(cls_tokens), out
 
     def forward(self, x):
         tokens = self.forward_features(x)

@@ -31,6 +31,7 @@ import math
 import numpy as np
 import paddle.nn as nn
 
+from engine import features as feat
 from engine.layers import DropPath, Linear
 
 __all__ = ['RegNet', 'build_regnet', 'regnet_stage_specs']
@@ -167,6 +168,9 @@ class RegNet(nn.Layer):
             self.stage_names.append(name)
             prev, start = width, start + stage_depth
         self.num_features = prev
+        # one feature per stage; the stem and each stage's first block halve the map
+        self.feature_info = [dict(module=name, num_chs=width, reduction=2 ** (i + 2))
+                             for i, (name, (width, _, _)) in enumerate(zip(self.stage_names, specs))]
         self.head = ClassifierHead(prev, num_classes, drop_rate)
         self._init_weights()
 
@@ -196,6 +200,30 @@ class RegNet(nn.Layer):
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
+
+    def forward_intermediates(self, x, indices=None, norm=False, output_fmt='NCHW', intermediates_only=False,
+                              return_prefix_tokens=False):
+        """Each chosen stage's output map (strides 4, 8, 16, 32), for dense heads (see
+        `engine/features.py`).  Any input size, square or not (padded convs: ceil(S / stride)).
+        A CNN has no final norm and no class token: `norm` is accepted for the common
+        signature only and prefix tokens, when asked for, are empty [B, 0, C].  The global
+        mean of the last map is what the head consumes.  Returns the list when
+        `intermediates_only`, else (forward_features(x), list).
+        """
+        feat.check_output_format(output_fmt)
+        chosen = feat.feature_indices(len(self.stage_names), indices)
+        x = self.stem(x)
+        last = chosen[-1] if intermediates_only else len(self.stage_names) - 1
+        maps, prefixes = [], []
+        for i in range(last + 1):
+            x = getattr(self, self.stage_names[i])(x)
+            if i in chosen:
+                maps.append(feat.format_map(x, output_fmt))
+                prefixes.append(feat.no_prefix(x.shape[0], x.shape[1], x.dtype))
+        out = feat.pack(maps, prefixes, return_prefix_tokens)
+        if intermediates_only:
+            return out
+        return x, out
 
     def forward(self, x):
         return self.head(self.forward_features(x))

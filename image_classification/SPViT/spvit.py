@@ -39,6 +39,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from engine import features as feat
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, conv_tokens,
                            multi_head_attention, ones_, resize_pos_embed, trunc_normal_, zeros_)
 from engine.token_labeling import DenseOutput, MixToken
@@ -255,6 +256,10 @@ class SPViT(nn.Layer):
             Block(embed_dim, num_heads, self.grid, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate,
                   dpr[i], skip_lam, spatial_prior=sp_attention and i < local_up_to_layer)
             for i in range(depth)])
+        # every block's output is a feature (timm's per-block semantics); the stem's
+        # 7x7 conv has stride 2 and the projection patch/2, so the grid is at stride `patch_size`
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=patch_size)
+                             for i in range(depth)]
         self.norm = LayerNorm(embed_dim, epsilon=1e-5)
         self.head = Linear(embed_dim, num_classes)
         self.aux_head = Linear(embed_dim, num_classes)
@@ -288,6 +293,44 @@ class SPViT(nn.Layer):
     def forward_features(self, x):
         """All output tokens [B, 1 + N, C], class token first (no MixToken)."""
         return self.forward_tokens(self.patch_embed(x).flatten(2).transpose([0, 2, 1]))
+
+    def forward_intermediates(self, x, indices=None, norm=False, output_fmt='NCHW', intermediates_only=False,
+                              return_prefix_tokens=False):
+        """Block outputs as patch-grid maps, for dense heads (see `engine/features.py`).
+
+        `norm` passes each chosen output through the final LayerNorm first.  The
+        class token, once it has joined (block `local_up_to_layer` on), is dropped
+        from the maps and, with `return_prefix_tokens`, returned beside each as
+        [B, 1, C] ([B, 0, C] before it joins).  No MixToken.  The grid, the
+        position embedding and the spatial priors are built for one image size,
+        so only that size is accepted.  Returns the list when
+        `intermediates_only`, else (forward_features(x), list).
+        """
+        feat.check_output_format(output_fmt)
+        chosen = feat.feature_indices(len(self.blocks), indices)
+        image_hw = x.shape[2:]
+        x = self.patch_embed(x)
+        feat.check_grid('SP-ViT', x.shape[2:], self.grid, image_hw)
+        x = x.flatten(2).transpose([0, 2, 1])
+        cls = self.cls_token.expand([x.shape[0], -1, -1])
+        if self.local_up_to_layer == 0:
+            x = paddle.concat([cls, x], axis=1)
+        x = self.pos_drop(add_position_embedding(x, self.pos_embed))
+        last = chosen[-1] if intermediates_only else len(self.blocks) - 1
+        maps, prefixes = [], []
+        for i in range(last + 1):
+            if i == self.local_up_to_layer and i > 0:
+                x = paddle.concat([cls, x], axis=1)
+            x = self.blocks[i](x, self.grid, has_cls=i >= self.local_up_to_layer)
+            if i in chosen:
+                y = self.norm(x) if norm else x
+                num_prefix = 1 if i >= self.local_up_to_layer else 0
+                maps.append(feat.format_map(feat.tokens_to_map(y[:, num_prefix:], *self.grid), output_fmt))
+                prefixes.append(y[:, :num_prefix])
+        out = feat.pack(maps, prefixes, return_prefix_tokens)
+        if intermediates_only:
+            return out
+        return self.norm(x), out
 
     def forward_dense(self, x):
         """(class logits [B, classes], per-token logits [B, N, classes])."""

@@ -33,6 +33,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from engine import features as feat
 from engine.layers import Conv2D, DropPath, GELU, LayerNorm, Linear, conv_tokens, init_vit_weights, zeros_
 
 __all__ = ['VicinityVisionTransformer', 'build_vvt', 'vicinity_phases', 'vicinity_attention']
@@ -192,6 +193,9 @@ class VicinityVisionTransformer(nn.Layer):
                 patch_size=7 if i == 0 else 3, stride=4 if i == 0 else 2,
                 drop=dropout, drop_paths=drop_paths[start:start + depth]))
             start += depth
+        # one feature per stage (its normed output): patch-embedding strides 4, 2, 2, 2
+        self.feature_info = [dict(module=f'stages.{i}', num_chs=embed_dims[i], reduction=4 * 2 ** i)
+                             for i in range(len(depths))]
         self.head = Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
@@ -215,6 +219,33 @@ class VicinityVisionTransformer(nn.Layer):
             if i < len(self.stages) - 1:
                 x = x.reshape([-1, height, width, x.shape[-1]]).transpose([0, 3, 1, 2])
         return x.mean(axis=1)
+
+    def forward_intermediates(self, x, indices=None, norm=False, output_fmt='NCHW', intermediates_only=False,
+                              return_prefix_tokens=False):
+        """Each chosen stage's output map, for dense heads (see `engine/features.py`).
+
+        Stage i runs at stride 4 * 2**i with `embed_dims[i]` channels; the padded
+        patch convs give ceil(S / stride) maps for any input, square or not.  Each
+        stage already ends with its own LayerNorm (the last one's is what the head
+        pools), so `norm` has nothing to add and is accepted for the common
+        signature only.  No class token: prefix tokens, when asked for, are empty
+        [B, 0, C].  Returns the list when `intermediates_only`, else
+        (forward_features(x), list).
+        """
+        feat.check_output_format(output_fmt)
+        chosen = feat.feature_indices(len(self.stages), indices)
+        last = chosen[-1] if intermediates_only else len(self.stages) - 1
+        maps, prefixes = [], []
+        for i in range(last + 1):
+            tokens, height, width = self.stages[i](x)
+            x = feat.tokens_to_map(tokens, height, width)
+            if i in chosen:
+                maps.append(feat.format_map(x, output_fmt))
+                prefixes.append(feat.no_prefix(tokens.shape[0], tokens.shape[2], tokens.dtype))
+        out = feat.pack(maps, prefixes, return_prefix_tokens)
+        if intermediates_only:
+            return out
+        return tokens.mean(axis=1), out
 
     def forward(self, x):
         return self.head(self.forward_features(x))

@@ -25,6 +25,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from engine import features as feat
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
                            to_2tuple, torch_default_init)
 
@@ -232,6 +233,10 @@ class VisionTransformer(nn.Layer):
         self.norm = LayerNorm(embed_dim, epsilon=1e-6)
         self.pre_logits = Linear(embed_dim, representation_size) if representation_size else None
         self.head = Linear(representation_size or embed_dim, num_classes)
+        # every block's output is a feature (timm's per-block semantics), at the patch stride
+        reduction = to_2tuple(patch_size)[0]
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction)
+                             for i in range(depth)]
 
         self.apply(_init_official)
         for block in self.blocks:
@@ -251,6 +256,43 @@ class VisionTransformer(nn.Layer):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)[:, 0]
+
+    def forward_intermediates(self, x, indices=None, norm=False, output_fmt='NCHW', intermediates_only=False,
+                              return_prefix_tokens=False):
+        """Block outputs as patch-grid maps, for dense heads (see `engine/features.py`).
+
+        `indices` chooses blocks (None: all, n: the last n, list: those); `norm`
+        passes each chosen output through the final LayerNorm first (as the class
+        token the head reads is normed); the class token is dropped from the maps
+        and, with `return_prefix_tokens`, returned beside each as [B, 1, C].  The
+        grid is the built one (`patch_embed.grid_size`): the position embedding
+        is not resized on the fly, so only the built image size (square or not,
+        as constructed) is accepted.  Returns the list when `intermediates_only`,
+        else (forward_features(x), list).
+        """
+        feat.check_output_format(output_fmt)
+        chosen = feat.feature_indices(len(self.blocks), indices)
+        gh, gw = self.patch_embed.grid_size
+        image_hw = x.shape[2:]
+        x = self.patch_embed(x)
+        if x.shape[1] != gh * gw:
+            raise ValueError(f'ViT: a {image_hw[0]} x {image_hw[1]} input gives {x.shape[1]} patches; this model '
+                             f'was built for a {gh} x {gw} grid (DATA.IMAGE_SIZE) and takes only images of '
+                             f'that size')
+        cls = self.cls_token.expand([x.shape[0], -1, -1])
+        x = self.pos_drop(add_position_embedding(paddle.concat([cls, x], axis=1), self.pos_embed))
+        last = chosen[-1] if intermediates_only else len(self.blocks) - 1
+        maps, prefixes = [], []
+        for i in range(last + 1):
+            x = self.blocks[i](x)
+            if i in chosen:
+                y = self.norm(x) if norm else x
+                maps.append(feat.format_map(feat.tokens_to_map(y[:, 1:], gh, gw), output_fmt))
+                prefixes.append(y[:, :1])
+        out = feat.pack(maps, prefixes, return_prefix_tokens)
+        if intermediates_only:
+            return out
+        return self.norm(x)[:, 0], out
 
     def forward(self, x):
         x = self.forward_features(x)
