@@ -27,6 +27,7 @@ from engine import sharding
 from engine.checkpoint import CheckpointManager, _structured_optimizer_state, resume
 from engine.config import ConfigError, base_config
 from engine.launcher import execute
+from engine.weights_io import load_paddle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIT = os.path.join(REPO, 'image_classification', 'ViT')
@@ -315,3 +316,102 @@ def test_unsharded_checkpoint_resumes_into_stage3_slices(tmp_path):
         resume(prefix, _net_and_grads(seed=1)[0], fresh_opt, fresh_opt._learning_rate,
                load_optimizer=captured.append)
         _assert_same_state(sharding.shard_state(captured[0], layout, r), sharding.local_state(net, opt.state_dict()))
+
+
+# ----- the launcher's sharded path on 2 CPU processes, with stage 2 emulated -----
+
+EMULATED_MAIN = '''
+import sys
+sys.path[:0] = {paths!r}
+import numpy as np
+import paddle
+import paddle.distributed as dist
+from engine import launcher, sharding
+from test_engine_run import get_config, build_tiny
+
+
+class EmulatedStage2:
+    """Stage 2's division of labour, which Paddle's own classes refuse to run on the CPU: gradients
+    are all-reduced (DataParallel), each rank's optimizer updates and holds state for only the
+    parameters dealt to it (Paddle's greedy `_segment_params`; `_parameter_list` narrowed as
+    GroupShardedOptimizerStage2._step does), then every parameter is broadcast from its owner."""
+
+    def __init__(self, optimizer):
+        self._optim = optimizer
+        self._all = list(optimizer._parameter_list)
+        sizes, self._owner = [0] * dist.get_world_size(), {{}}
+        for p in self._all:
+            rank = sizes.index(min(sizes))
+            self._owner[p.name] = rank
+            sizes[rank] += int(np.prod(p.shape))
+        self._local = [p for p in self._all if self._owner[p.name] == dist.get_rank()]
+
+    def step(self):
+        self._optim._parameter_list = self._local
+        self._optim.step()
+        self._optim._parameter_list = self._all
+        for p in self._all:
+            dist.broadcast(p, src=self._owner[p.name])
+
+    def clear_grad(self, set_to_zero=True):
+        self._optim.clear_grad(set_to_zero)
+
+    def get_lr(self):
+        return self._optim.get_lr()
+
+    def state_dict(self):
+        return self._optim.state_dict()
+
+
+sharding.check = lambda config, world, device: None
+sharding.wrap = lambda model, optimizer, scaler, level: (paddle.DataParallel(model), EmulatedStage2(optimizer), scaler)
+
+if __name__ == '__main__':
+    launcher.main(get_config, build_tiny, distributed=True)
+'''
+
+
+def _launch(tmp_path, name, data, *opts, resume=None):
+    from test_engine_run import _argv
+    script = tmp_path / 'emulated_main.py'
+    if not script.exists():
+        tests = os.path.dirname(os.path.abspath(__file__))
+        script.write_text(EMULATED_MAIN.format(paths=[tests, REPO, os.path.join(REPO, 'image_classification')]))
+    out = tmp_path / name
+    argv = _argv(data, str(out), *opts) + (['-resume', resume] if resume else [])
+    cmd = [sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
+           '--log_dir', str(tmp_path / f'launch_{name}'), str(script)] + argv
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=ENV)
+    log = open(out / 'log.txt').read() if (out / 'log.txt').exists() else ''
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:] + log[-2000:]
+    return out, log
+
+
+def _losses(log):
+    import re
+    return {int(e): float(v) for e, v in re.findall(r'Epoch\[(\d+)/002\], Train Loss: ([0-9.]+)', log)}
+
+
+@pytest.mark.slow
+def test_emulated_stage2_trains_as_dataparallel_and_checkpoints_cross_levels(tmp_path):
+    """2 CPU ranks over gloo: the launcher's sharded path (wrap, gather with all_gather_object, rank-0
+    save, resume before wrapping) with stage 2 emulated gives DataParallel's losses; its checkpoint
+    resumes unsharded and an unsharded one resumes sharded, each continuing as the uninterrupted run."""
+    from test_engine_run import make_dataset
+    data = make_dataset(tmp_path / 'data', n_train=32, n_val=8)
+    plain, plain_log = _launch(tmp_path, 'plain', data)
+    sharded, sharded_log = _launch(tmp_path, 'sharded', data, 'TRAIN.SHARDING', 'os_g')
+    assert 'TRAIN.SHARDING os_g: ZeRO stage 2 over 2 processes' in sharded_log
+    expected = _losses(plain_log)
+    assert set(expected) == {1, 2}
+    for epoch, loss in _losses(sharded_log).items():
+        assert loss == pytest.approx(expected[epoch], rel=1e-5), (epoch, sharded_log[-1500:])
+    saved = load_paddle(str(sharded / 'tiny-Epoch-1.pdopt'), tensors=True)['optimizer']
+    moments = sorted(k for k in saved if k.startswith('@') and 'moment1' in k)
+    assert moments == ['@conv.bias@_moment1_0', '@conv.weight@_moment1_0', '@head.bias@_moment1_0',
+                       '@head.weight@_moment1_0'], moments   # both ranks' shares, gathered
+    _, resumed_log = _launch(tmp_path, 'unsharded_from_sharded', data, resume=str(sharded / 'tiny-Epoch-1'))
+    assert _losses(resumed_log)[2] == pytest.approx(expected[2], rel=1e-5)
+    _, resumed_log = _launch(tmp_path, 'sharded_from_unsharded', data, 'TRAIN.SHARDING', 'os_g',
+                             resume=str(plain / 'tiny-Epoch-1'))
+    assert _losses(resumed_log)[2] == pytest.approx(expected[2], rel=1e-5)
