@@ -296,6 +296,8 @@ def test_sharded_checkpoint_resumes_unsharded_and_continues_identically(tmp_path
     manager = CheckpointManager(str(tmp_path), 'net', save_freq=0, keep=2)
     prefix = manager.save(2, ref_net, ranks[0][3], ranks[0][3]._learning_rate, optimizer_state=full)
 
+    saved = load_paddle(prefix + '.pdopt', tensors=True)['optimizer']
+    assert all(isinstance(v, paddle.Tensor) for k, v in saved.items() if k.startswith('@'))   # as unsharded
     net2, _ = _net_and_grads(seed=1)
     opt2 = _adamw(net2.parameters(), paddle.optimizer.lr.StepDecay(0.1, step_size=1, gamma=0.5))
     epoch, _ = resume(prefix, net2, opt2, opt2._learning_rate)
@@ -415,3 +417,30 @@ def test_emulated_stage2_trains_as_dataparallel_and_checkpoints_cross_levels(tmp
     _, resumed_log = _launch(tmp_path, 'sharded_from_unsharded', data, 'TRAIN.SHARDING', 'os_g',
                              resume=str(plain / 'tiny-Epoch-1'))
     assert _losses(resumed_log)[2] == pytest.approx(expected[2], rel=1e-5)
+
+
+def test_stage3_master_weights_are_gathered_and_cut_like_accumulators():
+    """AMP O2 keeps fp32 master weights per `slice@` parameter at stage 3: same layout as the moments."""
+    ranks = _stage3_ranks(steps=1)
+    full_values = {n: p.numpy() for n, p in ranks[0][0].named_parameters()}
+    parts = []
+    for r, (net, _, layout, opt) in enumerate(ranks):
+        masters = {}
+        for name, p in net.named_parameters():
+            value = full_values[name]
+            if name in layout:
+                shape, size, ranges = layout[name]
+                flat = np.zeros(size, 'float32')
+                flat[:value.size] = value.ravel()
+                value = flat[ranges[r][0]:ranges[r][1]]
+            masters[(sharding.SLICE_PREFIX if name in layout else '') + p.name] = value
+        parts.append(sharding.local_state(net, {'master_weights': masters}))
+    merged = sharding.merge_states(parts, ranks[0][2])['master_weights']
+    assert set(merged) == set(full_values)
+    for name, value in full_values.items():
+        np.testing.assert_array_equal(merged[name], value)
+    for r, (net, _, layout, _) in enumerate(ranks):
+        back = sharding.framework_state(net, sharding.shard_state({'master_weights': merged}, layout, r), layout)
+        np.testing.assert_array_equal(back['master_weights'][sharding.SLICE_PREFIX + net.big.weight.name].numpy(),
+                                      parts[r]['master_weights']['big.weight'])
+        assert isinstance(back['master_weights'][net.head.weight.name], paddle.Tensor)

@@ -325,6 +325,7 @@ def run(config, build_model, hooks, args, distributed):
                 loss, top1, top5, count, _ = scored = evaluate(model, val_loader, amp)
             except NonFiniteOutputError as e:
                 raise checkpoints.diverged(epoch, f'validation: {e}') from None
+            sharding.gather_parameters(train_model, level)   # stage 3: the forward hooks released them
             logger.info(f'----- Epoch[{epoch:03d}/{num_epochs:03d}], Validation Loss: {loss:.4f}, '
                         f'Validation Acc@1: {top1 / 100:.4f}, Validation Acc@5: {top5 / 100:.4f} '
                         f'({describe_count(scored)})')

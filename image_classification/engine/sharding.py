@@ -32,7 +32,12 @@ call it) and rank 0 writes:
     slice.  Smaller parameters stay whole on every rank.  The full accumulator is the
     concatenation of the slices, cut to the parameter's size and shaped like it.
     Parameters are gathered with the wrapper's own `get_all_parameters()` (as
-    `save_group_sharded_model` does) before weights are evaluated or saved.
+    `save_group_sharded_model` does) after training and again after validation
+    (the stage-3 forward hooks sit on the inner layers, so evaluating the plain
+    model gathers and releases slices as training does), before weights are
+    checked or saved.  `get_all_parameters` points the optimizer back at the full
+    parameters; the wrapper's redefined `step` re-slices them (`_update_params_slice`)
+    before the next update.
 
 Resuming: the weights are set before wrapping (stage 2/3 then broadcast or slice them);
 for os / os_g the full optimizer state is given to the optimizer before wrapping too:
@@ -93,7 +98,8 @@ def wrap(model, optimizer, scaler, level):
 
 
 def gather_parameters(train_model, level):
-    """Stage 3: make every parameter whole again on every rank (collective); other levels: nothing."""
+    """Stage 3: make every parameter whole again on every rank (collective: all ranks call it);
+    other levels keep whole parameters on every rank: nothing to do."""
     if level == 'p_g_os':
         train_model.get_all_parameters()
 
@@ -128,6 +134,15 @@ def local_state(model, optimizer_state):
 
 def _numpy(value):
     return value.numpy() if isinstance(value, paddle.Tensor) else value
+
+
+def _tensors(state):
+    """Arrays back to Paddle tensors, as an optimizer's own `state_dict` holds them: `set_state_dict`
+    keeps `master_weights` values as given, and Paddle's update reads them as tensors."""
+    def convert(v):
+        return paddle.to_tensor(v) if isinstance(v, np.ndarray) else v
+    return {k: ({n: convert(t) for n, t in v.items()} if k == 'master_weights' else convert(v))
+            for k, v in state.items()}
 
 
 def _owner(key):
@@ -220,7 +235,7 @@ def framework_state(model, structured, layout=None):
             continue
         owner = next((f for f in sliced if key.startswith(f + '_')), None)
         out[SLICE_PREFIX + key if owner else key] = value
-    return out
+    return _tensors(out)
 
 
 def full_optimizer_state(model, optimizer, train_model, level, all_gather=None):
@@ -232,11 +247,11 @@ def full_optimizer_state(model, optimizer, train_model, level, all_gather=None):
     mine = {k: (_numpy(v) if k != 'master_weights' else {n: _numpy(t) for n, t in v.items()})
             for k, v in local_state(model, optimizer.state_dict()).items()}
     if level == 'off':
-        return mine
+        return _tensors(mine)
     if all_gather is None:
         def all_gather(obj):
             gathered = []
             paddle.distributed.all_gather_object(gathered, obj)
             return gathered
     layout = slice_layout(train_model, model) if level == 'p_g_os' else None
-    return merge_states(all_gather(mine), layout)
+    return _tensors(merge_states(all_gather(mine), layout))
