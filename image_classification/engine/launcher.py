@@ -189,7 +189,8 @@ def run(config, build_model, hooks, args, distributed):
         resume_prefix = resolve_resume(config.MODEL.RESUME) if config.MODEL.RESUME else None
         check_output_folder(config.SAVE, resume_prefix, config.OVERWRITE)
     device = dist.device()
-    sharding.check(config, world, device)   # before anything is built: a refusal costs nothing
+    if not config.EVAL:   # -eval never wraps; a training run is refused before anything is built
+        sharding.check(config, world, device)
     paddle.set_device(device)
     logger = get_logger(config.SAVE, rank)
     logger.info(f'{" ".join(sys.argv)}\nprocess {rank}/{world} on {device}, '
