@@ -12,7 +12,10 @@ so no sharded step runs here.  What can run is covered against real Paddle optim
 - stage 3: per-rank optimizers over `slice@` parameter slices (Paddle's names and padded
   layout) merge into the unsharded state, and the full state cut for a rank is that rank's state;
 - checkpoints: a sharded run's full state saved by CheckpointManager resumes unsharded and
-  continues exactly as the unsharded run; an unsharded checkpoint resumes into stage-3 slices.
+  continues exactly as the unsharded run; an unsharded checkpoint resumes into stage-3 slices;
+- the launcher's sharded path on 2 CPU processes (slow), with stage 2's division of labour
+  emulated in place of Paddle's refusing classes: DataParallel's losses, both ranks' state
+  gathered over gloo into one checkpoint, resume across sharded and unsharded runs.
 """
 import os
 import subprocess
@@ -61,7 +64,7 @@ def test_sharding_in_one_process_is_refused(level, tmp_path):
     with pytest.raises(sharding.ShardingError) as info:
         execute(get_config, build_tiny, argv=_argv(data, str(tmp_path / 'out'), 'TRAIN.SHARDING', level))
     assert f"TRAIN.SHARDING '{level}' needs several processes" in str(info.value)
-    assert not os.path.exists(tmp_path / 'out' / 'log.txt') or 'epoch' not in open(tmp_path / 'out' / 'log.txt').read().lower()
+    assert not os.path.exists(tmp_path / 'out' / 'log.txt')   # refused before the run starts its log
 
 
 @pytest.mark.parametrize('level', ['os', 'os_g', 'p_g_os'])
