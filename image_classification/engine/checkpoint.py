@@ -461,16 +461,22 @@ class CheckpointManager:
         replaced = [p for p in owned if p not in paths or p == marker]   # the old marker goes first
         _commit(temps, paths, remove_first=[p for p in replaced if os.path.exists(p)], note=note)
 
-    def save(self, epoch, model, optimizer, scheduler, scaler=None, ema=None, extra=None, val_loss=None):
+    def save(self, epoch, model, optimizer, scheduler, scaler=None, ema=None, extra=None, val_loss=None,
+             optimizer_state=None):
         """Write the checkpoint of `epoch` (1-based, completed), point latest.txt to it, apply retention.
 
         Refuses (NonFiniteCheckpointError, nothing written or deleted) when the
         weights, EMA weights or `val_loss` are not finite.  Returns its prefix.
+        `optimizer_state`: the full optimizer state under structured names when
+        the caller gathered it (a sharded run: engine.sharding.full_optimizer_state);
+        by default `optimizer`'s own.
         """
         self.check_finite(epoch, model, ema, val_loss)
         prefix = self.prefix(f'Epoch-{epoch}')
+        if optimizer_state is None:
+            optimizer_state = _structured_optimizer_state(model, optimizer.state_dict())
         state = {
-            'optimizer': _structured_optimizer_state(model, optimizer.state_dict()),
+            'optimizer': optimizer_state,
             'lr_scheduler': scheduler.state_dict(),
             'epoch': epoch,
             'scaler': scaler.state_dict() if scaler is not None else None,
@@ -551,10 +557,12 @@ def resolve_resume(path):
     return path
 
 
-def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None):
+def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None, load_optimizer=None):
     """Restore everything `CheckpointManager.save` wrote; returns (epoch, extra).
 
     Weights holding NaN/inf are refused (NonFiniteWeightsError), as `-pretrained` does.
+    `load_optimizer(state)`: takes the full optimizer state (structured names) instead
+    of `optimizer.set_state_dict` (a stage-3 sharded run sets its slices after wrapping).
     """
     params = _load_params(prefix + '.pdparams')
     check_finite_weights(params, prefix + '.pdparams')
@@ -569,7 +577,10 @@ def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None):
         check_state(model_shapes(ema.module), ema_state, source=ema_path)
         ema.set_state_dict({k: paddle.to_tensor(v) for k, v in ema_state.items()})
     state = load_paddle(prefix + '.pdopt', tensors=True)   # restricted reader, paddle.load's result
-    optimizer.set_state_dict(_framework_optimizer_state(model, state['optimizer']))
+    if load_optimizer is not None:
+        load_optimizer(state['optimizer'])
+    else:
+        optimizer.set_state_dict(_framework_optimizer_state(model, state['optimizer']))
     scheduler.set_state_dict(state['lr_scheduler'])
     if scaler is not None and state.get('scaler'):
         scaler.load_state_dict(state['scaler'])

@@ -327,6 +327,7 @@ def base_config():
     c.TRAIN.END_LR = 1e-5
     c.TRAIN.GRAD_CLIP = optional(float)     # global-norm clip value; None or 0: no clipping
     c.TRAIN.ACCUM_ITER = 1
+    c.TRAIN.SHARDING = 'off'           # off | os | os_g | p_g_os: ZeRO stage 0-3 (engine/sharding.py; GPU only)
     c.TRAIN.LINEAR_SCALED_LR = optional(int, default=512)   # lr *= global_batch / this; None or 0: unscaled
     # which LRs that factor scales: 'base' = BASE_LR only (DeiT, PiT, PerViT, VVT main.py);
     # 'all' = also WARMUP_START_LR and END_LR (PaddleViT)
@@ -422,6 +423,7 @@ BASE_RULES = {
     'TRAIN.END_LR': (NON_NEGATIVE,),
     'TRAIN.GRAD_CLIP': (POSITIVE,),
     'TRAIN.ACCUM_ITER': (at_least(1),),
+    'TRAIN.SHARDING': (one_of('off', 'os', 'os_g', 'p_g_os'),),
     'TRAIN.LINEAR_SCALED_LR': (at_least(1),),
     'TRAIN.MODEL_EMA_DECAY': (in_range(0, 1, high_open=True),),
     'TRAIN.LR_SCALING': (one_of('base', 'all'),),

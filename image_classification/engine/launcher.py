@@ -22,6 +22,7 @@ import paddle
 
 from . import distributed as dist
 from . import runtime
+from . import sharding
 from .checkpoint import CheckpointManager, check_output_folder, load_pretrained, resolve_resume, resume
 from .config import ConfigError
 from .errors import USER_ERROR_EXIT_CODE, UserError, exit_on_user_error
@@ -188,6 +189,8 @@ def run(config, build_model, hooks, args, distributed):
         resume_prefix = resolve_resume(config.MODEL.RESUME) if config.MODEL.RESUME else None
         check_output_folder(config.SAVE, resume_prefix, config.OVERWRITE)
     device = dist.device()
+    if not config.EVAL:   # -eval never wraps; a training run is refused before anything is built
+        sharding.check(config, world, device)
     paddle.set_device(device)
     logger = get_logger(config.SAVE, rank)
     logger.info(f'{" ".join(sys.argv)}\nprocess {rank}/{world} on {device}, '
@@ -254,7 +257,9 @@ def run(config, build_model, hooks, args, distributed):
     start_epoch, best_acc = config.TRAIN.LAST_EPOCH, 0.0
     if resume_prefix:
         prefix = resume_prefix
-        start_epoch, extra = resume(prefix, model, optimizer, scheduler, scaler if use_scaler else None, ema)
+        stage3_state = []   # p_g_os: the full optimizer state is cut into slices after wrapping
+        start_epoch, extra = resume(prefix, model, optimizer, scheduler, scaler if use_scaler else None, ema,
+                                    load_optimizer=stage3_state.append if config.TRAIN.SHARDING == 'p_g_os' else None)
         best_acc = extra.get('best_acc', 0.0)
         checkpoints.last_good = prefix
         logger.info(f'resumed from {prefix}: epoch {start_epoch} done, next lr {scheduler():.6e}, '
@@ -285,7 +290,17 @@ def run(config, build_model, hooks, args, distributed):
     state = TrainState(optimizer, scheduler, criterion, scaler, amp, ema, batch_mix,
                        config.TRAIN.ACCUM_ITER, distill, seed_key=(config.SEED, rank),
                        finetune_eval_mode=config.TRAIN.FINETUNE_EVAL_MODE)
-    train_model = paddle.DataParallel(model) if world > 1 else model
+    level = config.TRAIN.SHARDING
+    if level != 'off':   # `model` stays the plain layer: evaluated and saved as is
+        train_model, optimizer, scaler = sharding.wrap(model, optimizer, scaler, level)
+        state.optimizer, state.scaler = optimizer, scaler
+        if resume_prefix and level == 'p_g_os':
+            layout = sharding.slice_layout(train_model, model)
+            optimizer.set_state_dict(sharding.framework_state(
+                model, sharding.shard_state(stage3_state[0], layout, rank), layout))
+        logger.info(f'TRAIN.SHARDING {level}: ZeRO stage {sharding.LEVELS[level]} over {world} processes')
+    else:
+        train_model = paddle.DataParallel(model) if world > 1 else model
     writer = ScalarWriter(config.SAVE, rank)
     result = {}
     best_saved = bool(resume_prefix)   # a new run's first validation replaces any old Best (-overwrite)
@@ -302,6 +317,7 @@ def run(config, build_model, hooks, args, distributed):
         logger.info(f'----- Epoch[{epoch:03d}/{num_epochs:03d}], Train Loss: {train_loss:.4f}, '
                     f'time: {time.time() - start:.1f}s{data.skipped_report(train_dataset)}')
         result = {'epoch': epoch, 'train_loss': train_loss}
+        sharding.gather_parameters(train_model, level)   # stage 3: whole weights to check, evaluate, save
         # every rank, every epoch: all stop together, before a diverged epoch is evaluated or saved
         checkpoints.check_finite(epoch, model, ema)
         loss = None
@@ -310,6 +326,7 @@ def run(config, build_model, hooks, args, distributed):
                 loss, top1, top5, count, _ = scored = evaluate(model, val_loader, amp)
             except NonFiniteOutputError as e:
                 raise checkpoints.diverged(epoch, f'validation: {e}') from None
+            sharding.gather_parameters(train_model, level)   # stage 3: the forward hooks released them
             logger.info(f'----- Epoch[{epoch:03d}/{num_epochs:03d}], Validation Loss: {loss:.4f}, '
                         f'Validation Acc@1: {top1 / 100:.4f}, Validation Acc@5: {top5 / 100:.4f} '
                         f'({describe_count(scored)})')
@@ -328,9 +345,12 @@ def run(config, build_model, hooks, args, distributed):
                 best_saved = True
                 logger.info(f'new best Acc@1 {top1 / 100:.4f}: saved {checkpoints.prefix("Best")}.pdparams')
             best_acc = max(best_acc, top1)
+        # sharded: every rank hands in its share of the optimizer state (collective), rank 0 writes it all
+        full_state = (sharding.full_optimizer_state(model, optimizer, train_model, level)
+                      if level != 'off' else None)
         if rank == 0:
             prefix = checkpoints.save(epoch, model, optimizer, scheduler, scaler if use_scaler else None, ema,
-                                      extra={'best_acc': best_acc}, val_loss=loss)
+                                      extra={'best_acc': best_acc}, val_loss=loss, optimizer_state=full_state)
             logger.info(f'saved {prefix}.pdparams / .pdopt')
     writer.close()
     result['best_acc1'] = best_acc

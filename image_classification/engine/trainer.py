@@ -27,7 +27,10 @@ class NonFiniteOutputError(UserError, FloatingPointError):
 
 
 def _unwrap(model):
-    return model._layers if isinstance(model, paddle.DataParallel) else model
+    """The plain layer inside DataParallel or a group-sharded wrapper (TRAIN.SHARDING keeps it in `_layer`)."""
+    if isinstance(model, paddle.DataParallel):
+        return model._layers
+    return model._layer if type(model).__name__.startswith('GroupSharded') else model
 
 
 class TrainState:
