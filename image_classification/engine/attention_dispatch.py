@@ -28,7 +28,7 @@ Rules (each one names where it comes from):
     and any device that is neither CPU nor CUDA GPU (XPU, custom devices) -> MATH.
   * A Paddle version outside 3.0 - 3.3 (the sources these rules were read from) ->
     MATH on GPU: a kernel's contract we have not read is not called.  A develop
-    build (`0.0.0`) counts as the newest.
+    build (`0.0.0`) counts as the newest version read (3.3).
   * FLASH needs all of: dtype float16 or bfloat16 (3.3 `sdpa.py` `_config`
     `flash_attn.support_dtypes`); compute capability 8.0 - 12.1 (`MINIMUM_SM_VERSION`
     / `MAXIMUM_SM_VERSION`, and flash-attn 2 itself); head size <= 256 and a
@@ -96,9 +96,9 @@ def _capability():
 
 
 def _paddle_version():
-    """(major, minor) of the installed Paddle; a develop build (0.0.0) as the newest."""
+    """(major, minor) of the installed Paddle; a develop build (0.0.0) as the newest version read."""
     numbers = [int(n) for n in re.findall(r'\d+', paddle.__version__)[:2]]
-    return (99, 0) if numbers == [0, 0] else tuple(numbers)
+    return SUPPORTED_VERSIONS[1] if numbers == [0, 0] else tuple(numbers)
 
 
 _KERNEL_DTYPES = {'float32': 'float', 'float16': '::phi::dtype::float16', 'bfloat16': '::phi::dtype::bfloat16'}
