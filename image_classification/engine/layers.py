@@ -14,7 +14,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from . import fused_ops
+from . import attention_dispatch, fused_ops
 
 trunc_normal_ = nn.initializer.TruncatedNormal(std=.02)
 zeros_ = nn.initializer.Constant(value=0.)
@@ -249,25 +249,19 @@ def multi_head_attention(qkv, attn_drop=0., training=False):
     """softmax(q k^T / sqrt(d)) v of a packed qkv projection [B, N, 3, heads, d] (timm's
     layout of the fused qkv Linear), result [B, N, heads, d].
 
-    On CPU in dygraph (float32) one fused kernel reads q, k and v in place and never
-    holds more than a 64-query block of scores, forward or backward (PyTorch's CPU
-    flash attention does the same): PiT-S's stage 1 (N = 730) takes 132 ms unfused
-    without gradients (PyTorch 114, here 102-110) and 358 ms with them (here 324),
-    and keeps no [B, heads, N, N] matrix for the backward pass.  With attention
-    dropout in training, or a Paddle without MKL, the softmax, with the scale taken
-    in, runs a fused kernel in place over the q k^T product.  Elsewhere it is
-    `F.scaled_dot_product_attention` (flash attention on GPU).
+    The kernel is chosen by `engine.attention_dispatch` from the dtype, device,
+    compute capability, head size and Paddle version, so no case reaches a kernel
+    that does not exist for it.  On CPU in dygraph (float32) one fused kernel reads
+    q, k and v in place and never holds more than a 64-query block of scores,
+    forward or backward (PyTorch's CPU flash attention does the same): PiT-S's
+    stage 1 (N = 730) takes 132 ms unfused without gradients (PyTorch 114, here
+    102-110) and 358 ms with them (here 324), and keeps no [B, heads, N, N] matrix
+    for the backward pass.  With attention dropout in training, or a Paddle without
+    MKL, the softmax, with the scale taken in, runs a fused kernel in place over the
+    q k^T product.  On GPU: flash attention, Paddle's memory-efficient kernel, or
+    the plain math, whichever exists for the case.
     """
-    dropout = attn_drop if training else 0.
-    if not paddle.in_dynamic_mode() or not fused_ops.wanted(qkv):     # traced graphs keep the plain op
-        return F.scaled_dot_product_attention(*qkv.unbind(axis=2), dropout_p=dropout, training=training)
-    if dropout == 0. and fused_ops.gemm_kernels_available():
-        return fused_ops.attention(qkv)
-    q, k, v = (t.transpose([0, 2, 1, 3]) for t in qkv.unbind(axis=2))       # each [B, heads, N, d]
-    attn = fused_ops.scaled_softmax_(paddle.matmul(q, k, transpose_y=True), q.shape[-1] ** -0.5)
-    if dropout > 0.:
-        attn = F.dropout(attn, dropout, training=True)
-    return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
+    return attention_dispatch.attention(qkv, attn_drop, training)
 
 
 def resize_pos_embed(pos_embed, new_grid, num_prefix_tokens=1, mode='bicubic'):
