@@ -174,3 +174,14 @@ def test_lost_loader_workers_are_reported_during_a_run_only(tmp_path, caplog):
         run_logging.get_logger(str(tmp_path), 0)   # the next run in this process
         logging.warning(message)
     assert [r.getMessage() for r in caplog.records] == [message, 'another warning', message]
+
+
+def test_flags_banner_is_dropped_and_other_stderr_kept(capsys):
+    """What `paddle.distributed.init_parallel_env` (Paddle 3.x, parallel.py) writes on every rank."""
+    from engine.logger import without_flags_banner
+    with without_flags_banner():
+        sys.stderr.write('======================= Modified FLAGS detected =======================\n'
+                         "FLAGS(name='FLAGS_use_stride_kernel', current_value=False, default_value=True)\n"
+                         '=======================================================================\n')
+        sys.stderr.write('a real problem\n')
+    assert capsys.readouterr().err == 'a real problem\n'

@@ -9,8 +9,11 @@ The console is for a person: a record logged with `extra=FILE_ONLY` (the full
 config, the command line) goes to log.txt only.  `silence_known_noise` drops
 the messages Paddle prints on every CPU run that say nothing about this run.
 """
+import contextlib
+import io
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -41,6 +44,24 @@ def silence_known_noise():
     root = logging.getLogger()
     if not any(isinstance(f, _WorkersGoneAfterRun) for f in root.filters):
         root.addFilter(_WorkersGoneAfterRun())
+
+
+@contextlib.contextmanager
+def without_flags_banner():
+    """Run the block with Paddle's "Modified FLAGS detected" banner removed from stderr.
+
+    `paddle.distributed.init_parallel_env` writes that banner on every rank of every run, listing
+    the flags this engine sets on purpose (engine.runtime) and ones Paddle sets itself; anything
+    else the block writes to stderr is passed on unchanged, after the block.
+    """
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        text = re.sub(r'=+ Modified FLAGS detected =+\n(?:FLAGS\(.*\)\n)*=+\n', '', captured.getvalue())
+        if text:
+            sys.stderr.write(text)
 
 
 def _drop_info(record):
