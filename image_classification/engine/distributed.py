@@ -8,6 +8,8 @@ import os
 import paddle
 import paddle.distributed as dist
 
+from .logger import without_flags_banner
+
 
 def launched_by_paddle():
     """True inside a process started by `paddle.distributed.launch` or `spawn`."""
@@ -17,7 +19,8 @@ def launched_by_paddle():
 def init(distributed):
     """Join the process group when there is one; returns (rank, world_size)."""
     if distributed and launched_by_paddle():
-        dist.init_parallel_env()
+        with without_flags_banner():   # a banner on every rank, of flags set on purpose
+            dist.init_parallel_env()
     return dist.get_rank(), dist.get_world_size()
 
 

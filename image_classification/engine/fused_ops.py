@@ -20,9 +20,11 @@ compiler, read-only cache) a warning says why once and Paddle's ops are used.
 PADDLEVIT_FUSED_CPU_OPS=0 switches the kernels off; PADDLEVIT_KERNEL_DIR moves
 the cache (default ~/.cache/paddlevit_kernels).
 """
+import contextlib
 import fcntl
 import functools
 import hashlib
+import io
 import logging
 import os
 import platform
@@ -131,6 +133,20 @@ def _python_identity():
     return f'{sysconfig.get_config_var("EXT_SUFFIX")} {sys.version}'
 
 
+@contextlib.contextmanager
+def _child_warnings_ignored(message):
+    """Child Python processes started in the block ignore warnings starting with `message`."""
+    before = os.environ.get('PYTHONWARNINGS')
+    os.environ['PYTHONWARNINGS'] = f'ignore:{message}' + (f',{before}' if before else '')
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop('PYTHONWARNINGS', None)
+        else:
+            os.environ['PYTHONWARNINGS'] = before
+
+
 def build_directory():
     """Cache directory of this source built with these flags for this Paddle build, Python
     ABI and CPU (model and instruction-set flags: the code is built with -march=native)."""
@@ -162,8 +178,13 @@ def _build_and_register():
             load_op_meta_info_and_register_op(library)
             return
         logger.info('compiling the fused CPU kernels (once, about 20 s) into %s', directory)
-        load(name=LIBRARY, sources=[SOURCE], extra_cxx_cflags=_compile_flags(),
-             extra_ldflags=_link_flags(), build_directory=directory)
+        # Paddle's load() prints "Compiling user custom op, it will cost a few seconds....." to
+        # stdout (the line above already says so, in the log too), and the Python it runs setup.py
+        # with warns "No ccache found" (engine.logger filters that warning in this process only).
+        # A failed build raises.
+        with contextlib.redirect_stdout(io.StringIO()), _child_warnings_ignored('No ccache found'):
+            load(name=LIBRARY, sources=[SOURCE], extra_cxx_cflags=_compile_flags(),
+                 extra_ldflags=_link_flags(), build_directory=directory)
         with open(marker, 'w') as f:
             f.write(SOURCE + '\n')
 

@@ -28,7 +28,8 @@ from .config import ConfigError
 from .errors import USER_ERROR_EXIT_CODE, UserError, exit_on_user_error
 from .ema import ModelEMA
 from .hooks import FamilyHooks
-from .logger import ScalarWriter, get_logger
+from .logger import FILE_ONLY, ScalarWriter, get_logger, run_finished
+from .metrics_log import MetricsLog
 from .optim import build_optimizer, build_scheduler, scaled_lrs, total_epochs
 from .trainer import (NonFiniteLossError, NonFiniteOutputError, TrainState, describe_count, evaluate,
                       train_one_epoch)
@@ -193,10 +194,12 @@ def run(config, build_model, hooks, args, distributed):
         sharding.check(config, world, device)
     paddle.set_device(device)
     logger = get_logger(config.SAVE, rank)
-    logger.info(f'{" ".join(sys.argv)}\nprocess {rank}/{world} on {device}, '
+    logger.info(f'command: {" ".join(sys.argv)}', extra=FILE_ONLY)
+    logger.info(f'process {rank}/{world} on {device}, '
                 f'paddle {paddle.__version__}, CPU threads {runtime.threads or os.environ.get("OMP_NUM_THREADS")}')
-    if rank == 0:
-        logger.info(f'config:\n{config}')
+    if rank == 0:   # the console gets a short header; the log file the whole config
+        logger.info(f'config:\n{config}', extra=FILE_ONLY)
+        logger.info(f'full config and command: {os.path.join(config.SAVE, "log.txt")}')
     _seed_everything(config.SEED + rank)
 
     model = build_model(config)
@@ -212,7 +215,9 @@ def run(config, build_model, hooks, args, distributed):
         data.write_labels(os.path.join(config.SAVE, 'labels.txt'), val_dataset.classes)
         logger.info(f'class names (line i = class i): {os.path.join(config.SAVE, "labels.txt")}')
     val_loader = data.build_dataloader(config, val_dataset, 'val', distributed=world > 1)
-    logger.info(f'eval transform: {data.describe_eval_transform(config)}')
+    logger.info(f'validation: {len(val_dataset)} images, eval transform: {data.describe_eval_transform(config)}')
+    if config.AMP and not device.startswith('gpu'):
+        logger.info(f'AMP ({config.AMP_DTYPE}) has no effect on {device}: computing in float32')
 
     if config.EVAL:
         if not config.MODEL.PRETRAINED:
@@ -222,6 +227,7 @@ def run(config, build_model, hooks, args, distributed):
         logger.info(f'Validation Loss: {loss:.4f}, Validation Acc@1: {top1 / 100:.4f}, '
                     f'Validation Acc@5: {top5 / 100:.4f} ({describe_count(scored)}, {time.time() - start:.1f}s)')
         hooks.after_eval(model, config, args, logger)
+        run_finished()
         return {'loss': loss, 'acc1': top1, 'acc5': top5, 'count': count, 'skipped': skipped}
 
     train_dataset = hooks.build_dataset(config, 'train') or data.build_dataset(config, 'train', log=logger.info)
@@ -301,14 +307,16 @@ def run(config, build_model, hooks, args, distributed):
         logger.info(f'TRAIN.SHARDING {level}: ZeRO stage {sharding.LEVELS[level]} over {world} processes')
     else:
         train_model = paddle.DataParallel(model) if world > 1 else model
+    state.validate_freq = config.VALIDATE_FREQ
     writer = ScalarWriter(config.SAVE, rank)
+    metrics = MetricsLog(config.SAVE, resume_prefix, start_epoch, writer=rank == 0)
     result = {}
     best_saved = bool(resume_prefix)   # a new run's first validation replaces any old Best (-overwrite)
     for epoch in range(start_epoch + 1, num_epochs + 1):
         _seed_everything(_epoch_seed(config, epoch, rank))
         if hasattr(train_loader.batch_sampler, 'set_epoch'):
             train_loader.batch_sampler.set_epoch(epoch)
-        start = time.time()
+        start, epoch_lr = time.time(), optimizer.get_lr()
         try:
             train_loss = train_one_epoch(train_model, train_loader, state, epoch, num_epochs,
                                          logger, config.REPORT_FREQ, writer)
@@ -322,8 +330,9 @@ def run(config, build_model, hooks, args, distributed):
         checkpoints.check_finite(epoch, model, ema)
         loss = None
         if epoch % config.VALIDATE_FREQ == 0 or epoch == num_epochs:
+            validation_start = time.time()
             try:
-                loss, top1, top5, count, _ = scored = evaluate(model, val_loader, amp)
+                loss, top1, top5, count, skipped = scored = evaluate(model, val_loader, amp)
             except NonFiniteOutputError as e:
                 raise checkpoints.diverged(epoch, f'validation: {e}') from None
             sharding.gather_parameters(train_model, level)   # stage 3: the forward hooks released them
@@ -332,6 +341,8 @@ def run(config, build_model, hooks, args, distributed):
                         f'({describe_count(scored)})')
             writer.add_scalar('val/acc1', top1, epoch)
             result.update(val_loss=loss, acc1=top1, acc5=top5)
+            row = dict(epoch=epoch, train_loss=train_loss, val_loss=loss, acc1=top1, acc5=top5, lr=epoch_lr,
+                       images_scored=count, images_skipped=skipped)
             if ema is not None:
                 try:
                     _, ema_top1, ema_top5, _, _ = evaluate(ema.module, val_loader, amp)
@@ -340,6 +351,9 @@ def run(config, build_model, hooks, args, distributed):
                 logger.info(f'----- Epoch[{epoch:03d}/{num_epochs:03d}], EMA Validation '
                             f'Acc@1: {ema_top1 / 100:.4f}, EMA Validation Acc@5: {ema_top5 / 100:.4f}')
                 result.update(ema_acc1=ema_top1)
+                row.update(ema_acc1=ema_top1)
+            state.validation_seconds = time.time() - validation_start
+            metrics.add(dict(row, seconds=time.time() - start))
             if (top1 > best_acc or not best_saved) and rank == 0:
                 checkpoints.save_best(model, ema, epoch=epoch)
                 best_saved = True
@@ -353,5 +367,6 @@ def run(config, build_model, hooks, args, distributed):
                                       extra={'best_acc': best_acc}, val_loss=loss, optimizer_state=full_state)
             logger.info(f'saved {prefix}.pdparams / .pdopt')
     writer.close()
+    run_finished()
     result['best_acc1'] = best_acc
     return result

@@ -51,6 +51,10 @@ class TrainState:
         # (engine.seeding), so that a resumed run draws what the uninterrupted one did
         self.seed_key = seed_key
         self.finetune_eval_mode = finetune_eval_mode   # TRAIN.FINETUNE_EVAL_MODE: see set_training_mode
+        # for the whole-run ETA (run_eta): VALIDATE_FREQ, and the last validation's wall time
+        # (the launcher sets both; 0 s until a validation has been timed)
+        self.validate_freq = 1
+        self.validation_seconds = 0.0
 
 
 def set_training_mode(model, finetune_eval_mode=False):
@@ -89,6 +93,25 @@ def _loss(state, images, outputs, targets):
 def _fmt_time(seconds):
     seconds = int(seconds)
     return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def validations_left(epoch, num_epochs, validate_freq):
+    """Validations from `epoch` (included) to the end: every `validate_freq`-th epoch and the last
+    (the launcher's rule)."""
+    return sum(1 for e in range(epoch, num_epochs + 1) if e % validate_freq == 0 or e == num_epochs)
+
+
+def run_eta(epoch_elapsed, step, steps, epoch, num_epochs, validations=0, validation_seconds=0.0):
+    """Seconds until the whole run ends, seen from training step `step` (1-based) of `epoch`.
+
+    The pace is this epoch's mean time per step so far (`epoch_elapsed / step`):
+    it holds the data loading and excludes the validations, which are added as
+    `validations` (still to come, this epoch's included) times the last
+    measured `validation_seconds`.  Remaining steps: the rest of this epoch and
+    `steps` for each later epoch up to `num_epochs`.
+    """
+    remaining_steps = (steps - step) + (num_epochs - epoch) * steps
+    return epoch_elapsed / max(step, 1) * remaining_steps + validations * validation_seconds
 
 
 def train_one_epoch(model, loader, state, epoch, num_epochs, logger, report_freq, writer=None):
@@ -141,10 +164,13 @@ def train_one_epoch(model, loader, state, epoch, num_epochs, logger, report_freq
                     f'resume from the last checkpoint with -resume.')
             elapsed = time.time() - window_start
             rate = seen * dist.world_size() / max(elapsed, 1e-9)
-            eta = (time.time() - epoch_start) / (step + 1) * (steps - step - 1)
+            epoch_elapsed = time.time() - epoch_start
+            eta = run_eta(epoch_elapsed, step + 1, steps, epoch, num_epochs,
+                          validations_left(epoch, num_epochs, state.validate_freq), state.validation_seconds)
             lr = state.optimizer.get_lr()
             message = (f'Epoch[{epoch:03d}/{num_epochs:03d}], Step[{step + 1:04d}/{steps:04d}], '
-                       f'Loss: {avg:.4f}, LR: {lr:.6e}, {rate:.1f} img/s, ETA: {_fmt_time(eta)}')
+                       f'Loss: {avg:.4f}, LR: {lr:.6e}, {rate:.1f} img/s, ETA run: {_fmt_time(eta)} '
+                       f'(epoch: {_fmt_time(epoch_elapsed / (step + 1) * (steps - step - 1))})')
             if state.scaler.is_enable():
                 message += f', skipped steps (inf/nan under loss scaling): {int(skipped.item())}'
             logger.info(message)
