@@ -41,6 +41,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import fused_ops
+from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_bias_last_axis, conv_tokens,
                            gemm_bias_wanted, linear, trunc_normal_, zeros_)
 
@@ -269,7 +270,7 @@ class Block(nn.Layer):
         return (x, attn) if return_attention else x
 
 
-class PerViT(nn.Layer):
+class PerViT(GradCheckpointing, nn.Layer):
     CLASSIFIER = ('head',)
 
     def __init__(self, image_size=224, in_chans=3, num_classes=1000, embed_dims=(128, 192, 224, 280),
@@ -289,6 +290,7 @@ class PerViT(nn.Layer):
         dims.append(dims[-1])
         depth = len(dims) - 1
         self.depth = depth
+        self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
 
         self.stem = ConvStem(in_chans, stem_dims)
         self.rpe_proj = Linear(1, num_heads * 4)   # distance -> 4h features, shared by all blocks
@@ -384,7 +386,7 @@ class PerViT(nn.Layer):
                 x, attn = blk(x, grid, phi, return_attention=True)
                 attentions.append(attn)
             else:
-                x = blk(x, grid, phi)
+                x = run_block(self, blk, x, grid, phi)
         x = self.norm(x).mean(axis=1)
         return (x, attentions) if return_attention else x
 

@@ -32,6 +32,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
                            ones_, torch_default_init, trunc_normal_, zeros_)
 
@@ -86,6 +87,7 @@ class Transformer(nn.Layer):
 
     def __init__(self, dim, depth, num_heads, mlp_ratio, drop=0., attn_drop=0., drop_path=()):
         super().__init__()
+        self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
         self.blocks = nn.LayerList([
             Block(dim, num_heads, mlp_ratio, drop, attn_drop, drop_path[i]) for i in range(depth)])
 
@@ -94,7 +96,7 @@ class Transformer(nn.Layer):
         num_prefix = cls_tokens.shape[1]
         x = paddle.concat([cls_tokens, x.flatten(2).transpose([0, 2, 1])], axis=1)   # [B, T + HW, C]
         for blk in self.blocks:
-            x = blk(x)
+            x = run_block(self, blk, x)
         cls_tokens = x[:, :num_prefix]
         x = x[:, num_prefix:].transpose([0, 2, 1]).reshape([b, c, h, w])
         return x, cls_tokens
@@ -124,7 +126,7 @@ class ConvEmbedding(nn.Layer):
         return self.conv(x)
 
 
-class PoolingTransformer(nn.Layer):
+class PoolingTransformer(GradCheckpointing, nn.Layer):
     """PiT; with `distilled=True` the DeiT-style distilled model (two tokens, two heads)."""
 
     CLASSIFIER = ('head', 'head_dist')

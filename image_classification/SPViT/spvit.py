@@ -39,6 +39,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, conv_tokens,
                            multi_head_attention, ones_, resize_pos_embed, trunc_normal_, zeros_)
 from engine.token_labeling import DenseOutput, MixToken
@@ -210,7 +211,7 @@ class Block(nn.Layer):
         return self.pos_block(x, grid, has_cls)
 
 
-class SPViT(nn.Layer):
+class SPViT(GradCheckpointing, nn.Layer):
     """SP-ViT / LV-ViT.  Arguments follow the official `SP_ViT` class.
 
     Args:
@@ -237,6 +238,7 @@ class SPViT(nn.Layer):
             raise ValueError(f'image size {img_size} is not a multiple of the patch size {patch_size}')
         self.num_classes = num_classes
         self.embed_dim = embed_dim
+        self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
         self.grid = (img_size // patch_size, img_size // patch_size)
         self.local_up_to_layer = local_up_to_layer
         self.dense_training = dense_training
@@ -282,7 +284,7 @@ class SPViT(nn.Layer):
         for i, blk in enumerate(self.blocks):
             if i == self.local_up_to_layer and i > 0:
                 x = paddle.concat([cls, x], axis=1)
-            x = blk(x, self.grid, has_cls=i >= self.local_up_to_layer)
+            x = run_block(self, blk, x, grid=self.grid, has_cls=i >= self.local_up_to_layer)
         return self.norm(x)
 
     def forward_features(self, x):

@@ -33,6 +33,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from engine.recompute import GradCheckpointing, run_block
 from engine.layers import Conv2D, DropPath, GELU, LayerNorm, Linear, conv_tokens, init_vit_weights, zeros_
 
 __all__ = ['VicinityVisionTransformer', 'build_vvt', 'vicinity_phases', 'vicinity_attention']
@@ -159,6 +160,7 @@ class Stage(nn.Layer):
     def __init__(self, in_channels, dim, depth, num_heads, mlp_ratio, fr_ratio, se_ratio,
                  patch_size, stride, drop, drop_paths):
         super().__init__()
+        self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
         self.patch_embed = OverlapPatchEmbed(in_channels, dim, patch_size, stride)
         self.blocks = nn.LayerList([
             Block(dim, num_heads, mlp_ratio, fr_ratio, se_ratio, drop, drop_paths[j])
@@ -169,11 +171,11 @@ class Stage(nn.Layer):
         x, height, width = self.patch_embed(x)
         phases = vicinity_phases(height, width)     # shared by the stage's blocks
         for block in self.blocks:
-            x = block(x, height, width, phases)
+            x = run_block(self, block, x, height=height, width=width, phases=phases)
         return self.norm(x), height, width
 
 
-class VicinityVisionTransformer(nn.Layer):
+class VicinityVisionTransformer(GradCheckpointing, nn.Layer):
     """VVT: four stages, global average pooling, linear classifier."""
 
     CLASSIFIER = ('head',)

@@ -25,6 +25,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
                            to_2tuple, torch_default_init)
 
@@ -204,7 +205,7 @@ class Block(nn.Layer):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class VisionTransformer(nn.Layer):
+class VisionTransformer(GradCheckpointing, nn.Layer):
     """ViT: patch (or ResNet-feature) tokens, a class token, learned position
     embeddings, `depth` pre-norm blocks, a final LayerNorm and a linear head on the
     class token (through tanh(pre_logits) when `representation_size` is set)."""
@@ -220,6 +221,7 @@ class VisionTransformer(nn.Layer):
             raise ValueError(f'pos_embed_resize {pos_embed_resize!r}: expected zoom_linear or bicubic')
         self.num_classes = num_classes
         self.pos_embed_resize = pos_embed_resize
+        self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
         self.patch_embed = PatchEmbed(image_size, patch_size, embed_dim, resnet_layers, resnet_width)
         self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=nn.initializer.Constant(0.))
         self.pos_embed = self.create_parameter([1, self.patch_embed.num_patches + 1, embed_dim],
@@ -249,7 +251,7 @@ class VisionTransformer(nn.Layer):
         cls = self.cls_token.expand([x.shape[0], -1, -1])
         x = self.pos_drop(add_position_embedding(paddle.concat([cls, x], axis=1), self.pos_embed))
         for block in self.blocks:
-            x = block(x)
+            x = run_block(self, block, x)
         return self.norm(x)[:, 0]
 
     def forward(self, x):

@@ -197,6 +197,12 @@ def run(config, build_model, hooks, args, distributed):
     _seed_everything(config.SEED + rank)
 
     model = build_model(config)
+    if config.TRAIN.RECOMPUTE and not config.EVAL:
+        if not hasattr(model, 'set_grad_checkpointing'):
+            raise ConfigError(f'{config.MODEL.TYPE} models do not support TRAIN.RECOMPUTE (gradient '
+                              f'checkpointing); the ViT, PiT, PerViT, SPViT and VVT families do')
+        model.set_grad_checkpointing(True)
+        logger.info('TRAIN.RECOMPUTE: transformer blocks recompute their activations in the backward pass')
     params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
     logger.info(f'model {config.MODEL.NAME} ({config.MODEL.TYPE}): {params:,} trainable parameters')
     if config.MODEL.PRETRAINED:

@@ -1,0 +1,108 @@
+"""Gradient checkpointing (TRAIN.RECOMPUTE, `model.set_grad_checkpointing`): engine/recompute.py.
+
+For a small model of every family that supports it, in training mode with drop path and
+dropout on, one forward + backward with checkpointing gives the loss and every parameter
+gradient of the same step without it (same seed), while the blocks really go through
+Paddle's recompute.
+"""
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import FIXTURES, REPO
+from engine import recompute as recompute_module
+from engine.families import build_from_config
+
+CONFIGS = os.path.join(REPO, 'image_classification')
+STOCHASTIC = ['MODEL.DROPPATH', '0.3', 'MODEL.DROPOUT', '0.1']
+TINY_PIT = ['DATA.IMAGE_SIZE', '64', 'MODEL.BASE_DIMS', '[8, 8, 8]', 'MODEL.DEPTH', '[2, 1, 1]',
+            'MODEL.NUM_HEADS', '[2, 2, 4]']
+CASES = {   # name: (config, opts, blocks run per forward)
+    'vit': ('ViT/configs/vit_tiny_patch16_224.yaml',
+            ['DATA.IMAGE_SIZE', '32', 'MODEL.PATCH_SIZE', '8', 'MODEL.EMBED_DIM', '32', 'MODEL.DEPTH', '2',
+             'MODEL.NUM_HEADS', '2', 'MODEL.MLP_DIM', '64'], 2),
+    'vit_r50': (os.path.join(FIXTURES, 'vit_r50_mini', 'vit_r50_mini.yaml'), [], 2),
+    'pit': ('PiT/configs/pit_ti_224.yaml', TINY_PIT, 4),
+    'pit_distilled': ('PiT/configs/pit_ti_distilled_224.yaml', TINY_PIT, 4),
+    'pervit': (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
+               ['DATA.IMAGE_SIZE', '64', 'MODEL.DEPTHS', '[1, 1, 1, 1]'], 4),
+    'spvit': ('SPViT/configs/spvit_s_224.yaml',
+              ['DATA.IMAGE_SIZE', '64', 'MODEL.EMBED_DIM', '48', 'MODEL.DEPTH', '3', 'MODEL.NUM_HEADS', '2',
+               'MODEL.LOCAL_UP_TO_LAYER', '2'], 3),
+    'vvt': (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), [], None),
+}
+
+
+def _tensors(out):
+    if isinstance(out, paddle.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in _tensors(item)]
+    return []
+
+
+def _step(model, x, seed):
+    """(loss, {name: gradient}) of one training forward + backward drawn from `seed`."""
+    model.clear_gradients()
+    paddle.seed(seed)
+    np.random.seed(seed)
+    outputs = _tensors(model(x))
+    # a loss that weighs every output element differently, so every gradient path is exercised
+    loss = sum((t * paddle.sin(paddle.arange(t.size, dtype=t.dtype).reshape(t.shape))).sum() for t in outputs)
+    loss.backward()
+    grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), grads
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_checkpointed_step_equals_plain_step(name, monkeypatch):
+    cfg, opts, blocks = CASES[name]
+    paddle.seed(1)
+    config, model = build_from_config(os.path.join(CONFIGS, cfg) if not os.path.isabs(cfg) else cfg,
+                                      opts + STOCHASTIC)
+    if blocks is None:
+        blocks = sum(config.MODEL.DEPTHS)
+    model.train()
+    size = config.DATA.IMAGE_SIZE
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 3, size, size)).astype('float32'))
+
+    plain_loss, plain = _step(model, x, seed=7)
+    other_loss, _ = _step(model, x, seed=8)
+    assert other_loss != plain_loss, 'drop path / dropout draw nothing: the test would prove nothing'
+
+    from paddle.distributed.fleet import utils as fleet_utils
+    calls = []
+
+    def counting(function, *args, **kwargs):
+        calls.append(kwargs)
+        return original(function, *args, **kwargs)
+    original = fleet_utils.recompute
+    monkeypatch.setattr(fleet_utils, 'recompute', counting)
+
+    assert model.set_grad_checkpointing(True) is model
+    loss, grads = _step(model, x, seed=7)
+    assert len(calls) == blocks and all(c['preserve_rng_state'] for c in calls)
+    np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
+    assert grads.keys() == plain.keys() and any('blocks' in key for key in grads)
+    for key in plain:
+        np.testing.assert_allclose(grads[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+    # evaluation and no_grad never recompute; switching off restores the plain loop
+    calls.clear()
+    model.eval()
+    with paddle.no_grad():
+        model(x)
+    model.train()
+    model.set_grad_checkpointing(False)
+    _step(model, x, seed=7)
+    assert calls == []
+
+
+def test_model_without_block_loop_is_refused():
+    """set_grad_checkpointing on a layer with no checkpointable loop says so instead of doing nothing."""
+    with pytest.raises(ValueError, match='no block loop'):
+        recompute_module.set_grad_checkpointing(paddle.nn.Linear(2, 2))
