@@ -236,7 +236,8 @@ def run(config, build_model, hooks, args, distributed):
         model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level='O2',
                                                dtype=config.AMP_DTYPE, master_weight=True)
     scaler = paddle.amp.GradScaler(enable=use_scaler, init_loss_scaling=2.**16)
-    ema = ModelEMA(model, config.TRAIN.MODEL_EMA_DECAY) if config.TRAIN.MODEL_EMA else None
+    ema = ModelEMA(model, config.TRAIN.MODEL_EMA_DECAY, warmup=config.TRAIN.MODEL_EMA_WARMUP) \
+        if config.TRAIN.MODEL_EMA else None
     batch_mix = hooks.build_batch_mix(config) or data.build_mixup(config)
     criterion = hooks.build_criterion(config) or losses.build_criterion(config, batch_mix is not None)
     distill = config.TRAIN.DISTILLATION_TYPE != 'none'
