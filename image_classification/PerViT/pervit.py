@@ -41,6 +41,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import fused_ops
+from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_bias_last_axis, conv_tokens,
                            gemm_bias_wanted, linear, trunc_normal_, zeros_)
@@ -402,6 +403,15 @@ class PerViT(GradCheckpointing, nn.Layer):
         # The official optimizer (timm create_optimizer) decays every tensor with more than one
         # dimension and defines no exceptions; the engine already skips the 1-D ones.
         return set()
+
+    def num_layers(self):
+        return len(self.blocks)
+
+    def layer_id(self, name):
+        """TRAIN.LAYER_DECAY (engine/optim.py): 0 the conv stem and the distance projection every
+        block's position encoding reads, i + 1 block i (a stage's widening shortcut is in its last
+        block), then the norm and head."""
+        return layer_id_of_blocks(name, len(self.blocks), ('stem', 'rpe_proj'))
 
 
 def build_pervit(config):

@@ -179,6 +179,24 @@ class PoolingTransformer(GradCheckpointing, nn.Layer):
     def no_weight_decay(self):
         return {'pos_embed', 'cls_token'}
 
+    def num_layers(self):
+        return sum(len(t.blocks) for t in self.transformers)
+
+    def layer_id(self, name):
+        """TRAIN.LAYER_DECAY (engine/optim.py): 0 embeddings, then the blocks of all stages in order
+        (1, 2, ...), each pooling layer with the first block of the stage it feeds, then the head(s)."""
+        parts = name.split('.')
+        if parts[0] in ('patch_embed', 'cls_token', 'pos_embed'):
+            return 0
+        first = [1]                                   # layer id of each stage's first block
+        for t in self.transformers:
+            first.append(first[-1] + len(t.blocks))
+        if parts[0] == 'transformers':
+            return first[int(parts[1])] + int(parts[3])
+        if parts[0] == 'pools':
+            return first[int(parts[1]) + 1]
+        return first[-1]                              # norm, head, head_dist: num_layers + 1
+
     def forward_features(self, x):
         """The normalised class token(s), [B, num_tokens, C]."""
         x = self.pos_drop(add_position_embedding(self.patch_embed(x), self.pos_embed))

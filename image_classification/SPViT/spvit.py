@@ -39,6 +39,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, conv_tokens,
                            multi_head_attention, ones_, resize_pos_embed, trunc_normal_, zeros_)
@@ -274,6 +275,14 @@ class SPViT(GradCheckpointing, nn.Layer):
 
     def no_weight_decay(self):
         return {'pos_embed', 'cls_token'}
+
+    def num_layers(self):
+        return len(self.blocks)
+
+    def layer_id(self, name):
+        """TRAIN.LAYER_DECAY (engine/optim.py): 0 embeddings, i + 1 block i (spatial-prior blocks and
+        the class-token blocks after them, in order), then the norm, head and token-label head."""
+        return layer_id_of_blocks(name, len(self.blocks), ('patch_embed', 'cls_token', 'pos_embed'))
 
     def forward_tokens(self, x):
         """Patch tokens [B, N, C] (position embedding not yet added) -> normed [B, 1 + N, C]."""

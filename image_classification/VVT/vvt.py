@@ -211,6 +211,26 @@ class VicinityVisionTransformer(GradCheckpointing, nn.Layer):
         """Nothing beyond the 1-D parameters the engine already skips (no position embeddings)."""
         return set()
 
+    def num_layers(self):
+        return sum(len(stage.blocks) for stage in self.stages)
+
+    def layer_id(self, name):
+        """TRAIN.LAYER_DECAY (engine/optim.py): 0 the first patch embedding, then the blocks of all
+        stages in order (1, 2, ...); a stage's downsampling patch embedding goes with its first
+        block and its closing norm with the next stage's first block (the last one with the head)."""
+        parts = name.split('.')
+        first = [1]                                   # layer id of each stage's first block
+        for stage in self.stages:
+            first.append(first[-1] + len(stage.blocks))
+        if parts[0] != 'stages':
+            return first[-1]                          # head: num_layers + 1
+        s = int(parts[1])
+        if parts[2] == 'patch_embed':
+            return 0 if s == 0 else first[s]
+        if parts[2] == 'blocks':
+            return first[s] + int(parts[3])
+        return first[s + 1]                           # the stage's norm feeds the next stage
+
     def forward_features(self, x):
         for i, stage in enumerate(self.stages):
             x, height, width = stage(x)

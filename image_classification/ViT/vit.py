@@ -25,6 +25,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
                            to_2tuple, torch_default_init)
@@ -244,6 +245,13 @@ class VisionTransformer(GradCheckpointing, nn.Layer):
 
     def no_weight_decay(self):
         return {'pos_embed', 'cls_token'}
+
+    def num_layers(self):
+        return len(self.blocks)
+
+    def layer_id(self, name):
+        """TRAIN.LAYER_DECAY (engine/optim.py): 0 embeddings (the R50 stem too), i + 1 block i, then the head."""
+        return layer_id_of_blocks(name, len(self.blocks), ('patch_embed', 'cls_token', 'pos_embed'))
 
     def forward_features(self, x):
         """[B, 3, H, W] -> the class token's final feature [B, C] (before pre_logits)."""
