@@ -106,3 +106,60 @@ def test_model_without_block_loop_is_refused():
     """set_grad_checkpointing on a layer with no checkpointable loop says so instead of doing nothing."""
     with pytest.raises(ValueError, match='no block loop'):
         recompute_module.set_grad_checkpointing(paddle.nn.Linear(2, 2))
+
+
+DATA_PARALLEL_SCRIPT = '''
+import os, sys
+sys.path[:0] = {paths!r}
+import conftest  # noqa: F401  (paths, quiet Paddle)
+import numpy as np
+import paddle
+import paddle.distributed as dist
+from engine.families import build_from_config
+
+dist.init_parallel_env()
+rank = dist.get_rank()
+paddle.seed(1)
+config, model = build_from_config({cfg!r}, {opts!r})
+dp = paddle.DataParallel(model)
+dp.train()
+x = paddle.to_tensor(np.random.default_rng(rank).standard_normal((2, 3, 32, 32)).astype('float32'))
+
+def step(enable):
+    model.set_grad_checkpointing(enable)
+    model.clear_gradients()
+    paddle.seed(7 + rank)
+    out = dp(x)
+    loss = (out * paddle.arange(out.size, dtype='float32').reshape(out.shape).sin()).sum()
+    loss.backward()
+    return {{n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None}}
+
+plain, checkpointed = step(False), step(True)
+np.savez(os.path.join({out!r}, f'rank{{rank}}.npz'),
+         **{{'plain/' + k: v for k, v in plain.items()}}, **{{'ckpt/' + k: v for k, v in checkpointed.items()}})
+'''
+
+
+@pytest.mark.slow
+def test_checkpointing_under_data_parallel(tmp_path):
+    """2 CPU ranks (gloo) under paddle.DataParallel: the all-reduced gradients with checkpointing
+    equal those without, and are the same on both ranks (the reducer's hooks still fire)."""
+    import subprocess
+    import sys
+    cfg, opts, _ = CASES['vit']
+    script = tmp_path / 'dp.py'
+    script.write_text(DATA_PARALLEL_SCRIPT.format(
+        paths=[os.path.dirname(os.path.abspath(__file__)), REPO, os.path.join(REPO, 'image_classification')],
+        cfg=os.path.join(CONFIGS, cfg), opts=opts + STOCHASTIC, out=str(tmp_path)))
+    proc = subprocess.run([sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
+                           '--log_dir', str(tmp_path / 'log'), str(script)], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    logs = ''.join(p.read_text(errors='replace') for p in (tmp_path / 'log').glob('*'))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr + logs)[-4000:]
+    ranks = [np.load(tmp_path / f'rank{r}.npz') for r in (0, 1)]
+    keys = [k for k in ranks[0].files if k.startswith('plain/')]
+    assert keys and {k for k in ranks[0].files if k.startswith('ckpt/')} == {'ckpt/' + k[6:] for k in keys}
+    for key in keys:
+        for r in ranks:
+            np.testing.assert_allclose(r['ckpt/' + key[6:]], r[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(ranks[1][key], ranks[0][key], rtol=1e-6, atol=1e-7, err_msg=key)
