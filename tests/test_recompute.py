@@ -163,3 +163,38 @@ def test_checkpointing_under_data_parallel(tmp_path):
         for r in ranks:
             np.testing.assert_allclose(r['ckpt/' + key[6:]], r[key], rtol=1e-5, atol=1e-6, err_msg=key)
         np.testing.assert_allclose(ranks[1][key], ranks[0][key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_recompute_on_a_family_without_block_loop_is_a_user_error(tmp_path):
+    """TRAIN.RECOMPUTE on RegNet (convolutional stages, no checkpointed loop) ends with one message,
+    before any data is read, instead of training without it."""
+    from engine.config import ConfigError
+    from engine.families import load_family
+    from engine.launcher import execute
+    family = load_family('RegNet')
+    argv = ['-cfg', os.path.join(CONFIGS, 'RegNet/configs/regnety_400mf.yaml'), '-output', str(tmp_path),
+            '-data_path', str(tmp_path / 'no_data'), '-opts', 'DATA.IMAGE_SIZE', '64', 'MODEL.STEM_WIDTH', '8',
+            'MODEL.W0', '16', 'MODEL.WA', '12.0', 'MODEL.WM', '1.5', 'MODEL.DEPTH', '5', 'MODEL.GROUP_W', '12',
+            'TRAIN.RECOMPUTE', 'True']
+    with pytest.raises(ConfigError, match='RegNet models do not support TRAIN.RECOMPUTE'):
+        execute(family.get_config, family.build_model, argv=argv)
+
+
+def test_launcher_switches_checkpointing_on(tmp_path):
+    """-opts TRAIN.RECOMPUTE True reaches the model the launcher trains (it stops later, at the
+    missing data, which is all this test needs)."""
+    from engine.errors import UserError
+    from engine.families import load_family
+    from engine.launcher import execute
+    family, built = load_family('ViT'), []
+
+    def build(config):
+        built.append(family.build_model(config))
+        return built[-1]
+    cfg, opts, _ = CASES['vit']
+    for value in ('False', 'True'):
+        argv = ['-cfg', os.path.join(CONFIGS, cfg), '-output', str(tmp_path / value), '-data_path',
+                str(tmp_path / 'no_data'), '-opts', *opts, 'TRAIN.RECOMPUTE', value]
+        with pytest.raises(UserError):
+            execute(family.get_config, build, argv=argv)
+    assert [m.grad_checkpointing for m in built] == [False, True]
