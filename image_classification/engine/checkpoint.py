@@ -5,7 +5,7 @@ Layout in the output folder (PaddleViT's names, so `-resume` and
 
     <NAME>-Epoch-<e>.pdparams      model weights
     <NAME>-Epoch-<e>-EMA.pdparams  EMA weights (when TRAIN.MODEL_EMA)
-    <NAME>-Epoch-<e>.pdopt         optimizer + schedule + loss scaler + epoch
+    <NAME>-Epoch-<e>.pdopt         optimizer + schedule + loss scaler + epoch + EMA update count
     <NAME>-Best.pdparams           best validation top-1 so far (+ -Best-EMA)
     latest.txt                     prefix of the newest complete checkpoint
 
