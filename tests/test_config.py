@@ -93,7 +93,7 @@ def test_optional_keys_are_the_expected_ones():
     assert {k for _, k in _optional_keys()} == {
         'DATA.BATCH_SIZE_EVAL', 'MODEL.PRETRAINED', 'MODEL.RESUME', 'TRAIN.GRAD_CLIP',
         'TRAIN.LINEAR_SCALED_LR', 'TRAIN.COLOR_JITTER', 'TRAIN.CUTMIX_MINMAX', 'TRAIN.TEACHER_MODEL',
-        'TRAIN.TEACHER_CONFIG', 'MODEL.QK_SCALE', 'DATA.MAX_IMAGE_PIXELS'}
+        'TRAIN.TEACHER_CONFIG', 'MODEL.QK_SCALE', 'DATA.MAX_IMAGE_PIXELS', 'TRAIN.LAYER_DECAY'}
 
 
 @pytest.mark.parametrize('family,key', _optional_keys())

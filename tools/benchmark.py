@@ -142,6 +142,8 @@ def measure(job):
     size, batch = config.DATA.IMAGE_SIZE, job['batch_size']
     paddle.seed(0)
     model = family.build_model(config)
+    if config.TRAIN.RECOMPUTE and job['mode'] == 'train':   # -opts TRAIN.RECOMPUTE True, as the launcher does
+        model.set_grad_checkpointing(True)
     params = sum(int(p.numel()) for p in model.parameters())
     images = paddle.randn([batch, config.DATA.IMAGE_CHANNELS, size, size])
     labels = paddle.randint(0, config.MODEL.NUM_CLASSES, [batch])
@@ -193,7 +195,7 @@ def measure(job):
         'params (M)': params / 1e6, 'threads': job['threads'], 'device': device,
         'to_static': job['to_static'], 'inference': bool(job.get('inference')) and job['mode'] == 'eval',
         'onednn': onednn, 'seconds per iter': seconds / job['iters'],
-        'warmup': job['warmup'], 'iters': job['iters'],
+        'warmup': job['warmup'], 'iters': job['iters'], 'recompute': bool(config.TRAIN.RECOMPUTE),
     }
 
 

@@ -42,6 +42,8 @@ import paddle.nn.functional as F
 
 from engine import fused_ops
 from engine import features as feat
+from engine.optim import layer_id_of_blocks
+from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_bias_last_axis, conv_tokens,
                            gemm_bias_wanted, linear, trunc_normal_, zeros_)
 
@@ -270,7 +272,7 @@ class Block(nn.Layer):
         return (x, attn) if return_attention else x
 
 
-class PerViT(nn.Layer):
+class PerViT(GradCheckpointing, nn.Layer):
     CLASSIFIER = ('head',)
 
     def __init__(self, image_size=224, in_chans=3, num_classes=1000, embed_dims=(128, 192, 224, 280),
@@ -290,6 +292,7 @@ class PerViT(nn.Layer):
         dims.append(dims[-1])
         depth = len(dims) - 1
         self.depth = depth
+        self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
 
         self.stem = ConvStem(in_chans, stem_dims)
         self.rpe_proj = Linear(1, num_heads * 4)   # distance -> 4h features, shared by all blocks
@@ -391,7 +394,7 @@ class PerViT(nn.Layer):
                 x, attn = blk(x, grid, phi, return_attention=True)
                 attentions.append(attn)
             else:
-                x = blk(x, grid, phi)
+                x = run_block(self, blk, x, grid, phi)
         x = self.norm(x).mean(axis=1)
         return (x, attentions) if return_attention else x
 
@@ -437,6 +440,15 @@ class PerViT(nn.Layer):
         # The official optimizer (timm create_optimizer) decays every tensor with more than one
         # dimension and defines no exceptions; the engine already skips the 1-D ones.
         return set()
+
+    def num_layers(self):
+        return len(self.blocks)
+
+    def layer_id(self, name):
+        """TRAIN.LAYER_DECAY (engine/optim.py): 0 the conv stem and the distance projection every
+        block's position encoding reads, i + 1 block i (a stage's widening shortcut is in its last
+        block), then the norm and head."""
+        return layer_id_of_blocks(name, len(self.blocks), ('stem', 'rpe_proj'))
 
 
 def build_pervit(config):

@@ -33,6 +33,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import features as feat
+from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
                            ones_, torch_default_init, trunc_normal_, zeros_)
 
@@ -87,6 +88,7 @@ class Transformer(nn.Layer):
 
     def __init__(self, dim, depth, num_heads, mlp_ratio, drop=0., attn_drop=0., drop_path=()):
         super().__init__()
+        self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
         self.blocks = nn.LayerList([
             Block(dim, num_heads, mlp_ratio, drop, attn_drop, drop_path[i]) for i in range(depth)])
 
@@ -95,7 +97,7 @@ class Transformer(nn.Layer):
         num_prefix = cls_tokens.shape[1]
         x = paddle.concat([cls_tokens, x.flatten(2).transpose([0, 2, 1])], axis=1)   # [B, T + HW, C]
         for blk in self.blocks:
-            x = blk(x)
+            x = run_block(self, blk, x)
         cls_tokens = x[:, :num_prefix]
         x = x[:, num_prefix:].transpose([0, 2, 1]).reshape([b, c, h, w])
         return x, cls_tokens
@@ -125,7 +127,7 @@ class ConvEmbedding(nn.Layer):
         return self.conv(x)
 
 
-class PoolingTransformer(nn.Layer):
+class PoolingTransformer(GradCheckpointing, nn.Layer):
     """PiT; with `distilled=True` the DeiT-style distilled model (two tokens, two heads)."""
 
     CLASSIFIER = ('head', 'head_dist')
@@ -181,6 +183,24 @@ class PoolingTransformer(nn.Layer):
 
     def no_weight_decay(self):
         return {'pos_embed', 'cls_token'}
+
+    def num_layers(self):
+        return sum(len(t.blocks) for t in self.transformers)
+
+    def layer_id(self, name):
+        """TRAIN.LAYER_DECAY (engine/optim.py): 0 embeddings, then the blocks of all stages in order
+        (1, 2, ...), each pooling layer with the first block of the stage it feeds, then the head(s)."""
+        parts = name.split('.')
+        if parts[0] in ('patch_embed', 'cls_token', 'pos_embed'):
+            return 0
+        first = [1]                                   # layer id of each stage's first block
+        for t in self.transformers:
+            first.append(first[-1] + len(t.blocks))
+        if parts[0] == 'transformers':
+            return first[int(parts[1])] + int(parts[3])
+        if parts[0] == 'pools':
+            return first[int(parts[1]) + 1]
+        return first[-1]                              # norm, head, head_dist: num_layers + 1
 
     def forward_features(self, x):
         """The normalised class token(s), [B, num_tokens, C]."""

@@ -40,6 +40,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import features as feat
+from engine.optim import layer_id_of_blocks
+from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, conv_tokens,
                            multi_head_attention, ones_, resize_pos_embed, trunc_normal_, zeros_)
 from engine.token_labeling import DenseOutput, MixToken
@@ -211,7 +213,7 @@ class Block(nn.Layer):
         return self.pos_block(x, grid, has_cls)
 
 
-class SPViT(nn.Layer):
+class SPViT(GradCheckpointing, nn.Layer):
     """SP-ViT / LV-ViT.  Arguments follow the official `SP_ViT` class.
 
     Args:
@@ -238,6 +240,7 @@ class SPViT(nn.Layer):
             raise ValueError(f'image size {img_size} is not a multiple of the patch size {patch_size}')
         self.num_classes = num_classes
         self.embed_dim = embed_dim
+        self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
         self.grid = (img_size // patch_size, img_size // patch_size)
         self.local_up_to_layer = local_up_to_layer
         self.dense_training = dense_training
@@ -278,6 +281,14 @@ class SPViT(nn.Layer):
     def no_weight_decay(self):
         return {'pos_embed', 'cls_token'}
 
+    def num_layers(self):
+        return len(self.blocks)
+
+    def layer_id(self, name):
+        """TRAIN.LAYER_DECAY (engine/optim.py): 0 embeddings, i + 1 block i (spatial-prior blocks and
+        the class-token blocks after them, in order), then the norm, head and token-label head."""
+        return layer_id_of_blocks(name, len(self.blocks), ('patch_embed', 'cls_token', 'pos_embed'))
+
     def forward_tokens(self, x):
         """Patch tokens [B, N, C] (position embedding not yet added) -> normed [B, 1 + N, C]."""
         cls = self.cls_token.expand([x.shape[0], -1, -1])
@@ -287,7 +298,7 @@ class SPViT(nn.Layer):
         for i, blk in enumerate(self.blocks):
             if i == self.local_up_to_layer and i > 0:
                 x = paddle.concat([cls, x], axis=1)
-            x = blk(x, self.grid, has_cls=i >= self.local_up_to_layer)
+            x = run_block(self, blk, x, grid=self.grid, has_cls=i >= self.local_up_to_layer)
         return self.norm(x)
 
     def forward_features(self, x):

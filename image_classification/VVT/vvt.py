@@ -34,6 +34,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import features as feat
+from engine.recompute import GradCheckpointing, run_block
 from engine.layers import Conv2D, DropPath, GELU, LayerNorm, Linear, conv_tokens, init_vit_weights, zeros_
 
 __all__ = ['VicinityVisionTransformer', 'build_vvt', 'vicinity_phases', 'vicinity_attention']
@@ -160,6 +161,7 @@ class Stage(nn.Layer):
     def __init__(self, in_channels, dim, depth, num_heads, mlp_ratio, fr_ratio, se_ratio,
                  patch_size, stride, drop, drop_paths):
         super().__init__()
+        self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
         self.patch_embed = OverlapPatchEmbed(in_channels, dim, patch_size, stride)
         self.blocks = nn.LayerList([
             Block(dim, num_heads, mlp_ratio, fr_ratio, se_ratio, drop, drop_paths[j])
@@ -170,11 +172,11 @@ class Stage(nn.Layer):
         x, height, width = self.patch_embed(x)
         phases = vicinity_phases(height, width)     # shared by the stage's blocks
         for block in self.blocks:
-            x = block(x, height, width, phases)
+            x = run_block(self, block, x, height=height, width=width, phases=phases)
         return self.norm(x), height, width
 
 
-class VicinityVisionTransformer(nn.Layer):
+class VicinityVisionTransformer(GradCheckpointing, nn.Layer):
     """VVT: four stages, global average pooling, linear classifier."""
 
     CLASSIFIER = ('head',)
@@ -212,6 +214,26 @@ class VicinityVisionTransformer(nn.Layer):
     def no_weight_decay(self):
         """Nothing beyond the 1-D parameters the engine already skips (no position embeddings)."""
         return set()
+
+    def num_layers(self):
+        return sum(len(stage.blocks) for stage in self.stages)
+
+    def layer_id(self, name):
+        """TRAIN.LAYER_DECAY (engine/optim.py): 0 the first patch embedding, then the blocks of all
+        stages in order (1, 2, ...); a stage's downsampling patch embedding goes with its first
+        block and its closing norm with the next stage's first block (the last one with the head)."""
+        parts = name.split('.')
+        first = [1]                                   # layer id of each stage's first block
+        for stage in self.stages:
+            first.append(first[-1] + len(stage.blocks))
+        if parts[0] != 'stages':
+            return first[-1]                          # head: num_layers + 1
+        s = int(parts[1])
+        if parts[2] == 'patch_embed':
+            return 0 if s == 0 else first[s]
+        if parts[2] == 'blocks':
+            return first[s] + int(parts[3])
+        return first[s + 1]                           # the stage's norm feeds the next stage
 
     def forward_features(self, x):
         for i, stage in enumerate(self.stages):

@@ -26,6 +26,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import features as feat
+from engine.optim import layer_id_of_blocks
+from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
                            to_2tuple, torch_default_init)
 
@@ -205,7 +207,7 @@ class Block(nn.Layer):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class VisionTransformer(nn.Layer):
+class VisionTransformer(GradCheckpointing, nn.Layer):
     """ViT: patch (or ResNet-feature) tokens, a class token, learned position
     embeddings, `depth` pre-norm blocks, a final LayerNorm and a linear head on the
     class token (through tanh(pre_logits) when `representation_size` is set)."""
@@ -221,6 +223,7 @@ class VisionTransformer(nn.Layer):
             raise ValueError(f'pos_embed_resize {pos_embed_resize!r}: expected zoom_linear or bicubic')
         self.num_classes = num_classes
         self.pos_embed_resize = pos_embed_resize
+        self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
         self.patch_embed = PatchEmbed(image_size, patch_size, embed_dim, resnet_layers, resnet_width)
         self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=nn.initializer.Constant(0.))
         self.pos_embed = self.create_parameter([1, self.patch_embed.num_patches + 1, embed_dim],
@@ -248,13 +251,20 @@ class VisionTransformer(nn.Layer):
     def no_weight_decay(self):
         return {'pos_embed', 'cls_token'}
 
+    def num_layers(self):
+        return len(self.blocks)
+
+    def layer_id(self, name):
+        """TRAIN.LAYER_DECAY (engine/optim.py): 0 embeddings (the R50 stem too), i + 1 block i, then the head."""
+        return layer_id_of_blocks(name, len(self.blocks), ('patch_embed', 'cls_token', 'pos_embed'))
+
     def forward_features(self, x):
         """[B, 3, H, W] -> the class token's final feature [B, C] (before pre_logits)."""
         x = self.patch_embed(x)
         cls = self.cls_token.expand([x.shape[0], -1, -1])
         x = self.pos_drop(add_position_embedding(paddle.concat([cls, x], axis=1), self.pos_embed))
         for block in self.blocks:
-            x = block(x)
+            x = run_block(self, block, x)
         return self.norm(x)[:, 0]
 
     def forward_intermediates(self, x, indices=None, norm=False, output_fmt='NCHW', intermediates_only=False,

@@ -5,7 +5,7 @@ Layout in the output folder (PaddleViT's names, so `-resume` and
 
     <NAME>-Epoch-<e>.pdparams      model weights
     <NAME>-Epoch-<e>-EMA.pdparams  EMA weights (when TRAIN.MODEL_EMA)
-    <NAME>-Epoch-<e>.pdopt         optimizer + schedule + loss scaler + epoch
+    <NAME>-Epoch-<e>.pdopt         optimizer + schedule + loss scaler + epoch + EMA update count
     <NAME>-Best.pdparams           best validation top-1 so far (+ -Best-EMA)
     latest.txt                     prefix of the newest complete checkpoint
 
@@ -481,6 +481,7 @@ class CheckpointManager:
             'epoch': epoch,
             'scaler': scaler.state_dict() if scaler is not None else None,
             'extra': dict(extra or {}),
+            'ema_updates': ema.updates if ema is not None else None,   # MODEL_EMA_WARMUP's step
         }
         pairs = [(model.state_dict(), prefix + '.pdparams')]
         if ema is not None:
@@ -582,6 +583,11 @@ def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None, load_opti
     else:
         optimizer.set_state_dict(_framework_optimizer_state(model, state['optimizer']))
     scheduler.set_state_dict(state['lr_scheduler'])
+    if ema is not None:
+        # the EMA is updated once per optimizer step, as the schedule is stepped: a checkpoint
+        # written before `ema_updates` was saved gets the schedule's step count
+        updates = state.get('ema_updates')
+        ema.updates = int(updates if updates is not None else scheduler.last_epoch)
     if scaler is not None and state.get('scaler'):
         scaler.load_state_dict(state['scaler'])
     return state['epoch'], state.get('extra') or {}

@@ -334,6 +334,13 @@ def base_config():
     c.TRAIN.LR_SCALING = 'base'
     c.TRAIN.MODEL_EMA = False
     c.TRAIN.MODEL_EMA_DECAY = 0.99996
+    # timm's --model-ema-warmup: decay at EMA step t is min(MODEL_EMA_DECAY, (1 + t) / (10 + t))
+    c.TRAIN.MODEL_EMA_WARMUP = False
+    # gradient checkpointing: each transformer block's activations are recomputed in the backward
+    # pass instead of kept (engine/recompute.py); same loss and gradients, less memory, slower step
+    c.TRAIN.RECOMPUTE = False
+    # layer-wise LR decay (BEiT / timm): LR x LAYER_DECAY ** (num_layers + 1 - layer id); None or 1.0: off
+    c.TRAIN.LAYER_DECAY = optional(float)
     # train with every layer inside the model in eval mode: no dropout, attention dropout or drop
     # path, BatchNorm frozen at its running statistics (DeiT's --finetune; engine/trainer.py)
     c.TRAIN.FINETUNE_EVAL_MODE = False
@@ -426,6 +433,7 @@ BASE_RULES = {
     'TRAIN.SHARDING': (one_of('off', 'os', 'os_g', 'p_g_os'),),
     'TRAIN.LINEAR_SCALED_LR': (at_least(1),),
     'TRAIN.MODEL_EMA_DECAY': (in_range(0, 1, high_open=True),),
+    'TRAIN.LAYER_DECAY': (in_range(0, 1, low_open=True),),
     'TRAIN.LR_SCALING': (one_of('base', 'all'),),
     'TRAIN.COOLDOWN_EPOCHS': (NON_NEGATIVE,),
     'TRAIN.OPTIMIZER.NAME': (one_of('AdamW', 'SGD', case_sensitive=False),),

@@ -203,6 +203,12 @@ def run(config, build_model, hooks, args, distributed):
     _seed_everything(config.SEED + rank)
 
     model = build_model(config)
+    if config.TRAIN.RECOMPUTE and not config.EVAL:
+        if not hasattr(model, 'set_grad_checkpointing'):
+            raise ConfigError(f'{config.MODEL.TYPE} models do not support TRAIN.RECOMPUTE (gradient '
+                              f'checkpointing); the ViT, PiT, PerViT, SPViT and VVT families do')
+        model.set_grad_checkpointing(True)
+        logger.info('TRAIN.RECOMPUTE: transformer blocks recompute their activations in the backward pass')
     params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
     logger.info(f'model {config.MODEL.NAME} ({config.MODEL.TYPE}): {params:,} trainable parameters')
     if config.MODEL.PRETRAINED:
@@ -239,7 +245,8 @@ def run(config, build_model, hooks, args, distributed):
         model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level='O2',
                                                dtype=config.AMP_DTYPE, master_weight=True)
     scaler = paddle.amp.GradScaler(enable=use_scaler, init_loss_scaling=2.**16)
-    ema = ModelEMA(model, config.TRAIN.MODEL_EMA_DECAY) if config.TRAIN.MODEL_EMA else None
+    ema = ModelEMA(model, config.TRAIN.MODEL_EMA_DECAY, warmup=config.TRAIN.MODEL_EMA_WARMUP) \
+        if config.TRAIN.MODEL_EMA else None
     batch_mix = hooks.build_batch_mix(config) or data.build_mixup(config)
     criterion = hooks.build_criterion(config) or losses.build_criterion(config, batch_mix is not None)
     distill = config.TRAIN.DISTILLATION_TYPE != 'none'

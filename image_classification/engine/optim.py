@@ -5,11 +5,52 @@ Weight decay: Paddle calls `apply_decay_param_fun` with each parameter's
 knows (`blocks.0.attn.qkv.weight`).  PaddleViT compared structured names there,
 so its exclusion never fired.  Here the decision is made on structured names
 and translated to framework names once.
+
+Layer-wise LR decay (TRAIN.LAYER_DECAY, BEiT / timm `param_groups_layer_decay`):
+every parameter gets a layer id, 0 for the embeddings, i + 1 for block i in
+forward order, num_layers + 1 for what follows the last block (final norm,
+heads), and its learning rate is the schedule's times
+LAYER_DECAY ** (num_layers + 1 - layer id): the head trains at the full rate,
+each block below it at LAYER_DECAY times the one above.  A model takes part by
+defining `num_layers()` and `layer_id(structured name)` (each family's order
+is documented there).  The scale goes into Paddle's parameter groups as their
+`learning_rate`, a multiplier Paddle applies to the scheduler's value at every
+step (`Optimizer._create_param_lr`), so warmup and cosine act on every group
+alike, and AdamW's decoupled weight decay (lr x coefficient) follows the group's
+rate as in timm; weight-decay exclusion is unchanged (AdamW's
+`apply_decay_param_fun`, SGD's groups).
 """
 import math
 
 import paddle
 from paddle.optimizer.lr import LRScheduler
+
+from .config import ConfigError
+
+
+def layer_id_of_blocks(name, num_blocks, embeddings, blocks='blocks'):
+    """The layer id of parameter `name` in a model made of embeddings (top-level names in
+    `embeddings`: 0), one list of blocks (`blocks.<i>.`: i + 1) and what follows (num_blocks + 1)."""
+    parts = name.split('.')
+    if parts[0] in embeddings:
+        return 0
+    if parts[0] == blocks:
+        return int(parts[1]) + 1
+    return num_blocks + 1
+
+
+def layer_scales(model, decay):
+    """{structured name: LR multiplier} of `model`'s trainable parameters for TRAIN.LAYER_DECAY `decay`."""
+    num_layers = model.num_layers()
+    scales = {}
+    for name, param in model.named_parameters():
+        if param.stop_gradient:
+            continue
+        layer = model.layer_id(name)
+        if not 0 <= layer <= num_layers + 1:
+            raise ValueError(f'{type(model).__name__}.layer_id({name!r}) = {layer}, outside [0, {num_layers + 1}]')
+        scales[name] = decay ** (num_layers + 1 - layer)
+    return scales
 
 
 
@@ -115,23 +156,41 @@ def build_scheduler(config, steps_per_epoch, world_size):
 
 
 def build_optimizer(config, model, scheduler):
-    """AdamW or SGD (momentum) over `model`'s trainable parameters."""
+    """AdamW or SGD (momentum) over `model`'s trainable parameters, with TRAIN.LAYER_DECAY's
+    per-layer LR multipliers when it is set (see the module docstring)."""
     opt = config.TRAIN.OPTIMIZER
     clip = paddle.nn.ClipGradByGlobalNorm(config.TRAIN.GRAD_CLIP) if config.TRAIN.GRAD_CLIP else None
-    params = [p for p in model.parameters() if not p.stop_gradient]
+    trainable = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
+    scales = {}
+    decay = config.TRAIN.LAYER_DECAY
+    if decay is not None and decay != 1.0:
+        if not hasattr(model, 'layer_id'):
+            raise ConfigError(f'TRAIN.LAYER_DECAY = {decay}: {config.MODEL.TYPE} models define no layer order '
+                              f'for layer-wise LR decay (ViT, PiT, PerViT, SPViT and VVT do); leave it None')
+        scales = layer_scales(model, decay)
+    skip = no_decay_names(model)
+
+    def groups(key):
+        """Parameter groups, one per distinct (key(name), LR scale), in parameter order."""
+        found = {}
+        for n, p in trainable:
+            group = found.setdefault((key(n), scales.get(n, 1.0)), [])
+            group.append(p)
+        return [(k, {'params': ps, 'learning_rate': k[1]}) for k, ps in found.items()]
+
     name = opt.NAME.lower()
     if name == 'adamw':
+        params = [g for _, g in groups(lambda n: None)] if scales else [p for _, p in trainable]
         return paddle.optimizer.AdamW(
             learning_rate=scheduler, parameters=params, beta1=opt.BETAS[0], beta2=opt.BETAS[1],
             epsilon=opt.EPS, weight_decay=config.TRAIN.WEIGHT_DECAY,
             apply_decay_param_fun=decay_filter(model), grad_clip=clip)
     if name == 'sgd':
-        skip = no_decay_names(model)
-        decayed = [p for n, p in model.named_parameters() if not p.stop_gradient and n not in skip]
-        kept = [p for n, p in model.named_parameters() if not p.stop_gradient and n in skip]
-        groups = [{'params': decayed, 'weight_decay': config.TRAIN.WEIGHT_DECAY},
-                  {'params': kept, 'weight_decay': 0.0}]
+        params = []
+        for (kept, _), group in groups(lambda n: n in skip):
+            group['weight_decay'] = 0.0 if kept else config.TRAIN.WEIGHT_DECAY
+            params.append(group)
         return paddle.optimizer.Momentum(
-            learning_rate=scheduler, momentum=opt.MOMENTUM, parameters=[g for g in groups if g['params']],
+            learning_rate=scheduler, momentum=opt.MOMENTUM, parameters=params,
             grad_clip=clip, use_nesterov=False)
     raise ValueError(f'TRAIN.OPTIMIZER.NAME {opt.NAME!r}: expected AdamW or SGD')
