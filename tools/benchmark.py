@@ -201,8 +201,11 @@ def _inference_step(model, size, images, device, threads):
     graph (then without it, with its message on stderr).  Returns (step, whether
     oneDNN runs it; None on GPU)."""
     import tempfile
-    import export_model   # siblings: this file's folder is sys.path[0] when run as a script
-    import predict
+    if __package__:   # imported as tools.benchmark
+        from tools import export_model, predict
+    else:             # run as a script: its folder is sys.path[0]
+        import export_model
+        import predict
     folder = tempfile.mkdtemp(prefix='benchmark_export_')
     try:
         export_model.export(model, size, folder)
