@@ -19,29 +19,21 @@ Asked for an EMA that the file does not hold, it stops and lists what it holds
 (timm would silently fall back to the non-EMA weights).
 """
 import argparse
-import importlib
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (REPO, os.path.join(REPO, 'image_classification')):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+import engine  # noqa: F401  (first: sets the environment before paddle)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from engine.errors import UserError  # noqa: E402
-from engine.families import family_for_config  # noqa: E402
-from port_weights.checkpoint_io import load_checkpoint, load_torch, unwrap_state_dict  # noqa: E402
-from port_weights.keymap import check_state  # noqa: E402
-
-PORTERS = {'ViT': 'vit', 'PiT': 'pit', 'PerViT': 'pervit', 'SPViT': 'spvit', 'VVT': 'vvt',
-           'RegNet': 'regnet'}
+from engine.errors import UserError
+from engine.families import family_for_config, load_family
+from port_weights.checkpoint_io import load_checkpoint, load_torch, unwrap_state_dict
+from port_weights.keymap import check_state
 
 
 def porter_for(family_name):
-    """The `port_weights.<family>` module for a MODEL.TYPE."""
-    return importlib.import_module(f'port_weights.{PORTERS[family_name]}')
+    """The `port_weights.<porter>` key map registered for a MODEL.TYPE in engine/families.py."""
+    return load_family(family_name).port_module()
 
 
 # where training scripts store the EMA weights beside the model's, in the order looked for

@@ -102,9 +102,6 @@ def _setup_paddle(threads):
     """Thread count and quiet logs must be set before `import paddle`."""
     os.environ['OMP_NUM_THREADS'] = str(threads)
     os.environ.setdefault('GLOG_minloglevel', '1')
-    for path in (REPO, IC):
-        if path not in sys.path:
-            sys.path.insert(0, path)
     import engine  # noqa: F401  (the remaining process defaults, e.g. MKL on AMD)
     import paddle
     paddle.base.core.set_num_threads(threads)
@@ -206,9 +203,11 @@ def _inference_step(model, size, images, device, threads):
     graph (then without it, with its message on stderr).  Returns (step, whether
     oneDNN runs it; None on GPU)."""
     import tempfile
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import export_model
-    import predict
+    if __package__:   # imported as tools.benchmark
+        from tools import export_model, predict
+    else:             # run as a script: its folder is sys.path[0]
+        import export_model
+        import predict
     folder = tempfile.mkdtemp(prefix='benchmark_export_')
     try:
         export_model.export(model, size, folder)

@@ -52,10 +52,6 @@ from collections import Counter
 warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (REPO, os.path.join(REPO, 'image_classification')):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
 import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv once and (re)install when the requirements or the Paddle choice changed.
 # Used by run_demo.sh and run_tests.sh, so a fresh machine needs no manual step.
+# Installs this repository too (`pip install -e .`: import paddlevit / engine from anywhere).
 #
 # Paddle is not in requirements.txt because its package depends on the machine:
 #   PADDLE_PACKAGE    the pip requirement for Paddle; default: the CPU wheel from PyPI,
@@ -34,7 +35,7 @@ paddle_name() {
 if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
-want=$({ cat requirements.txt requirements-dev.txt; echo "paddle: $PADDLE_PACKAGE $PADDLE_INDEX_URL"; } \
+want=$({ cat requirements.txt requirements-dev.txt pyproject.toml; echo "paddle: $PADDLE_PACKAGE $PADDLE_INDEX_URL"; } \
        | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
     pip=(.venv/bin/python -m pip)
@@ -48,6 +49,9 @@ if [ "$(cat .venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
     done
     "${pip[@]}" install -q "$PADDLE_PACKAGE" ${PADDLE_INDEX_URL:+--extra-index-url "$PADDLE_INDEX_URL"}
     "${pip[@]}" install -q -r requirements-dev.txt
+    # this repository as the package `paddlevit` (+ `engine`, `port_weights`), editable: the
+    # family scripts, tools and tests import it from ./.venv instead of editing sys.path
+    "${pip[@]}" install -q --no-deps -e .
     printf '%s\n%s\n' "$PADDLE_PACKAGE" "$PADDLE_INDEX_URL" > .venv/.paddle
     echo "$want" > .venv/.requirements.sha
 fi

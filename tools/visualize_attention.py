@@ -21,10 +21,6 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (REPO, os.path.join(REPO, 'image_classification')):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
 import engine  # noqa: E402,F401  (sets the environment before paddle)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -257,7 +257,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import engine  # noqa: F401  (sets the environment before paddle)
     from engine.errors import cli
     sys.exit(cli(main))

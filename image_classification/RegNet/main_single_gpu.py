@@ -1,10 +1,7 @@
 """Evaluate (or train) RegNet in one process (GPU when present, else CPU)."""
-import os
-import sys
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from engine.launcher import main  # noqa: E402  (first: sets the environment before paddle)
-from config import get_config  # noqa: E402
-from regnet import build_regnet  # noqa: E402
+from engine.families import load_family  # first: importing `engine` sets the environment before paddle
+
+FAMILY = load_family('RegNet')   # at import: a spawned process re-imports this file to unpickle the builder
 
 if __name__ == '__main__':
-    main(get_config, build_regnet, distributed=False)
+    FAMILY.run(distributed=False)

@@ -1,11 +1,7 @@
 """Train or evaluate SP-ViT in one process (GPU when present, else CPU)."""
-import os
-import sys
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from engine.launcher import main  # noqa: E402  (first: sets the environment before paddle)
-from config import get_config  # noqa: E402
-from hooks import SPViTHooks  # noqa: E402
-from spvit import build_spvit  # noqa: E402
+from engine.families import load_family  # first: importing `engine` sets the environment before paddle
+
+FAMILY = load_family('SPViT')   # at import: a spawned process re-imports this file to unpickle the builder
 
 if __name__ == '__main__':
-    main(get_config, build_spvit, distributed=False, hooks=SPViTHooks())
+    FAMILY.run(distributed=False)

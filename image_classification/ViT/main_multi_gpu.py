@@ -1,10 +1,7 @@
 """Train or evaluate ViT on all visible GPUs (or under paddle.distributed.launch, one or many nodes)."""
-import os
-import sys
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from engine.launcher import main  # noqa: E402  (first: sets the environment before paddle)
-from config import get_config  # noqa: E402
-from vit import build_vit  # noqa: E402
+from engine.families import load_family  # first: importing `engine` sets the environment before paddle
+
+FAMILY = load_family('ViT')   # at import: a spawned process re-imports this file to unpickle the builder
 
 if __name__ == '__main__':
-    main(get_config, build_vit, distributed=True)
+    FAMILY.run(distributed=True)

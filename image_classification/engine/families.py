@@ -1,28 +1,63 @@
-"""Where each model family lives, so shared tools can build any model from a config.
+"""The one registry of model families: everything else reads it.
 
-A family is a folder of `image_classification/` holding `config.py` (with
-`get_config`) and a model file (with a `build_<name>(config)` function).  Every
-folder has a module called `config`, so they are imported here by file path
-under unique names instead of through `sys.path`.
+A family is a folder of `image_classification/` holding `config.py` (its
+defaults and rules, `get_config`), a model file with a `build_<name>(config)`
+function, `configs/*.yaml` (its variants: each file name is a model name for
+`paddlevit.list_models` / `create_model`), optionally a `hooks.py` with a
+`FamilyHooks` subclass for the launcher, and a weight-port key map
+`port_weights/<porter>.py`.  `FAMILIES` below is the only table naming them:
+the `main_*.py` entry points, `port_weights/port.py`, the tools and the
+`paddlevit` API all look families up here, so adding a family is one folder,
+one key map and one line in this table.
+
+Every folder has a module called `config`, so family modules are imported by
+file path under unique names (`_family_<type>_<module>`) instead of through
+`sys.path`.
 """
+import fnmatch
+import importlib
 import importlib.util
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple, Optional
 
 from .config import ConfigError, yaml_model_type
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# MODEL.TYPE -> (folder, model module, builder)
+def _families_root():
+    """The folder holding the family folders: `image_classification/` in a clone or an
+    editable install, `site-packages/paddlevit/` in a regular install (the family folders
+    are package data of `paddlevit`, which maps onto `image_classification/`)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(here, 'ViT')):
+        return here
+    spec = importlib.util.find_spec('paddlevit')
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return here
+
+
+ROOT = _families_root()
+
+
+class FamilySpec(NamedTuple):
+    """One registry entry.  Plain 3-tuples (folder, module, builder) are accepted too."""
+    folder: str                    # under ROOT (or an absolute path)
+    module: str                    # model file, without .py
+    builder: str                   # build function in it: config -> paddle.nn.Layer
+    porter: Optional[str] = None   # port_weights.<porter>: official key map (`convert`)
+    hooks: Optional[str] = None    # 'module.Class' in the folder: the launcher's FamilyHooks
+
+
+# MODEL.TYPE -> where the family lives
 FAMILIES = {
-    'ViT': ('ViT', 'vit', 'build_vit'),
-    'PiT': ('PiT', 'pit', 'build_pit'),
-    'PerViT': ('PerViT', 'pervit', 'build_pervit'),
-    'SPViT': ('SPViT', 'spvit', 'build_spvit'),
-    'VVT': ('VVT', 'vvt', 'build_vvt'),
-    'RegNet': ('RegNet', 'regnet', 'build_regnet'),
+    'ViT': FamilySpec('ViT', 'vit', 'build_vit', porter='vit'),
+    'PiT': FamilySpec('PiT', 'pit', 'build_pit', porter='pit'),
+    'PerViT': FamilySpec('PerViT', 'pervit', 'build_pervit', porter='pervit', hooks='hooks.PerViTHooks'),
+    'SPViT': FamilySpec('SPViT', 'spvit', 'build_spvit', porter='spvit', hooks='hooks.SPViTHooks'),
+    'VVT': FamilySpec('VVT', 'vvt', 'build_vvt', porter='vvt'),
+    'RegNet': FamilySpec('RegNet', 'regnet', 'build_regnet', porter='regnet'),
 }
 
 
@@ -32,6 +67,32 @@ class Family:
     folder: str
     get_config: Callable
     build_model: Callable
+    porter: Optional[str] = None
+    hooks_class: Optional[type] = None
+
+    def make_hooks(self):
+        """A fresh hooks instance for `engine.launcher.main` (None: the engine's defaults)."""
+        return self.hooks_class() if self.hooks_class else None
+
+    def run(self, distributed, argv=None):
+        """What every `main_single_gpu.py` / `main_multi_gpu.py` does: the launcher with this
+        family's config, builder and hooks.  The scripts load the family at import, so a process
+        spawned by `paddle.distributed.spawn` (which re-imports the script) can unpickle them."""
+        from .launcher import main
+        return main(self.get_config, self.build_model, distributed=distributed, hooks=self.make_hooks(),
+                    argv=argv)
+
+    def port_module(self):
+        """`port_weights.<porter>`, the official-key map of this family."""
+        if not self.porter:
+            raise ConfigError(f'MODEL.TYPE {self.name!r} has no weight-port key map in engine/families.py')
+        return importlib.import_module(f'port_weights.{self.porter}')
+
+    def variants(self):
+        """{model name: config file} from `configs/*.yaml`, sorted by name."""
+        folder = os.path.join(self.folder, 'configs')
+        names = sorted(f for f in os.listdir(folder) if f.endswith('.yaml')) if os.path.isdir(folder) else []
+        return {f[:-len('.yaml')]: os.path.join(folder, f) for f in names}
 
 
 def _import_file(path, module_name):
@@ -52,12 +113,33 @@ def load_family(model_type):
     """The `Family` registered for MODEL.TYPE `model_type`."""
     if model_type not in FAMILIES:
         raise ConfigError(f'unknown MODEL.TYPE {model_type!r}; known: {sorted(FAMILIES)}')
-    folder, module, builder = FAMILIES[model_type]
+    spec = FAMILIES[model_type]
+    folder, module, builder = spec[:3]
+    porter = spec[3] if len(spec) > 3 else None
+    hooks = spec[4] if len(spec) > 4 else None
     folder = os.path.join(ROOT, folder)
     tag = model_type.lower()
     config_module = _import_file(os.path.join(folder, 'config.py'), f'_family_{tag}_config')
     model_module = _import_file(os.path.join(folder, f'{module}.py'), f'_family_{tag}_{module}')
-    return Family(model_type, folder, config_module.get_config, getattr(model_module, builder))
+    hooks_class = None
+    if hooks:
+        hooks_module, hooks_name = hooks.rsplit('.', 1)
+        hooks_class = getattr(_import_file(os.path.join(folder, f'{hooks_module}.py'),
+                                           f'_family_{tag}_{hooks_module}'), hooks_name)
+    return Family(model_type, folder, config_module.get_config, getattr(model_module, builder),
+                  porter, hooks_class)
+
+
+def all_variants(pattern='*'):
+    """{model name: (MODEL.TYPE, config file)} of every family, names matching `pattern`
+    (fnmatch, case-insensitive); a name used by two families is an error."""
+    found = {}
+    for model_type in FAMILIES:
+        for name, path in load_family(model_type).variants().items():
+            if name in found:
+                raise ConfigError(f'model name {name!r} is a config of both {found[name][0]} and {model_type}')
+            found[name] = (model_type, path)
+    return {n: found[n] for n in sorted(found) if fnmatch.fnmatch(n.lower(), pattern.lower())}
 
 
 def family_for_config(cfg_file):
@@ -73,3 +155,4 @@ def build_from_config(cfg_file, opts=None):
     family = family_for_config(cfg_file)
     config = family.get_config(cfg_file, opts=opts)
     return config, family.build_model(config)
+

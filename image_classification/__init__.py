@@ -1,0 +1,92 @@
+"""paddlevit: create a model by name, with the eval preprocessing it was made for.
+
+    import paddlevit
+    paddlevit.list_models('pit_*')                   # names of the configs/*.yaml of every family
+    model = paddlevit.create_model('pit_s_224', pretrained='pit_s_224.pdparams')
+    transform = paddlevit.create_transform(model)    # HWC uint8 RGB array -> normalised CHW float32
+
+This package is `image_classification/` itself (pyproject.toml maps it), so the
+family folders (`PiT/`, `ViT/`, ...) with their configs, `main_*.py` and
+`run_*.sh` stay where PaddleViT users expect them; the shared engine is also
+installed as the top-level package `engine`, which the family code imports.
+Families, their variants and builders come from the one registry,
+`engine/families.py`.
+"""
+import engine  # noqa: F401  (first: sets the process environment before paddle is imported)
+from engine.families import all_variants, load_family
+
+__all__ = ['list_models', 'create_model', 'create_transform', 'model_config']
+
+
+def list_models(pattern='*'):
+    """Sorted model names matching `pattern` (fnmatch, case-insensitive): one per
+    `configs/<name>.yaml` of every registered family, e.g. 'pit_s_224', 'vit_base_patch16_384'."""
+    return list(all_variants(pattern))
+
+
+def _opts_list(opts):
+    """`create_model`'s **opts as the `KEY VALUE` list `get_config` takes: keys are config keys
+    ('MODEL.DEPTH') or the same with '__' for '.' (`model__depth=2`)."""
+    out = []
+    for key, value in opts.items():
+        key = key.replace('__', '.').upper()
+        out += [key, repr(value) if isinstance(value, str) else str(value)]
+    return out
+
+
+def model_config(name, num_classes=None, image_size=None, **opts):
+    """The frozen config `create_model(name, ...)` builds from (its YAML, then the overrides)."""
+    variants = all_variants()
+    if name not in variants:
+        from engine.config import ConfigError
+        close = [n for n in variants if name.split('_')[0] in n][:10]
+        raise ConfigError(f'unknown model {name!r}; list_models() gives the {len(variants)} names'
+                          + (f' (similar: {", ".join(close)})' if close else ''))
+    model_type, cfg_file = variants[name]
+    overrides = dict(opts)
+    if num_classes is not None:
+        overrides['MODEL.NUM_CLASSES'] = num_classes
+    if image_size is not None:
+        overrides['DATA.IMAGE_SIZE'] = image_size
+    return load_family(model_type).get_config(cfg_file, opts=_opts_list(overrides) or None)
+
+
+def data_config(config):
+    """The eval preprocessing of a config as a plain dict (what `model.data_config` holds)."""
+    data = config.DATA
+    return {'input_size': (3, data.IMAGE_SIZE, data.IMAGE_SIZE), 'crop_pct': data.CROP_PCT,
+            'resize': data.EVAL_RESIZE, 'interpolation': data.INTERPOLATION,
+            'mean': tuple(data.MEAN), 'std': tuple(data.STD)}
+
+
+def create_model(name, pretrained=None, num_classes=None, image_size=None, **opts):
+    """The model `name` (see `list_models`), in eval mode, with `model.data_config` and `model.config`.
+
+    pretrained: a `.pdparams` file, loaded strictly as `-pretrained` loads it
+    (`engine.checkpoint.load_pretrained`): position embeddings are resized to `image_size`
+    (logged), and every missing, unexpected or mis-shaped key is an error, except the
+    classifier head when `num_classes` is given, which then starts from its initialisation
+    (fine-tuning on another label set).  Without `num_classes`, a head of another class count
+    is an error: a random head would silently give meaningless predictions.
+    num_classes / image_size: MODEL.NUM_CLASSES / DATA.IMAGE_SIZE.
+    **opts: any other config key, e.g. `**{'MODEL.DEPTH': 2}` or `model__depth=2`.
+    """
+    config = model_config(name, num_classes=num_classes, image_size=image_size, **opts)
+    model = load_family(config.MODEL.TYPE).build_model(config)
+    if pretrained:
+        from engine.checkpoint import load_pretrained
+        load_pretrained(model, pretrained, log=lambda message: None,
+                        drop_mismatched_head=num_classes is not None)
+    model.eval()
+    model.config = config
+    model.data_config = data_config(config)
+    return model
+
+
+def create_transform(model_or_data_config):
+    """The eval transform of a model from `create_model` (or of its `data_config` dict): the engine's
+    `EvalTransform`, HWC uint8 RGB array -> normalised CHW float32, as `-eval` preprocesses."""
+    from engine.data.transforms import EvalTransform
+    cfg = getattr(model_or_data_config, 'data_config', model_or_data_config)
+    return EvalTransform(cfg['input_size'][-1], cfg['crop_pct'], list(cfg['mean']), list(cfg['std']),
+                         interpolation=cfg['interpolation'], resize=cfg['resize'])
