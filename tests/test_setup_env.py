@@ -57,7 +57,8 @@ def test_fresh_machine_then_nothing_then_changed_requirements(tmp_path):
     calls, _ = _run(root, python, tmp_path)
     assert calls[0] == '-m venv .venv'
     assert '-m pip install -q paddlepaddle>=3.0.0,<3.4' in calls
-    assert calls[-1] == '-m pip install -q -r requirements-dev.txt'
+    assert calls[-2:] == ['-m pip install -q -r requirements-dev.txt',
+                          '-m pip install -q --no-deps -e .']   # then this repository, editable
     assert not any('uninstall' in c for c in calls)
     assert _run(root, python, tmp_path)[0] == []          # up to date: no pip call at all
     with open(root / 'requirements.txt', 'a') as f:
