@@ -16,6 +16,12 @@ def launched_by_paddle():
     return 'PADDLE_TRAINER_ID' in os.environ and int(os.environ.get('PADDLE_TRAINERS_NUM', '1')) > 1
 
 
+def launched_world_size(distributed):
+    """The group size this process will join, read from the launcher's environment, before
+    `init`: a run refused for its config is then refused without connecting to its peers."""
+    return int(os.environ['PADDLE_TRAINERS_NUM']) if distributed and launched_by_paddle() else 1
+
+
 def init(distributed):
     """Join the process group when there is one; returns (rank, world_size)."""
     if distributed and launched_by_paddle():

@@ -184,14 +184,14 @@ def run(config, build_model, hooks, args, distributed):
     """Train or evaluate in this process (one rank of a group when distributed)."""
     from . import data, losses   # imported here: workers must not pay for them at spawn
 
+    device = dist.device()
+    if not config.EVAL:   # -eval never wraps; refused before the group is joined (no gloo/NCCL wait)
+        sharding.check(config, dist.launched_world_size(distributed), device)
     rank, world = dist.init(distributed)
     resume_prefix = None
     if not config.EVAL:   # -eval writes only its log: never blocked
         resume_prefix = resolve_resume(config.MODEL.RESUME) if config.MODEL.RESUME else None
         check_output_folder(config.SAVE, resume_prefix, config.OVERWRITE)
-    device = dist.device()
-    if not config.EVAL:   # -eval never wraps; a training run is refused before anything is built
-        sharding.check(config, world, device)
     paddle.set_device(device)
     logger = get_logger(config.SAVE, rank)
     logger.info(f'command: {" ".join(sys.argv)}', extra=FILE_ONLY)
