@@ -22,13 +22,17 @@ import argparse
 import os
 import sys
 
-import engine  # noqa: F401  (first: sets the environment before paddle)
-import numpy as np
+import engine
 
-from engine.errors import UserError
-from engine.families import family_for_config, load_family
-from port_weights.checkpoint_io import load_checkpoint, load_torch, unwrap_state_dict
-from port_weights.keymap import check_state
+if __name__ == '__main__':
+    engine.prepare_process()   # run as a program: before paddle is imported
+
+import numpy as np  # noqa: E402
+
+from engine.errors import UserError  # noqa: E402
+from engine.families import family_for_config, load_family  # noqa: E402
+from port_weights.checkpoint_io import load_checkpoint, load_torch, unwrap_state_dict  # noqa: E402
+from port_weights.keymap import check_state  # noqa: E402
 
 
 def porter_for(family_name):
@@ -144,5 +148,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    from engine.cpu.settings import configure as configure_cpu
     from engine.errors import cli
+    configure_cpu()   # the comparison runs both models: threads, allocator, Paddle flags of a CPU run
     sys.exit(cli(main))

@@ -102,7 +102,8 @@ def _setup_paddle(threads):
     """Thread count and quiet logs must be set before `import paddle`."""
     os.environ['OMP_NUM_THREADS'] = str(threads)
     os.environ.setdefault('GLOG_minloglevel', '1')
-    import engine  # noqa: F401  (the remaining process defaults, e.g. MKL on AMD)
+    import engine
+    engine.prepare_process()   # the remaining process defaults, e.g. MKL on AMD
     import paddle
     paddle.base.core.set_num_threads(threads)
     return paddle
@@ -131,6 +132,8 @@ def measure(job):
     if device == 'auto':
         device = 'gpu' if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() else 'cpu'
     paddle.set_device(device)
+    from engine.cpu.settings import configure as configure_cpu
+    configure_cpu()   # allocator and Paddle flags of a CPU run (the threads are the job's)
     on_gpu = device == 'gpu'
 
     family = family_for_config(job['cfg'])

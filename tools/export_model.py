@@ -38,7 +38,8 @@ import warnings
 warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
+import engine  # noqa: E402
+engine.prepare_process()   # before paddle is imported
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 from paddle.static import InputSpec  # noqa: E402
@@ -122,7 +123,9 @@ def main(argv=None):
     parser.add_argument('--opset', type=int, default=13, help='ONNX opset version (default 13)')
     args = parser.parse_args(argv)
 
+    from engine.cpu.settings import configure as configure_cpu
     from engine.families import build_from_config
+    configure_cpu()
     opts = []
     if args.image_size is not None:
         opts += ['DATA.IMAGE_SIZE', str(args.image_size)]

@@ -52,7 +52,8 @@ from collections import Counter
 warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
+import engine  # noqa: E402
+engine.prepare_process()   # before paddle is imported
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 from paddle.static import InputSpec  # noqa: E402
@@ -244,7 +245,9 @@ def main(argv=None):
     parser.add_argument('--by-op', action='store_true', help='also print the MACs of each op type')
     args = parser.parse_args(argv)
 
+    from engine.cpu.settings import configure as configure_cpu
     from engine.families import build_from_config
+    configure_cpu()
     opts = list(args.opts or [])
     if args.image_size is not None:
         opts = ['DATA.IMAGE_SIZE', str(args.image_size)] + opts

@@ -32,7 +32,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402,F401  (sets the environment before paddle)
+import engine  # noqa: E402
+engine.prepare_process()   # before paddle is imported
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
@@ -163,10 +164,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from engine.checkpoint import load_pretrained
+    from engine.cpu.settings import configure as configure_cpu
     from engine.families import family_for_config
     family = family_for_config(args.cfg)
     config = family.get_config(args.cfg, opts=args.opts)
     paddle.set_device('gpu' if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() else 'cpu')
+    configure_cpu()
     model = family.build_model(config)
     load_pretrained(model, args.pretrained, drop_mismatched_head=False)   # a random head would make random labels
     data = config.DATA

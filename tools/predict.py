@@ -29,13 +29,14 @@ import warnings
 warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
+import engine  # noqa: E402
+engine.prepare_process()   # before paddle is imported
 import numpy as np  # noqa: E402
 from paddle import inference  # noqa: E402
 
 from engine.data import DecodeError, build_transform, decode_image, describe_eval_transform  # noqa: E402
 from engine.families import family_for_config  # noqa: E402
-from engine.runtime import cpu_threads  # noqa: E402
+from engine.cpu.settings import configure as configure_cpu, cpu_threads  # noqa: E402
 
 __all__ = ['Classifier', 'InferenceModel', 'create_predictor', 'load_config', 'read_labels', 'run', 'softmax', 'topk']
 
@@ -247,6 +248,8 @@ def main(argv=None):
     parser.add_argument('--no-onednn', action='store_true', help='CPU: plain kernels instead of oneDNN')
     args = parser.parse_args(argv)
 
+    if args.device == 'cpu':
+        configure_cpu()
     config = load_config(args.model_dir, args.cfg)
     classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=not args.no_onednn)
     print(f'preprocessing: {describe_eval_transform(config)}')

@@ -21,7 +21,8 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402,F401  (sets the environment before paddle)
+import engine  # noqa: E402
+engine.prepare_process()   # before paddle is imported
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -156,6 +157,8 @@ def main(argv=None):
     parser.add_argument('-class_names', default=None, help='text file, one class name per line')
     parser.add_argument('-opts', nargs='+', default=None, help='config overrides: KEY VALUE ...')
     args = parser.parse_args(argv)
+    from engine.cpu.settings import configure as configure_cpu
+    configure_cpu()
     config, model = load_model(args.cfg, args.pretrained, args.opts)
     image = Image.open(args.image) if args.image else demo_image()
     names = None
