@@ -331,6 +331,19 @@ def test_switched_off_or_failed_build_falls_back_with_one_warning(monkeypatch, c
     assert len(warnings) == 1 and 'g++: command not found' in warnings[0].getMessage()
 
 
+def test_windows_runs_paddles_ops_without_a_build_or_a_warning(monkeypatch, caplog, calls):
+    """No `fcntl` for the build's lock, no -march=native compiler: the kernels are not tried."""
+    monkeypatch.setattr(dispatch, 'POSIX', False)
+    monkeypatch.setitem(fused._state, 'loaded', None)
+    monkeypatch.setattr(build, 'load_library', lambda: pytest.fail('a build was tried'))
+    x = paddle.randn([2, 4])
+    layer = LayerNorm(4)
+    with caplog.at_level(logging.WARNING):
+        out = layer(x)
+    np.testing.assert_allclose(out.numpy(), F.layer_norm(x, 4, layer.weight, layer.bias).numpy(), rtol=1e-6)
+    assert calls == {} and not caplog.records
+
+
 def test_a_moved_custom_op_entry_point_falls_back_with_one_warning(monkeypatch, caplog):
     """The kernels are called through Paddle's private `_C_ops._run_custom_op`; if a
     release moves it, the first use warns once and Paddle's ops run instead."""

@@ -12,8 +12,8 @@ of this module) and is rebuilt, never loaded.
 
 Processes that start together (distributed ranks) serialise on a file lock: one builds, the
 others wait and load its result.  The lock uses `fcntl`, imported by `load_library` only,
-so this module imports on every platform; where there is no `fcntl` (Windows) the kernels
-are not available and Paddle's ops run.
+so this module imports on every platform; on Windows, which has no `fcntl`,
+`engine.cpu.dispatch` never asks for the kernels and Paddle's ops run.
 
 PADDLEVIT_KERNEL_DIR moves the cache (default ~/.cache/paddlevit_kernels).
 """
@@ -205,7 +205,7 @@ def register(library):
     """Register the custom ops of the shared library `library` with Paddle.
 
     Private Paddle API, on purpose: `paddle.utils.cpp_extension.load_op_meta_info_and_register_op`
-    (outside the module's `__all__`), present with the same signature in Paddle 3.0.0 - 3.3.1.
+    (outside the module's `__all__`), the same in Paddle 3.0.0, 3.2.2 and 3.3.1 (checked).
     The public `load()` registers the same way but first runs its setup.py in a child Python
     to check the build, about 5 s on every process start even when nothing changed, and writes
     into the cache, so the cached library is registered directly.  If a release removes the

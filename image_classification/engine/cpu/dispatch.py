@@ -11,10 +11,12 @@ import os
 
 import paddle
 
+POSIX = os.name == 'posix'   # Windows has no fcntl for the build's lock (nor the build's -march=native)
+
 
 def enabled():
     """False where the user exported PADDLEVIT_FUSED_CPU_OPS=0, or on a non-POSIX system."""
-    return os.name == 'posix' and os.environ.get('PADDLEVIT_FUSED_CPU_OPS', '1') != '0'
+    return POSIX and os.environ.get('PADDLEVIT_FUSED_CPU_OPS', '1') != '0'
 
 
 @paddle.jit.not_to_static
