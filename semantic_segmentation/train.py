@@ -9,7 +9,8 @@ segmentor's own checkpoint (every key, strict): what the file holds decides.
 Multi-process: under `python -m paddle.distributed.launch` each process joins
 the group (gloo on CPU, NCCL on GPU); the model is wrapped in DataParallel and
 its BatchNorms become SyncBatchNorm on GPU (the recipe's SyncBN; Paddle has no
-CPU SyncBatchNorm, so CPU processes keep per-process statistics).  Each rank
+CPU SyncBatchNorm, so CPU processes average their running statistics before
+each evaluation and checkpoint: `average_batchnorm_statistics`).  Each rank
 evaluates its share of the validation images and the confusion matrices are
 summed.  Checkpoints (`<NAME>-Iter-<i>.*`, latest.txt, `<NAME>-Best.pdparams` by
 mIoU) go through the engine's CheckpointManager: atomic, bounded (SAVE_KEEP,
@@ -85,6 +86,20 @@ def describe(metrics):
 def per_class_table(metrics):
     rows = [f'{c:5d} {iou:8.4f} {acc:8.4f}' for c, (iou, acc) in enumerate(zip(metrics['IoU'], metrics['Acc']))]
     return 'class      IoU      Acc\n' + '\n'.join(rows)
+
+
+def average_batchnorm_statistics(model):
+    """Make every rank's BatchNorm running mean / variance the mean over ranks.
+
+    Without SyncBatchNorm (CPU processes) each rank's statistics follow only its
+    own batches: ranks would evaluate different models and the saved weights
+    would be rank 0's alone.  Called before every evaluation and checkpoint.
+    """
+    world = dist.world_size()
+    for layer in model.sublayers():
+        if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
+            for buffer in (layer._mean, layer._variance):
+                buffer.set_value(dist.all_reduce_sum(buffer.detach().clone()) / world)
 
 
 def _train_batches(loader, sampler):
@@ -190,6 +205,9 @@ def run(config, distributed=False):
             writer.add_scalar('train/loss', means['total'], it)
             window, tic = [], time.time()
         last = it == train_cfg.MAX_ITERS
+        if world > 1 and not device.startswith('gpu') and (
+                it % train_cfg.EVAL_INTERVAL == 0 or it % train_cfg.CHECKPOINT_INTERVAL == 0 or last):
+            average_batchnorm_statistics(model)
         if it % train_cfg.EVAL_INTERVAL == 0 or last:
             metrics = evaluate(model, datasets['val'], config, rank, world)
             logger.info(f'Iter[{it}/{train_cfg.MAX_ITERS}], {describe(metrics)}')
