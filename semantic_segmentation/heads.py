@@ -9,6 +9,8 @@ level but the PPM's, every level upsampled to the finest and concatenated, a 3x3
 ConvModule, then dropout (2-D, whole channels) and a 1x1 classifier.
 FCNHead: `num_convs` 3x3 ConvModules, dropout, 1x1 classifier.
 Upsampling is bilinear, `align_corners=False` (the recipe's setting).
+Initialisation as MMCV's: ConvModule convs kaiming-normal (fan_out, ReLU gain),
+BN weight 1 / bias 0, the classifier normal(0, 0.01) with bias 0.
 """
 import paddle
 import paddle.nn as nn
@@ -21,6 +23,14 @@ def resize(x, size):
     return F.interpolate(x, size=list(size), mode='bilinear', align_corners=False)
 
 
+def mmcv_init(layer):
+    """MMCV's ConvModule init for the convs of a head (module doc); BN keeps Paddle's 1 / 0."""
+    if isinstance(layer, nn.Conv2D):
+        nn.initializer.KaimingNormal(mode='fan_out', nonlinearity='relu')(layer.weight)
+        if layer.bias is not None:
+            nn.initializer.Constant(0.0)(layer.bias)
+
+
 class ClassifierHead(nn.Layer):
     """Dropout2D + 1x1 conv to the classes (MMSegmentation's `cls_seg`)."""
 
@@ -28,6 +38,8 @@ class ClassifierHead(nn.Layer):
         super().__init__()
         self.dropout = nn.Dropout2D(dropout) if dropout > 0 else nn.Identity()
         self.conv_seg = nn.Conv2D(channels, num_classes, 1)
+        nn.initializer.Normal(0.0, 0.01)(self.conv_seg.weight)
+        nn.initializer.Constant(0.0)(self.conv_seg.bias)
 
     def forward(self, x):
         return self.conv_seg(self.dropout(x))
@@ -42,6 +54,7 @@ class UPerHead(nn.Layer):
         self.lateral_convs = nn.LayerList([conv_bn_relu(c, channels) for c in in_channels[:-1]])
         self.fpn_convs = nn.LayerList([conv_bn_relu(channels, channels, 3, 1) for _ in in_channels[:-1]])
         self.fpn_bottleneck = conv_bn_relu(len(in_channels) * channels, channels, 3, 1)
+        self.apply(mmcv_init)
         self.cls = ClassifierHead(channels, num_classes, dropout)
 
     def psp_forward(self, x):
@@ -64,6 +77,7 @@ class FCNHead(nn.Layer):
         super().__init__()
         self.convs = nn.Sequential(*[conv_bn_relu(in_channels if i == 0 else channels, channels, 3, 1)
                                      for i in range(num_convs)])
+        self.apply(mmcv_init)
         self.cls = ClassifierHead(channels, num_classes, dropout)
 
     def forward(self, x):

@@ -7,9 +7,12 @@ the scale, no bias) + BN + ReLU when it is upsampled, then a 1x1 conv (no bias)
 the fourth changes its channels (2048 in the recipe), the others keep theirs.
 The neck takes whatever the backbone's `feature_info` says (channels, stride),
 so it sits on any family; a hierarchical backbone (VVT) would use scales 1,1,1,1.
-BatchNorm becomes SyncBatchNorm under multi-GPU training (segmentor.py).
+BatchNorm becomes SyncBatchNorm under multi-GPU training (train.py).  The
+official side layers keep PyTorch's default init (`torch_default_init`).
 """
 import paddle.nn as nn
+
+from engine.layers import torch_default_init
 
 
 def conv_bn_relu(in_channels, out_channels, kernel_size=1, padding=0):
@@ -40,6 +43,7 @@ class SideLayerNeck(nn.Layer):
         self.out_strides = [r / s for r, s in zip(reductions, scales)]
         self.side_layers = nn.LayerList([side_layer(c, o, s)
                                          for c, o, s in zip(channels, self.out_channels, scales)])
+        self.side_layers.apply(torch_default_init)
 
     def forward(self, features):
         return [layer(f) for layer, f in zip(self.side_layers, features)]
