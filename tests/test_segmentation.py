@@ -214,7 +214,7 @@ def test_seeded_short_overfit():
     x = paddle.to_tensor(np.stack([(s[0][16:80, 16:80].astype('float32') / 255 - 0.5).transpose(2, 0, 1)
                                    for s in samples]))
     y = paddle.to_tensor(np.stack([s[1][16:80, 16:80].astype('int64') - 1 for s in samples]).clip(0, 3))
-    opt = paddle.optimizer.AdamW(1e-3, parameters=model.parameters(), weight_decay=0.0)
+    opt = paddle.optimizer.AdamW(3e-3, parameters=model.parameters(), weight_decay=0.0)
     first = None
     model.train()
     for _ in range(25):
