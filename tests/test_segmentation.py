@@ -264,3 +264,15 @@ def test_two_process_training_checkpoint_resume_and_eval(tmp_path):
     log = open(os.path.join(out, 'log.txt')).read()
     assert f'2 iterations done, next lr {poly_warmup_lr(2, 1e-3, 4, 1, 1e-6):.6e}' in log
     assert log.count('Iter[4/4], Validation mIoU') == 2
+
+
+def test_config_errors_name_the_key_and_the_rule(tmp_path):
+    from engine.config import ConfigError
+    with pytest.raises(ConfigError, match='SEG.TEST.STRIDE = 200 .*-opts.*must not exceed the crop'):
+        _config(DEMO, 'SEG.TEST.STRIDE', '200')
+    with pytest.raises(ConfigError, match=r"SEG.NECK.SCALES = \[4, 2, 3, 1\].*must be"):
+        _config(DEMO, 'SEG.NECK.SCALES', '[4, 2, 3, 1]')
+    bare = tmp_path / 'bare.yaml'
+    bare.write_text('SEG:\n  NUM_CLASSES: 3\n')
+    with pytest.raises(ConfigError, match='must set MODEL.TYPE'):
+        get_config(str(bare))
