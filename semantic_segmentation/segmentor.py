@@ -11,8 +11,8 @@ Inference (`predict`) returns softmax probabilities at the image's size:
           aligned to the image's edge), logits summed and divided by how many
           windows cover each pixel (MMSegmentation's `slide_inference`);
   scales / flip
-          the image resized by each ratio of `SEG.DATA.IMG_SCALE` (keep-ratio)
-          and / or flipped, each prediction brought back to the image's size
+          the image resized (keep ratio) into `SEG.DATA.IMG_SCALE` x each ratio
+          of `SEG.TEST.SCALES` (one ratio 1.0: the single-scale test) and / or flipped, each prediction brought back to the image's size
           (and unflipped) and the probabilities averaged (`aug_test`).
 """
 import paddle
@@ -96,17 +96,19 @@ class UperNet(nn.Layer):
                 out_size=None):
         """Class probabilities [B, classes, H, W] at `out_size` (default: the images' size).
 
-        With several `scales` (or `flip`), the images are first resized (keep ratio) to
-        `img_scale` x ratio for each ratio; a single scale of 1.0 runs on the images as given.
+        For each ratio of `scales` the images are resized (keep ratio, bilinear) into
+        `img_scale` x ratio, each scale one resize from the images as given, as
+        MMSegmentation's MultiScaleFlipAug does; without `img_scale` they run as given.
         """
         out_size = list(out_size or images.shape[2:])
+        if img_scale is None and list(scales) != [1.0]:
+            raise ValueError(f'scales {list(scales)} need img_scale, the (long, short) bound they multiply')
         probs, runs = 0, 0
         for ratio in scales:
-            if len(scales) == 1 and ratio == 1.0:
-                scaled = images
-            else:
-                size = rescale_size(images.shape[2:], [s * ratio for s in img_scale])
-                scaled = F.interpolate(images, size=list(size), mode='bilinear', align_corners=False)
+            size = tuple(images.shape[2:]) if img_scale is None else \
+                rescale_size(images.shape[2:], [s * ratio for s in img_scale])
+            scaled = images if size == tuple(images.shape[2:]) else \
+                F.interpolate(images, size=list(size), mode='bilinear', align_corners=False)
             for flipped in ([False, True] if flip else [False]):
                 x = paddle.flip(scaled, axis=[3]) if flipped else scaled
                 logits = self.infer_logits(x, mode, crop, stride)

@@ -46,7 +46,7 @@ def build_datasets(config, splits=('train', 'val')):
     transforms = {
         'train': TrainTransform(data.IMAGE_SIZE, seg.DATA.IMG_SCALE, seg.DATA.RATIO_RANGE, seg.DATA.CAT_MAX_RATIO,
                                 seg.DATA.FLIP_PROB, seg.DATA.PHOTOMETRIC, data.MEAN, data.STD, seg.IGNORE_INDEX),
-        'val': EvalTransform(seg.DATA.IMG_SCALE, data.MEAN, data.STD)}
+        'val': EvalTransform(data.MEAN, data.STD)}
     return {split: ADE20K(data.DATA_PATH, split, transforms[split], seg.DATA.REDUCE_ZERO_LABEL) for split in splits}
 
 

@@ -13,8 +13,10 @@ Training, in this order, on an RGB uint8 image and its uint8 label map:
               by a coin), saturation (x 0.5-1.5), hue (+-18 degrees), each by a coin;
   normalize   (x - MEAN) / STD (MEAN, STD in [0, 1] units, as DATA.MEAN / DATA.STD);
   pad         to CROP x CROP: image with 0, label with IGNORE_INDEX.
-Evaluation: the keep-ratio rescale to IMG_SCALE, normalize; the label stays at
-the image's own size (metrics are computed there).
+Evaluation: normalize only; the keep-ratio rescale into IMG_SCALE (x each test
+scale) is done by the segmentor's `predict` from the image at its own size, and
+the prediction is brought back to that size, where the label stays and the
+metrics are computed.
 `reduce_zero_label` belongs to reading the label (ade20k.py).
 """
 import cv2
@@ -34,9 +36,8 @@ def rescale_size(hw, scale):
 
 def resize_pair(image, label, size):
     h, w = size
-    image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-    label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST) if label is not None else None
-    return image, label
+    return (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR),
+            cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST))
 
 
 def crop_box(label, crop, cat_max_ratio, ignore_index, rng):
@@ -113,9 +114,8 @@ class TrainTransform:
 
 
 class EvalTransform:
-    def __init__(self, img_scale, mean, std):
-        self.img_scale, self.mean, self.std = list(img_scale), mean, std
+    def __init__(self, mean, std):
+        self.mean, self.std = mean, std
 
     def __call__(self, image, label):
-        image, _ = resize_pair(image, None, rescale_size(image.shape[:2], self.img_scale))
         return normalize(image, self.mean, self.std), label.astype(np.int64)

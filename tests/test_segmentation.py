@@ -276,3 +276,19 @@ def test_config_errors_name_the_key_and_the_rule(tmp_path):
     bare.write_text('SEG:\n  NUM_CLASSES: 3\n')
     with pytest.raises(ConfigError, match='must set MODEL.TYPE'):
         get_config(str(bare))
+
+
+def test_reduce_zero_label_and_the_training_transform():
+    from semantic_segmentation.ade20k import reduce_zero_label
+    from semantic_segmentation.transforms import TrainTransform, rescale_size
+    np.testing.assert_array_equal(reduce_zero_label(np.array([0, 1, 2, 150, 255], np.uint8)), [255, 0, 1, 149, 255])
+    assert rescale_size((480, 640), (2048, 512)) == (512, 683)        # the short side bounds
+    assert rescale_size((300, 2000), (2048, 512)) == (307, 2048)      # the long side bounds
+    image, label = make_sample(np.random.RandomState(1))
+    label = reduce_zero_label(label)
+    transform = TrainTransform(112, [128, 96], [1.0, 1.0], 0.75, 0.0, True, [0.5] * 3, [0.25] * 3)
+    x, y = transform(image, label, np.random.RandomState(0))
+    assert x.shape == (3, 112, 112) and x.dtype == np.float32 and y.shape == (112, 112)
+    # 96 x 128 at ratio 1 stays 96 x 128: rows 96-111 are padding (image 0, label ignored)
+    assert (y[96:] == 255).all() and (x[:, 96:] == 0).all()
+    assert set(np.unique(y[:96])) <= {0, 1, 2, 3, 255}
