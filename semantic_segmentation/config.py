@@ -74,7 +74,7 @@ def seg_defaults(c):
 SEG_RULES = {
     'SEG.NUM_CLASSES': (at_least(1),),
     'SEG.IGNORE_INDEX': (in_range(0, 255),),
-    'SEG.OUT_INDICES': (length(4),),
+    'SEG.OUT_INDICES': (length(4), each(at_least(0))),
     'SEG.NECK.SCALES': (length(4), each(one_of(1, 2, 4, 8))),
     'SEG.NECK.LAST_CHANNELS': (at_least(1),),
     'SEG.DECODE.CHANNELS': (at_least(1),),
@@ -105,6 +105,8 @@ SEG_CHECKS = (
     Check(('SEG.TRAIN.WARMUP_ITERS', 'SEG.TRAIN.MAX_ITERS'), lambda warmup, total: warmup < total,
           'SEG.TRAIN.WARMUP_ITERS must be below SEG.TRAIN.MAX_ITERS'),
     Check(('SEG.DATA.RATIO_RANGE',), lambda r: r[0] <= r[1], 'SEG.DATA.RATIO_RANGE is [low, high], low <= high'),
+    Check(('SEG.OUT_INDICES',), lambda taps: all(a < b for a, b in zip(taps, taps[1:])),
+          'SEG.OUT_INDICES must increase (the features come back in network order, shallowest first)'),
     Check(('SEG.TEST.STRIDE', 'DATA.IMAGE_SIZE'), lambda stride, crop: stride <= crop,
           'SEG.TEST.STRIDE must not exceed the crop DATA.IMAGE_SIZE (slide windows would leave gaps)'),
 )
