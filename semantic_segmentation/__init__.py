@@ -15,5 +15,8 @@ PaddleSeg, whose last release does not run on Paddle 3.3 / numpy 2 (README).
     ade20k.py      the ADE20K folder layout (and the synthetic set in the same layout)
     metrics.py     confusion matrix -> mIoU / aAcc / per-class IoU
     schedule.py    poly LR with linear warmup (mmcv's)
-    train.py       the iteration-based run (train, evaluate, resume)
+    train.py       the iteration-based run (train, evaluate, resume) behind main_*_gpu.py / run_*.sh
+    make_synthetic_dataset.py, chance.py, run_demo.sh
+                   the demo: a synthetic set in the ADE20K layout, its chance levels, the run
+    benchmark.py   parameters, FLOPs and CPU latency (README figures)
 """
