@@ -154,9 +154,17 @@ def _export_with_state(state, tmp_path):
 
 def test_wrong_shape_is_refused(trained, tmp_path):
     state = dict(trained[1].state_dict())
+    state['bn.weight'] = paddle.ones([8])                  # the model has 16 channels there
+    message = _export_with_state(state, tmp_path)
+    assert 'bn.weight: (8,)' in message and '(16,) in model' in message
+
+
+def test_head_of_another_class_count_is_refused(trained, tmp_path):
+    # exporting never drops a head: a random one would predict nonsense (-num_classes must fit)
+    state = dict(trained[1].state_dict())
     state['head.weight'] = paddle.zeros([16, 8])           # 8 classes, the config has 7
     message = _export_with_state(state, tmp_path)
-    assert 'head.weight: (16, 8)' in message and '(16, 7) in model' in message
+    assert 'head.weight: (16, 8) in' in message and '(16, 7) in the model' in message
 
 
 def test_missing_and_unexpected_keys_are_refused(trained, tmp_path):
