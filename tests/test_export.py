@@ -304,16 +304,16 @@ def test_onednn_that_cannot_build_the_graph_is_dropped(trained, unbuildable):
 def test_benchmark_inference_takes_the_same_decision(unbuildable, capsys):
     """`tools/benchmark.py --inference` times the graph without oneDNN where it cannot be built
     (it died in create_predictor), and with oneDNN where it can."""
-    from tools import benchmark
+    from tools.benchmarking.inference import inference_step
     model, _ = unbuildable
     x = np.random.default_rng(8).standard_normal((2, 3, 32, 32)).astype('float32')
-    step, onednn = benchmark._inference_step(model, 32, x, 'cpu', 1)
+    step, onednn = inference_step(model, 32, x, 'cpu', 1)
     assert onednn is False
     assert 'oneDNN could not build the predictor' in capsys.readouterr().err
     np.testing.assert_allclose(step(), _dynamic_logits(model, x), rtol=0, atol=1e-5)
     plain = _PlainConvNet()
     plain.eval()
-    step, onednn = benchmark._inference_step(plain, 32, x, 'cpu', 1)
+    step, onednn = inference_step(plain, 32, x, 'cpu', 1)
     assert onednn is True
     np.testing.assert_allclose(step(), _dynamic_logits(plain, x), rtol=0, atol=1e-5)
 
