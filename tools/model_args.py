@@ -8,9 +8,11 @@ resolves a model: a name is the `configs/<name>.yaml` of its family, a config fi
 (a user's own, `BASE:` chains included) is read with the family its MODEL.TYPE
 names.  The same model by name or by its file gives the same config and weights.
 An unknown name ends the tool with one message listing the closest names, exit 2.
+
+Paddle is imported only when a model or config is made, not with this module:
+`tools/benchmark.py` parses its arguments before it sets Paddle's thread count,
+which must come before `import paddle` (`import engine` imports it).
 """
-import paddlevit
-from engine.config import ConfigError
 
 __all__ = ['add_model_arguments', 'model_sources', 'overrides', 'create_model', 'model_config']
 
@@ -39,6 +41,7 @@ def overrides(opts, image_size=None, num_classes=None):
     needs the checkpoint's own head, so a mismatch stays an error."""
     opts = list(opts or [])
     if len(opts) % 2:
+        from engine.config import ConfigError
         raise ConfigError(f'-opts takes KEY VALUE pairs, got an odd count: {opts}')
     pairs = {}
     if image_size is not None:
@@ -52,10 +55,12 @@ def overrides(opts, image_size=None, num_classes=None):
 def create_model(source, opts=None, pretrained=None, image_size=None, num_classes=None):
     """`paddlevit.create_model` of a `-model` name or a `-cfg` file with the tool's overrides;
     `pretrained` loads strictly, the checkpoint's head included (see `overrides`)."""
+    import paddlevit
     return paddlevit.create_model(source, pretrained=pretrained,
                                   **overrides(opts, image_size=image_size, num_classes=num_classes))
 
 
 def model_config(source, opts=None, image_size=None, num_classes=None):
     """The config `create_model(source, ...)` builds from, without building the model."""
+    import paddlevit
     return paddlevit.model_config(source, **overrides(opts, image_size=image_size, num_classes=num_classes))
