@@ -104,6 +104,7 @@ def test_train_step_of_models_without_plain_logits(tmp_path):
     assert len(rows) == 1 and float(rows[0]['img/s']) > 0, out
 
 
+@pytest.mark.slow       # two benchmark runs, each with its measuring child process
 def test_by_name_and_by_file_measure_the_same_model():
     pit = os.path.join(REPO, 'image_classification', 'PiT', 'configs', 'pit_ti_224.yaml')
     small = ['-opts', 'MODEL.DEPTH', '[1, 1, 1]', 'MODEL.NUM_CLASSES', '3', '--image_size', '32',
@@ -114,6 +115,7 @@ def test_by_name_and_by_file_measure_the_same_model():
         assert by_name[0][column] == by_file[0][column], column
 
 
+@pytest.mark.slow       # a child process reading images through two DataLoaders
 def test_loader_against_the_paddlevit_pipeline(tmp_path):
     from test_engine_run import make_dataset
     root = make_dataset(str(tmp_path / 'data'), n_train=8, n_val=1, size=40)
