@@ -79,12 +79,20 @@ def test_generate_label_by_name_and_by_file(tmp_path):
         assert a.region == b.region
 
 
-@pytest.mark.parametrize('tool', [flops, export_model, generate_label])
+@pytest.mark.parametrize('tool', [flops, export_model, generate_label, predict])
 def test_unknown_name_lists_close_names(tool, tmp_path):
     argv = {flops: [], export_model: ['-pretrained', 'x.pdparams', '-output', str(tmp_path)],
-            generate_label: ['-pretrained', 'x.pdparams', '-data_path', str(tmp_path), '-output', str(tmp_path)]}
+            generate_label: ['-pretrained', 'x.pdparams', '-data_path', str(tmp_path), '-output', str(tmp_path)],
+            predict: ['--model_dir', str(tmp_path), 'x.jpg']}
     with pytest.raises(ConfigError, match=r"unknown model 'pit_s_22'.*similar: pit_s_224\b"):
         tool.main(['-model', 'pit_s_22', *argv[tool]])
+
+
+def test_benchmark_unknown_name_stops_with_the_message(capsys):
+    from tools import benchmark
+    assert benchmark.main(['-model', 'pit_s_22', '--mode', 'eval', '--iters', '1', '--warmup', '1']) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "benchmark.py: error: unknown model 'pit_s_22'; list_models() gives the")
 
 
 def test_unknown_name_is_one_message_and_exit_2():
