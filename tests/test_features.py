@@ -44,7 +44,7 @@ def _pit(**kw):
 
 
 def _pervit(**kw):
-    args = dict(image_size=64, num_classes=5, embed_dims=(16, 24, 32, 40), stem_dims=(8, 8, 8, 16), num_heads=2,
+    args = dict(img_size=64, num_classes=5, embed_dims=(16, 24, 32, 40), stem_dims=(8, 8, 8, 16), num_heads=2,
                 depths=(1, 1, 2, 1), mlp_ratio=2.)
     args.update(kw)
     return _module('PerViT').PerViT(**args)
