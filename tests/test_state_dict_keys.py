@@ -7,7 +7,7 @@ name and shape as it was.  `fixtures/state_dict_keys.json` holds, for small
 configs of every family (the parity-fixture sizes, plus the variants that
 switch sub-layers on or off: distilled PiT, R50 hybrid and pre-logits ViT,
 SP-ViT with and without spatial-prior blocks and with qkv bias, PerViT, VVT,
-RegNet), the ordered key list of `state_dict()` with each shape.  It was written
+RegNet), the keys of `state_dict()` in order, each with its shape.  It was written
 by `python tests/test_state_dict_keys.py --write` from the code before the
 shared blocks existed; rewrite it only for a deliberate change of names.
 """
@@ -45,11 +45,11 @@ CASES = {
 
 
 def keys_and_shapes(name):
-    """[[key, shape], ...] of the model CASES[name] builds, in state-dict order."""
+    """{key: shape} of the model CASES[name] builds, in state-dict order."""
     from engine.families import build_from_config
     cfg, opts = CASES[name]
     _, model = build_from_config(os.path.join(REPO, cfg), list(opts))
-    return [[key, list(value.shape)] for key, value in model.state_dict().items()]
+    return {key: list(value.shape) for key, value in model.state_dict().items()}
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
@@ -57,7 +57,7 @@ def test_state_dict_keys_and_shapes_unchanged(name):
     with open(FIXTURE) as f:
         expected = json.load(f)[name]
     got = keys_and_shapes(name)
-    assert [k for k, _ in got] == [k for k, _ in expected], f'{name}: state-dict keys changed'
+    assert list(got) == list(expected), f'{name}: state-dict keys changed'
     assert got == expected, f'{name}: a parameter shape changed'
 
 
@@ -65,7 +65,8 @@ if __name__ == '__main__':
     if sys.argv[1:] != ['--write']:
         sys.exit('usage: python tests/test_state_dict_keys.py --write   (rewrites the fixture)')
     sys.path[:0] = [REPO, os.path.join(REPO, 'image_classification')]
-    dump = {name: keys_and_shapes(name) for name in sorted(CASES)}
-    with open(FIXTURE, 'w') as f:
-        json.dump(dump, f, indent=0)
-        f.write('\n')
+    cases = [(name, keys_and_shapes(name)) for name in sorted(CASES)]
+    with open(FIXTURE, 'w') as f:          # one key per line, so that a change reads as a diff
+        f.write('{\n' + ',\n'.join(
+            f'{json.dumps(name)}: {{\n' + ',\n'.join(f'  {json.dumps(k)}: {json.dumps(v)}' for k, v in keys.items())
+            + '\n}' for name, keys in cases) + '\n}\n')
