@@ -10,13 +10,13 @@ import tempfile
 import numpy as np
 import paddle
 import pytest
-import yaml
 
 from conftest import REPO
 from engine.config import ConfigError
 from engine.checkpoint import KeyMismatchError
 from engine.data.transforms import build_transform
 from engine.families import FAMILIES, load_family
+from resolved_configs import set_by_files
 
 IC = os.path.join(REPO, 'image_classification')
 
@@ -80,8 +80,7 @@ def test_create_model_every_variant(paddlevit, name):
     model = paddlevit.create_model(name, num_classes=7, **SHRINK[model_type])
     config = model.config
     assert config.MODEL.NUM_CLASSES == 7 and not model.training
-    with open(glob.glob(os.path.join(IC, '*', 'configs', name + '.yaml'))[0]) as f:
-        data = (yaml.safe_load(f) or {}).get('DATA', {})
+    data = set_by_files(glob.glob(os.path.join(IC, '*', 'configs', name + '.yaml'))[0]).get('DATA', {})
     size = config.DATA.IMAGE_SIZE
     assert model.data_config['input_size'] == (3, size, size)
     assert size == data.get('IMAGE_SIZE', size)
