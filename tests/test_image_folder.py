@@ -205,6 +205,7 @@ def test_make_lists_writes_what_the_reader_sees(tmp_path, capsys):
     assert len((tmp_path / 'val_list.txt').read_text().splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_make_lists_command_line(tmp_path):
     """As a user runs it: one message and exit status 2 for a bad tree, no traceback."""
     root = make_tree(tmp_path)

@@ -73,6 +73,7 @@ def test_every_config_builds(path):
 
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL_PARAMS))
+@pytest.mark.slow
 def test_param_count_matches_official(name):
     # Built under LazyGuard: the same constructor, parameters declared but not allocated
     # (ViT-H/14 would otherwise take ~60 s and 2.7 GB); test_lazy_count_is_the_real_count
