@@ -304,6 +304,7 @@ def _files(folder):
             if name != 'log.txt' and not os.path.isdir(os.path.join(folder, name))}
 
 
+@pytest.mark.slow
 def test_divergence_on_the_last_step_keeps_the_last_good_checkpoint(data, tmp_path):
     """4 steps per epoch: step 8 is the last of epoch 2; its loss is finite, its update is not."""
     out = str(tmp_path / 'run')

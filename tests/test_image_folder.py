@@ -269,6 +269,7 @@ def _train(root, out, *flags):
     return execute(make_get_config(_tiny_defaults), lambda c: _TinyNet(c.MODEL.NUM_CLASSES), argv=argv)
 
 
+@pytest.mark.slow
 def test_training_reads_class_folders_end_to_end(tmp_path):
     """One epoch on the folders, then on the lists make_lists.py wrote: the same run."""
     root = make_tree(tmp_path / 'data')

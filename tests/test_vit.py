@@ -66,6 +66,7 @@ def test_every_variant_has_a_config():
 
 
 @pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(CONFIGS, '*.yaml'))))
+@pytest.mark.slow
 def test_every_config_builds(path):
     with paddle.LazyGuard():
         config, model = build_from_config(path)
