@@ -287,6 +287,7 @@ def test_indices_select_as_timm(models, name):
         model.forward_intermediates(x, output_fmt='NHWC')
 
 
+@pytest.mark.slow
 def test_feature_info_of_reference_variants():
     """The tables in the family READMEs, built from the real configs (no forward run)."""
     expected = {
