@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import paddle
 import pytest
-import yaml
 
 from conftest import REPO
 from engine.config import ConfigError
 from engine.checkpoint import KeyMismatchError
 from engine.data.transforms import build_transform
 from engine.families import FAMILIES, load_family
+from resolved_configs import set_by_files
 
 IC = os.path.join(REPO, 'image_classification')
 
@@ -68,13 +68,13 @@ SHRINK = {'ViT': {'MODEL.DEPTH': 1}, 'PiT': {'MODEL.DEPTH': [1, 1, 1]},
 
 
 @pytest.mark.parametrize('name', _config_stems())
+@pytest.mark.slow
 def test_create_model_every_variant(paddlevit, name):
     model_type = paddlevit.model_config(name).MODEL.TYPE
     model = paddlevit.create_model(name, num_classes=7, **SHRINK[model_type])
     config = model.config
     assert config.MODEL.NUM_CLASSES == 7 and not model.training
-    with open(glob.glob(os.path.join(IC, '*', 'configs', name + '.yaml'))[0]) as f:
-        data = (yaml.safe_load(f) or {}).get('DATA', {})
+    data = set_by_files(glob.glob(os.path.join(IC, '*', 'configs', name + '.yaml'))[0]).get('DATA', {})
     size = config.DATA.IMAGE_SIZE
     assert model.data_config['input_size'] == (3, size, size)
     assert size == data.get('IMAGE_SIZE', size)
@@ -91,6 +91,7 @@ def test_create_model_every_variant(paddlevit, name):
 
 @pytest.mark.parametrize('name,params', [('pit_s_224', 23_461_912), ('vvt_tiny_224', 12_882_440),
                                          ('vit_tiny_patch16_224', 5_717_416)])
+@pytest.mark.slow
 def test_full_size_parameter_counts(paddlevit, name, params):
     """The zoo's counts (family READMEs; ViT-Ti as timm counts it) from a model made by name."""
     model = paddlevit.create_model(name)
@@ -145,6 +146,7 @@ def _readme_snippet():
     return re.search(r'```python\n(.*?)```', section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_python_api_snippet_runs(paddlevit, tmp_path):
     """The README's snippet, as written, in a fresh process outside the repository."""
     env = dict(os.environ)   # the fixture's alias folder (where `paddlevit` is) first
@@ -175,8 +177,8 @@ SMALLEST = {'ViT': 'vit_tiny_patch16_224.yaml', 'PerViT': 'pervit_tiny_224.yaml'
             'VVT': 'vvt_tiny_224.yaml', 'RegNet': 'regnety_400mf.yaml'}
 
 
-@pytest.mark.parametrize('family', [f if f == 'PiT' else pytest.param(f, marks=pytest.mark.slow)
-                                    for f in sorted(FAMILIES)])
+@pytest.mark.slow
+@pytest.mark.parametrize('family', sorted(FAMILIES))
 def test_paddlevit_seed_snippet_in_each_family_folder(family):
     """PaddleViT's README usage (the seed's text; `import paddle` added, which it forgets), run
     from inside each family folder, with `engine` importable as an install (here PYTHONPATH) gives it."""

@@ -29,6 +29,7 @@ def table_rows(text):
     return [dict(zip(header, (c.strip() for c in line.strip('|').split('|')))) for line in lines[2:]]
 
 
+@pytest.mark.slow
 def test_eval_and_train_figures(tmp_path):
     out = run_tool('-cfg', MINI_CFG, '--batch_size', '4', '--mode', 'both', '--warmup', '1',
                    '--iters', '2', '--threads', '1', '--json', str(tmp_path / 'r.json'))
@@ -46,6 +47,7 @@ def test_eval_and_train_figures(tmp_path):
     assert table_rows(run_tool('--load_json', str(tmp_path / 'r.json'))) == rows
 
 
+@pytest.mark.slow
 def test_sweep_memory_grows_with_resolution(tmp_path):
     plot = tmp_path / 'sweep.png'
     out = run_tool('-cfg', MINI_CFG, *WIDER, '--sweep', '128,256,512', '--batch_size', '2',
@@ -60,6 +62,7 @@ def test_sweep_memory_grows_with_resolution(tmp_path):
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b'\x89PNG'
 
 
+@pytest.mark.slow
 def test_a_failing_measurement_is_reported_not_fatal():
     # a measurement that dies (here: out of time) is a row of the table, and the run goes on
     proc = subprocess.run([sys.executable, TOOL, '-cfg', MINI_CFG, '--mode', 'eval', '--iters', '1',
@@ -68,6 +71,7 @@ def test_a_failing_measurement_is_reported_not_fatal():
     assert 'failed:' in proc.stdout and 'timed out' in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_config_error_stops_with_its_message():
     # a user error is the same for every job: one message, exit status 2 (as every entry point)
     proc = subprocess.run([sys.executable, TOOL, '-cfg', MINI_CFG, '-opts', 'MODEL.NO_SUCH_KEY', '1',
@@ -89,6 +93,7 @@ def test_memory_growth_slope():
     assert 'q eval: work memory x256.0' in text and 'tokens^2.00' in text
 
 
+@pytest.mark.slow
 def test_train_step_of_models_without_plain_logits(tmp_path):
     """Token labeling's dense output and a distilled pair are trained on their class logits."""
     spvit = os.path.join(REPO, 'image_classification', 'SPViT', 'configs', 'spvit_s_224.yaml')

@@ -117,6 +117,7 @@ def test_pretrained_refuses_other_mismatches(tmp_path):
         load_pretrained(_Net(), path, log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_keeps_previous_checkpoint(tmp_path):
     """A process killed in the middle of writing epoch 2 leaves epoch 1 as the latest, loadable."""
     script = textwrap.dedent(f'''

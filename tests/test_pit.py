@@ -116,6 +116,7 @@ def test_timm_renamed_keys_are_refused():
 
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL_PARAMS))
+@pytest.mark.slow
 def test_full_size_parameter_counts(name):
     config, model = build_from_config(os.path.join(CONFIGS, f'{name}_224.yaml'))
     assert config.MODEL.NAME == name
@@ -123,6 +124,7 @@ def test_full_size_parameter_counts(name):
     assert _params(model) == OFFICIAL_PARAMS[name]
 
 
+@pytest.mark.slow
 def test_384_config_differs_from_224_only_by_the_position_map():
     _, model = build_from_config(os.path.join(CONFIGS, 'pit_b_distilled_384.yaml'))
     assert tuple(model.pos_embed.shape) == (1, 256, 53, 53)     # floor((384 - 14) / 7) + 1

@@ -313,6 +313,7 @@ def test_cutmix_mixes_targets_by_the_pasted_area():
     assert t.dense.numpy()[0, :, 2] == pytest.approx(np.full(4, pasted), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_launcher_trains_with_and_without_token_labels(labelled, tmp_path):
     root, labels, _ = labelled
     family = load_family('SPViT')

@@ -418,6 +418,7 @@ def _fuzz(tmp_path, name, blob, reader, rng, count):
     return loaded, refused
 
 
+@pytest.mark.slow
 def test_fuzz_pdparams_and_pdopt(trained, tmp_path):
     model, opt, sched = trained
     rng = random.Random(19)
@@ -436,6 +437,7 @@ def test_fuzz_pdparams_and_pdopt(trained, tmp_path):
     print('pdparams fuzz (loaded, refused):', total)
 
 
+@pytest.mark.slow
 def test_fuzz_pth_both_formats(tmp_path):
     rng = random.Random(1919)
     expected = load_torch(os.path.join(FORMATS, 'zip_format.pth'))
