@@ -31,6 +31,7 @@ def _weights(tmp_path, name, opts, image_size=None):
     return path
 
 
+@pytest.mark.slow       # two traced programs
 def test_flops_by_name_and_by_file(capsys):
     lines = []
     for how in (['-model', 'pit_ti_224'], ['-cfg', PIT]):
@@ -39,6 +40,7 @@ def test_flops_by_name_and_by_file(capsys):
     assert lines[0] == lines[1] and lines[0].startswith('pit_ti  image 64  params ')
 
 
+@pytest.mark.slow       # two exports and two predictors
 def test_export_and_predict_by_name_and_by_file(tmp_path, capsys):
     weights = _weights(tmp_path, 'pit_ti_224', PIT_SMALL, image_size=64)
     folders = []
@@ -88,6 +90,7 @@ def test_unknown_name_lists_close_names(tool, tmp_path):
         tool.main(['-model', 'pit_s_22', *argv[tool]])
 
 
+@pytest.mark.slow       # a measuring child process
 def test_benchmark_unknown_name_stops_with_the_message(capsys):
     from tools import benchmark
     assert benchmark.main(['-model', 'pit_s_22', '--mode', 'eval', '--iters', '1', '--warmup', '1']) == 2
@@ -95,6 +98,7 @@ def test_benchmark_unknown_name_stops_with_the_message(capsys):
         "benchmark.py: error: unknown model 'pit_s_22'; list_models() gives the")
 
 
+@pytest.mark.slow       # a subprocess
 def test_unknown_name_is_one_message_and_exit_2():
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'flops.py'), '-model', 'vit_smal_patch16_224'],
                           capture_output=True, text=True, timeout=300)
