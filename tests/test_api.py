@@ -14,9 +14,9 @@ import yaml
 
 from conftest import REPO
 from engine.config import ConfigError
-from engine.checkpoint import KeyMismatchError
 from engine.data.transforms import build_transform
 from engine.families import FAMILIES, load_family
+from engine.weights import KeyMismatchError
 
 IC = os.path.join(REPO, 'image_classification')
 

@@ -163,7 +163,7 @@ def load_label_map(path, image_size=None, default_region='center_square'):
             label_map.region = _region_for(default_region, image_size)
         return label_map
     if path.endswith('.pt'):
-        from port_weights.checkpoint_io import load_torch   # torch-free reader of torch files
+        from .torch_reader import load_torch   # torch-free reader of torch files
         raw = np.asarray(load_torch(path), dtype=np.float32)
         if raw.ndim != 4 or raw.shape[0] != 2:
             raise ValueError(f'{path}: expected an official [2, k, H, W] label map, got {raw.shape}')
