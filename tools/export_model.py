@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 from paddle.static import InputSpec  # noqa: E402
 
-from port_weights.checkpoint_io import load_checkpoint  # noqa: E402
+from engine.weights import load_checkpoint  # noqa: E402
 from port_weights.keymap import check_state  # noqa: E402
 
 __all__ = ['MODEL_NAME', 'export', 'export_onnx', 'load_weights']

@@ -162,13 +162,13 @@ def main(argv=None):
     parser.add_argument('-opts', nargs='+', default=None, help='config overrides: KEY VALUE ...')
     args = parser.parse_args(argv)
 
-    from engine.checkpoint import load_pretrained
+    from engine.weights import load_weights
     from engine.families import family_for_config
     family = family_for_config(args.cfg)
     config = family.get_config(args.cfg, opts=args.opts)
     paddle.set_device('gpu' if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() else 'cpu')
     model = family.build_model(config)
-    load_pretrained(model, args.pretrained, drop_mismatched_head=False)   # a random head would make random labels
+    load_weights(model, args.pretrained, what='pretrained', resize=True)   # never a random head: random labels
     data = config.DATA
     transform = EvalTransform(data.IMAGE_SIZE, data.CROP_PCT, data.MEAN, data.STD, data.INTERPOLATION)
     dataset = LabelSourceDataset(args.data_path, os.path.join(args.data_path, args.list or data.TRAIN_LIST),
