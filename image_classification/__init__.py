@@ -81,8 +81,9 @@ def create_model(name, pretrained=None, num_classes=None, image_size=None, **opt
     name: a name of `list_models()` ('pit_s_224'), or the path of a YAML config file of any
     family ('my_pit.yaml', `BASE:` allowed): its MODEL.TYPE picks the family, as `-cfg` does.
 
-    pretrained: a `.pdparams` file, loaded strictly as `-pretrained` loads it
-    (`engine.checkpoint.load_pretrained`): position embeddings are resized to `image_size`
+    pretrained: a weights file (`.pdparams`, or `.pth` / `.safetensors` / `.npz` holding our keys),
+    loaded strictly as `-pretrained` loads it (`engine.weights.load_weights`): position
+    embeddings are resized to `image_size`
     (logged), and every missing, unexpected or mis-shaped key is an error, except the
     classifier head when `num_classes` is given, which then starts from its initialisation
     (fine-tuning on another label set).  Without `num_classes`, a head of another class count
@@ -93,9 +94,9 @@ def create_model(name, pretrained=None, num_classes=None, image_size=None, **opt
     config = model_config(name, num_classes=num_classes, image_size=image_size, **opts)
     model = load_family(config.MODEL.TYPE).build_model(config)
     if pretrained:
-        from engine.checkpoint import load_pretrained
-        load_pretrained(model, pretrained, log=lambda message: None,
-                        drop_mismatched_head=num_classes is not None)
+        from engine.weights import load_weights
+        load_weights(model, pretrained, what='pretrained', resize=True, drop_head=num_classes is not None,
+                     log=None)
     model.eval()
     model.config = config
     model.data_config = data_config(config)

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import REPO
 from engine.config import ConfigError
-from engine.checkpoint import KeyMismatchError
 from engine.data.transforms import build_transform
 from engine.families import FAMILIES, load_family
+from engine.weights import KeyMismatchError
 from resolved_configs import set_by_files
 
 IC = os.path.join(REPO, 'image_classification')
@@ -213,7 +213,7 @@ def test_pip_install_gives_a_working_package(tmp_path):
                    check=True, timeout=600, cwd=tmp_path)
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     env['PYTHONPATH'] = str(target)
-    code = ("import paddlevit, engine, port_weights.port\n"
+    code = ("import paddlevit, engine, engine.token_labeling, port_weights.port\n"
             "assert paddlevit.__file__.startswith(%r), paddlevit.__file__\n"
             "assert engine.__file__.startswith(%r)\n"
             "m = paddlevit.create_model('vvt_tiny_224', num_classes=4, image_size=64)\n"

@@ -24,12 +24,12 @@ import paddle
 import pytest
 from PIL import Image
 
-from engine.checkpoint import (KeyMismatchError, NonFiniteCheckpointError, NonFiniteWeightsError,
-                               OutputFolderInUseError)
+from engine.checkpoint import NonFiniteCheckpointError, OutputFolderInUseError
 from engine.config import make_get_config
 from engine.data.dataset import ListFileError
 from engine.launcher import execute as main   # raises a UserError instead of exiting 2
 from engine.trainer import NonFiniteLossError, NonFiniteOutputError
+from engine.weights import KeyMismatchError, NonFiniteWeightsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLORS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (230, 220, 50)]

@@ -23,9 +23,8 @@ import paddle
 import pytest
 import yaml
 
-from engine.checkpoint import KeyMismatchError
 from engine.families import build_from_config, load_family
-from port_weights.checkpoint_io import load_checkpoint
+from engine.weights import KeyMismatchError, load_checkpoint
 from port_weights.pit import convert
 from port_weights.port import port
 

@@ -19,7 +19,7 @@ from conftest import REPO
 from engine.checkpoint import CheckpointManager
 from engine.optim import WarmupCosine
 from engine.weights_io import UnsafePickleError
-from port_weights.checkpoint_io import UnsafeCheckpointError
+from engine.torch_reader import UnsafeCheckpointError
 from test_engine_run import TinyNet, _argv, build_tiny, get_config, make_dataset
 
 from engine.launcher import execute as train_main   # raises the UserError instead of exiting 2

@@ -21,7 +21,7 @@ from PIL import Image
 from conftest import FIXTURES, REPO
 from engine.families import build_from_config, load_family
 from port_weights import port as port_cli
-from port_weights.checkpoint_io import load_checkpoint
+from engine.weights import load_checkpoint
 from port_weights.keymap import KeyMismatchError
 from port_weights.port import max_abs_diff, port
 from port_weights.vit import convert, is_google_layout

@@ -13,7 +13,7 @@ import pytest
 from conftest import FIXTURES, REPO
 from engine.families import build_from_config, load_family
 from port_weights import vvt as vvt_port
-from port_weights.checkpoint_io import load_checkpoint
+from engine.weights import load_checkpoint
 from port_weights.keymap import KeyMismatchError
 from port_weights.port import max_abs_diff, port
 

@@ -28,7 +28,8 @@ import hostile
 from engine.checkpoint import CheckpointManager
 from engine.optim import WarmupCosine
 from engine.weights_io import UnsafePickleError, WeightsFileError, load_paddle, load_state_dict
-from port_weights.checkpoint_io import UnsafeCheckpointError, load_checkpoint, load_torch
+from engine.torch_reader import UnsafeCheckpointError, load_torch
+from engine.weights import load_checkpoint
 
 FORMATS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'torch_formats')
 
