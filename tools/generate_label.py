@@ -6,12 +6,11 @@
         [-opts DATA.IMAGE_SIZE 576 DATA.CROP_PCT 1.0]
 
 As the seed's `generate_label.py` (NFNet-F6 at 576, crop_pct 1.0): every image of
-the list goes through the config's evaluation transform (short side resized to
-IMAGE_SIZE / CROP_PCT, centre crop IMAGE_SIZE: `paddlevit.create_transform(model)`),
-the model's classifier is applied
-at every position of its last feature grid, and the top-k logits and their
-classes are written to `<output>/<list path without extension>.npz` with the
-region of the image the grid covers (engine/token_labeling.py reads them).
+the list goes through the config's evaluation transform, `paddlevit.create_transform(model)`
+(short side resized to IMAGE_SIZE / CROP_PCT, centre crop IMAGE_SIZE), the model's
+classifier is applied at every position of its last feature grid, and the top-k
+logits and their classes are written to `<output>/<list path without extension>.npz`
+with the region of the image the grid covers (engine/token_labeling/ reads them).
 The label model is `paddlevit.create_model` of `-model` (a name of
 `paddlevit.list_models()`) or `-cfg` (a YAML file of any family), with
 `-pretrained` loaded strictly: a head of another class count is an error, since

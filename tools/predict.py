@@ -61,7 +61,7 @@ def load_config(model_dir, source=None, opts=None):
     if path.endswith(('.yaml', '.yml')) and not os.path.isfile(path):
         raise FileNotFoundError(f'{path} not found: pass -model or -cfg, the model it was exported from')
     config = model_config(path, opts)
-    if path != exported and os.path.isfile(exported):
+    if (source or opts) and os.path.isfile(exported):
         size = paddlevit.model_config(exported).DATA.IMAGE_SIZE
         if size != config.DATA.IMAGE_SIZE:
             raise ValueError(f'{path} has DATA.IMAGE_SIZE {config.DATA.IMAGE_SIZE}, but the model in '
