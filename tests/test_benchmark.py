@@ -132,3 +132,14 @@ def test_loader_against_the_paddlevit_pipeline(tmp_path):
                                            'PIL + paddle.vision.transforms, as PaddleViT']
     assert all(float(r['img/s']) > 0 for r in rows)
     assert f'images under {root}' in out and 'engine / PaddleViT: ' in out
+
+
+@pytest.mark.slow       # a child process that exports the model and builds a predictor
+def test_inference_through_the_exported_model(tmp_path):
+    out = run_tool('-cfg', MINI_CFG, '--mode', 'eval', '--inference', '--batch_size', '2', '--warmup', '1',
+                   '--iters', '1', '--threads', '1', '--json', str(tmp_path / 'r.json'))
+    rows = table_rows(out)
+    assert len(rows) == 1 and float(rows[0]['img/s']) > 0, out
+    saved = json.loads((tmp_path / 'r.json').read_text())[0]
+    assert saved['inference'] is True and saved['onednn'] in (True, False)
+    assert 'eval through Paddle Inference' in out
