@@ -328,3 +328,21 @@ class _PlainConvNet(paddle.nn.Layer):
 
     def forward(self, x):
         return self.head(self.conv(x).mean([2, 3]))
+
+
+@pytest.mark.slow       # two exports of a small PiT
+def test_weights_of_another_image_size_need_adapt(tmp_path, capsys):
+    """An export runs the weights as trained: position embeddings are resized only with --adapt."""
+    import paddlevit
+    small = ['MODEL.DEPTH', '[1, 1, 1]', 'MODEL.NUM_CLASSES', '5']
+    weights = str(tmp_path / 'pit_64.pdparams')
+    paddle.save(paddlevit.create_model('pit_ti_224', image_size=64, **dict(zip(small[0::2], small[1::2])))
+                .state_dict(), weights)
+    argv = ['-model', 'pit_ti_224', '-pretrained', weights, '-image_size', '96', '-opts', *small]
+    with pytest.raises(KeyMismatchError, match='pos_embed'):
+        export_model.main([*argv, '-output', str(tmp_path / 'refused')])
+    assert not os.path.exists(str(tmp_path / 'refused'))
+    export_model.main([*argv, '-output', str(tmp_path / 'adapted'), '--adapt'])
+    out = capsys.readouterr().out
+    assert 'WARNING: pretrained: ' in out and 'pos_embed' in out
+    assert os.path.isfile(str(tmp_path / 'adapted' / 'inference.pdiparams'))

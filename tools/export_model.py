@@ -19,16 +19,16 @@ eval mode and saved by `paddle.jit.save` for an input of shape
 [batch, 3, IMAGE_SIZE, IMAGE_SIZE], any batch.  Run it with `tools/predict.py`
 or any Paddle Inference deployment.
 
-The weights load as `-pretrained` loads them everywhere (`create_model`'s
-`pretrained=`): every parameter present, with the shape the model has, and
-nothing else, or nothing is written and the keys at fault are named
-(`set_state_dict` alone would skip a mis-shaped tensor with a warning and
+The weights go through the engine's one loader, `engine.weights.load_weights`,
+and must fit the model exactly: every parameter present, with the shape the
+model has, and nothing else, or nothing is written and the keys at fault are
+named (`set_state_dict` alone would skip a mis-shaped tensor with a warning and
 export random weights); a classifier head of another class count is an error
-(set -num_classes to the checkpoint's).  Image-size-dependent tensors
+(set -num_classes to the checkpoint's).  Unlike `-pretrained` for training,
+nothing is resized unless asked: with `--adapt`, image-size-dependent tensors
 (position embeddings, ...) of a checkpoint trained at another resolution are
-resized by the model's `adapt_state_dict`; export at the resolution the model
-was fine-tuned at whenever you can.  `--adapt`, which used to switch that
-resizing on, is still accepted.
+first resized by the model's `adapt_state_dict`, each change printed; export at
+the resolution the model was fine-tuned at whenever you can.
 
 ONNX (optional): `pip install paddle2onnx onnx onnxoptimizer` (and
 `onnxruntime` to run it).  The conversion uses onnxoptimizer; paddle2onnx's
@@ -46,6 +46,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
 import paddle  # noqa: E402
 from paddle.static import InputSpec  # noqa: E402
+
+from engine.weights import load_weights  # noqa: E402
 
 try:
     from .model_args import add_model_arguments, create_model, model_sources  # imported as tools.export_model
@@ -102,14 +104,13 @@ def main(argv=None):
     parser.add_argument('-image_size', type=int, default=None, help='override DATA.IMAGE_SIZE')
     parser.add_argument('-num_classes', type=int, default=None, help='override MODEL.NUM_CLASSES')
     parser.add_argument('--adapt', action='store_true',
-                        help='accepted for old command lines: weights of another image size are '
-                             'always resized to the model, as -pretrained does')
+                        help='resize image-size-dependent tensors of -pretrained to this model')
     parser.add_argument('--onnx', action='store_true', help='also write inference.onnx (paddle2onnx)')
     parser.add_argument('--opset', type=int, default=13, help='ONNX opset version (default 13)')
     args = parser.parse_args(argv)
 
-    model = create_model(model_sources(args), args.opts, pretrained=args.pretrained,
-                         image_size=args.image_size, num_classes=args.num_classes)
+    model = create_model(model_sources(args), args.opts, image_size=args.image_size, num_classes=args.num_classes)
+    load_weights(model, args.pretrained, what='pretrained', resize=args.adapt)
     config = model.config
     prefix = export(model, config.DATA.IMAGE_SIZE, args.output)
     with open(os.path.join(args.output, 'config.yaml'), 'w', encoding='utf-8') as f:
