@@ -16,8 +16,8 @@ from engine import data
 from engine.config import ConfigError, base_config
 from engine.data import autoaugment as aa
 from engine.data import transforms as tf
-from engine.data.baseline import PIL_OPS, paddlevit_transform
 from engine.data.decode import decode_image
+from tools.benchmarking.baseline import PIL_OPS, paddlevit_transform
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
