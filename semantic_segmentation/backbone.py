@@ -12,12 +12,10 @@ the backbone's keys (every one must be there with its shape, after the family's
 `adapt_state_dict` resized the position embedding to the crop's grid); only the
 removed layers' keys may be left over, and they are named in the log.
 """
-import paddle
 import paddle.nn as nn
 
-from engine.checkpoint import check_finite_weights, check_state, model_shapes
 from engine.families import load_family
-from engine.weights_io import load_state_dict
+from engine.weights import load_weights
 
 # what a classifier has beyond its feature extractor (besides its `CLASSIFIER` heads)
 FINAL_NORM = 'norm'
@@ -61,20 +59,13 @@ def build_backbone(config):
     return Backbone(model, config.SEG.OUT_INDICES), removed
 
 
-def load_backbone_weights(backbone, path, removed, log=print):
-    """Load a classification `.pdparams` into `backbone.model`, strictly on its keys (module doc)."""
-    if not path.endswith('.pdparams'):
-        path += '.pdparams'
-    state = dict(load_state_dict(path))   # restricted reader: never pickle
-    model = backbone.model
-    if hasattr(model, 'adapt_state_dict'):
-        for message in model.adapt_state_dict(state):
-            log(f'backbone: {message}')
+def load_backbone_weights(backbone, state, removed, name, log=print):
+    """A classification state dict (read from `name`) into `backbone.model`, strictly on its keys
+    (module doc), through `engine.weights.load_weights` with the position embedding resized."""
+    state = dict(state)
     unused = sorted(k for k in state if any(k == p or k.startswith(p + '.') for p in removed))
     for key in unused:
         del state[key]
-    check_finite_weights(state, path)
-    check_state(model_shapes(model), state, source=path)   # missing / unexpected / mis-shaped: an error
-    model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
-    note = f'; not used by the segmentor: {", ".join(unused)}' if unused else ''
-    log(f'backbone: loaded {len(state)} tensors from {path}{note}')
+    if unused:
+        log(f'backbone: not used by the segmentor: {", ".join(unused)}')
+    load_weights(backbone.model, state, what='backbone', name=name, resize=True, log=log)

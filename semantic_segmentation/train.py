@@ -24,13 +24,13 @@ import numpy as np
 import paddle
 
 from engine import distributed as dist
-from engine.checkpoint import (CheckpointManager, check_output_folder, load_pretrained, resolve_resume, resume)
+from engine.checkpoint import CheckpointManager, check_output_folder, resolve_resume, resume
 from engine.config import ConfigError
 from engine.errors import exit_on_user_error, UserError
 from engine.hooks import FamilyHooks
 from engine.launcher import build_parser
 from engine.logger import FILE_ONLY, ScalarWriter, get_logger, run_finished
-from engine.weights_io import load_state_dict
+from engine.weights import load_checkpoint, load_weights, weights_path
 
 from .ade20k import ADE20K
 from .backbone import load_backbone_weights
@@ -50,16 +50,17 @@ def build_datasets(config, splits=('train', 'val')):
     return {split: ADE20K(data.DATA_PATH, split, transforms[split], seg.DATA.REDUCE_ZERO_LABEL) for split in splits}
 
 
-def load_weights(model, path, removed, log):
+def load_pretrained(model, path, removed, log):
     """A segmentor checkpoint (keys under `backbone.`) strictly into the whole model, else a
     classification checkpoint into the backbone (backbone.load_backbone_weights)."""
-    full = path if path.endswith('.pdparams') else path + '.pdparams'
-    if not os.path.isfile(full):
-        raise ConfigError(f'MODEL.PRETRAINED {path}: {full} not found')
-    if any(k.startswith('backbone.') for k in load_state_dict(full)):
-        load_pretrained(model, full, log=log, drop_mismatched_head=False)
+    path = weights_path(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f'MODEL.PRETRAINED (-pretrained) {path}: no such file')
+    state = load_checkpoint(path)
+    if any(k.startswith('backbone.') for k in state):
+        load_weights(model, state, what='pretrained', name=path, log=log)
     else:
-        load_backbone_weights(model.backbone, full, removed, log=log)
+        load_backbone_weights(model.backbone, state, removed, path, log=log)
 
 
 def evaluate(model, dataset, config, rank=0, world=1):
@@ -133,7 +134,7 @@ def run(config, distributed=False):
     params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
     logger.info(f'process {rank}/{world} on {device}; model {config.MODEL.NAME}: {params:,} trainable parameters')
     if config.MODEL.PRETRAINED:
-        load_weights(model, config.MODEL.PRETRAINED, removed, logger.info)
+        load_pretrained(model, config.MODEL.PRETRAINED, removed, logger.info)
     datasets = build_datasets(config, ('val',) if config.EVAL else ('train', 'val'))
     test = config.SEG.TEST
     logger.info(f'validation: {len(datasets["val"])} images, {test.MODE} inference, scales {list(test.SCALES)}'
