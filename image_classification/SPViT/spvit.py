@@ -101,7 +101,10 @@ class SpatialPriorAttention(nn.Layer):
     a function of the offset alone, so here it is evaluated once per distinct
     offset ((2H-1)(2W-1) of them, 729 instead of 38,416 at 14x14) and gathered:
     the same numbers at a fraction of the cost.  The parameters do not depend on
-    the image size; at 384 the prior is simply evaluated on the 24x24 grid.
+    the image size: the prior is evaluated on whatever grid the input has (24x24
+    at 384, 32x32 for a 512 segmentation crop, 21x32 for a 336x512 image), never
+    as an N x N x dim tensor.  The offsets of the grid the model was built for are
+    buffers (exported with it); those of other grids are made once per grid.
     """
 
     def __init__(self, dim, num_heads, grid, qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0.):
@@ -122,24 +125,40 @@ class SpatialPriorAttention(nn.Layer):
         table, index = relative_offsets(self.grid)
         self.register_buffer('offset_table', paddle.to_tensor(table), persistable=False)
         self.register_buffer('offset_index', paddle.to_tensor(index), persistable=False)
+        self._other_grids = {}   # grid -> (table, index) of grids met at run time
+        self.input_grid = self.grid   # the grid of the tokens of the next call (PosConvBlock sets it)
 
-    def spatial_prior(self):
-        """[heads, N, N]: the multiplicative prior for query i, key j of the patch grid."""
-        table = self.offset_table.astype(self.w1.weight.dtype)      # float16 weights under AMP O2
+    def _offsets(self, grid):
+        if grid == self.grid:
+            return self.offset_table, self.offset_index
+        if grid not in self._other_grids:
+            table, index = relative_offsets(grid)
+            self._other_grids[grid] = (paddle.to_tensor(table), paddle.to_tensor(index))
+        return self._other_grids[grid]
+
+    def spatial_prior(self, grid=None):
+        """[heads, N, N]: the multiplicative prior for query i, key j of the patch grid
+        (`grid` (H, W), default the one the layer was built for)."""
+        grid = tuple(grid or self.grid)
+        table, index = self._offsets(grid)
+        table = table.astype(self.w1.weight.dtype)      # float16 weights under AMP O2
         feats = F.relu(self.w1(table)).reshape([-1, self.num_heads, self.head_dim])
         prior = (feats * self.w2.reshape([self.num_heads, self.head_dim])).sum(-1) + self.b2  # [T, heads]
-        n = self.grid[0] * self.grid[1]
-        return paddle.gather(prior, self.offset_index).transpose([1, 0]).reshape([self.num_heads, n, n])
+        n = grid[0] * grid[1]
+        return paddle.gather(prior, index).transpose([1, 0]).reshape([self.num_heads, n, n])
 
     def forward(self, x):
+        """`x` [B, N, C]: the tokens of the grid `self.input_grid` (set by `PosConvBlock.forward`;
+        the built grid when the layer is called on its own)."""
         B, N, C = x.shape
-        if N != self.grid[0] * self.grid[1]:
-            raise ValueError(f'spatial-prior attention built for a {self.grid} grid of tokens, got {N} tokens')
+        grid = self.input_grid
+        if N != grid[0] * grid[1]:
+            raise ValueError(f'spatial-prior attention on a {grid} grid of tokens got {N} tokens')
         qk = self.qk(x).reshape([B, N, 2, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
         q, k = qk[0], qk[1]                                                   # [B, heads, N, d]
         v = self.v(x).reshape([B, N, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
         score = paddle.matmul(q, k, transpose_y=True) * self.scale
-        attn = F.softmax(score * self.spatial_prior(), axis=-1)
+        attn = F.softmax(score * self.spatial_prior(grid), axis=-1)
         x = paddle.matmul(self.attn_drop(attn), v)                           # [B, heads, N, d]
         x = x.transpose([0, 2, 1, 3]).reshape([B, N, C])
         return self.proj_drop(self.proj(x))
@@ -173,6 +192,8 @@ class PosConvBlock(Block):
         self.pos_block = PosConv(dim)
 
     def forward(self, x, grid, has_cls):
+        if isinstance(self.attn, SpatialPriorAttention):
+            self.attn.input_grid = tuple(grid)   # the engine's Block calls attn(x) alone
         return self.pos_block(super().forward(x), grid, has_cls)
 
 
@@ -261,6 +282,17 @@ class SPViT(GradCheckpointing, nn.Layer):
         """All output tokens [B, 1 + N, C], class token first (no MixToken)."""
         return self.forward_tokens(self.patch_embed(x).flatten(2).transpose([0, 2, 1]))
 
+    def pos_embed_for(self, grid):
+        """The position embedding on a patch grid (H, W): the parameter itself on the built grid,
+        else its grid part interpolated bicubically on every call (the class token's entry, when
+        there is one, kept), as the official segmentation backbone does for any input size."""
+        if tuple(grid) == self.grid:
+            return self.pos_embed
+        prefix = 1 if self.local_up_to_layer == 0 else 0
+        patches = feat.tokens_to_map(self.pos_embed[:, prefix:], *self.grid)
+        patches = F.interpolate(patches, size=list(grid), mode='bicubic', align_corners=False)
+        return paddle.concat([self.pos_embed[:, :prefix], patches.flatten(2).transpose([0, 2, 1])], axis=1)
+
     def forward_intermediates(self, x, indices=None, norm=False, output_fmt='NCHW', intermediates_only=False,
                               return_prefix_tokens=False):
         """Block outputs as patch-grid maps, for dense heads (see `engine/features.py`).
@@ -268,31 +300,31 @@ class SPViT(GradCheckpointing, nn.Layer):
         `norm` passes each chosen output through the final LayerNorm first.  The
         class token, once it has joined (block `local_up_to_layer` on), is dropped
         from the maps and, with `return_prefix_tokens`, returned beside each as
-        [B, 1, C] ([B, 0, C] before it joins).  No MixToken.  The grid, the
-        position embedding and the spatial priors are built for one image size,
-        so only that size is accepted.  Returns the list when
+        [B, 1, C] ([B, 0, C] before it joins).  No MixToken.  Any image size is
+        accepted (segmentation crops, scales, non-square images): the position
+        embedding is interpolated to the input's grid (`pos_embed_for`) and the
+        spatial priors are evaluated on it.  Returns the list when
         `intermediates_only`, else (forward_features(x), list).
         """
         feat.check_output_format(output_fmt)
         chosen = feat.feature_indices(len(self.blocks), indices)
-        image_hw = x.shape[2:]
         x = self.patch_embed(x)
-        feat.check_grid('SP-ViT', x.shape[2:], self.grid, image_hw)
+        grid = tuple(x.shape[2:])
         x = x.flatten(2).transpose([0, 2, 1])
         cls = self.cls_token.expand([x.shape[0], -1, -1])
         if self.local_up_to_layer == 0:
             x = paddle.concat([cls, x], axis=1)
-        x = self.pos_drop(add_position_embedding(x, self.pos_embed))
+        x = self.pos_drop(add_position_embedding(x, self.pos_embed_for(grid)))
         last = chosen[-1] if intermediates_only else len(self.blocks) - 1
         maps, prefixes = [], []
         for i in range(last + 1):
             if i == self.local_up_to_layer and i > 0:
                 x = paddle.concat([cls, x], axis=1)
-            x = self.blocks[i](x, self.grid, has_cls=i >= self.local_up_to_layer)
+            x = run_block(self, self.blocks[i], x, grid=grid, has_cls=i >= self.local_up_to_layer)
             if i in chosen:
                 y = self.norm(x) if norm else x
                 num_prefix = 1 if i >= self.local_up_to_layer else 0
-                maps.append(feat.format_map(feat.tokens_to_map(y[:, num_prefix:], *self.grid), output_fmt))
+                maps.append(feat.format_map(feat.tokens_to_map(y[:, num_prefix:], *grid), output_fmt))
                 prefixes.append(y[:, :num_prefix])
         out = feat.pack(maps, prefixes, return_prefix_tokens)
         if intermediates_only:

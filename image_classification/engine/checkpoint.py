@@ -6,6 +6,7 @@ Layout in the output folder (PaddleViT's names, so `-resume` and
     <NAME>-Epoch-<e>.pdparams      model weights
     <NAME>-Epoch-<e>-EMA.pdparams  EMA weights (when TRAIN.MODEL_EMA)
     <NAME>-Epoch-<e>.pdopt         optimizer + schedule + loss scaler + epoch + EMA update count
+    (`<NAME>-Iter-<i>.*` instead for iteration-based runs: CheckpointManager(unit='Iter'))
     <NAME>-Best.pdparams           best validation top-1 so far (+ -Best-EMA)
     latest.txt                     prefix of the newest complete checkpoint
 
@@ -191,7 +192,7 @@ def retained_epochs(epochs, current, keep, save_freq):
             if e > current or e in newest or (save_freq > 0 and e % save_freq == 0)}
 
 
-_COMPLETE = re.compile(r'(?P<name>.+)-Epoch-(?P<epoch>\d+)\.pdopt')
+_COMPLETE = re.compile(r'(?P<name>.+)-(?P<unit>Epoch|Iter)-(?P<epoch>\d+)\.pdopt')
 
 
 def check_output_folder(output_dir, resume_prefix=None, overwrite=False):
@@ -264,7 +265,7 @@ class CheckpointManager:
     resumed from); error messages point to it.
     """
 
-    def __init__(self, output_dir, model_name, save_freq=10, keep=2, log=None):
+    def __init__(self, output_dir, model_name, save_freq=10, keep=2, log=None, unit='Epoch'):
         from .config import ConfigError
         for key, value, least in (('SAVE_FREQ', save_freq, 0), ('SAVE_KEEP', keep, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -276,6 +277,7 @@ class CheckpointManager:
         self.keep = keep
         self.log = log or (lambda message: None)
         self.last_good = None
+        self.unit = unit   # what the counter counts: 'Epoch', or 'Iter' for iteration-based runs
 
     def prefix(self, tag):
         return os.path.join(self.output_dir, f'{self.model_name}-{tag}')
@@ -336,7 +338,7 @@ class CheckpointManager:
         by default `optimizer`'s own.
         """
         self.check_finite(epoch, model, ema, val_loss)
-        prefix = self.prefix(f'Epoch-{epoch}')
+        prefix = self.prefix(f'{self.unit}-{epoch}')
         if optimizer_state is None:
             optimizer_state = _structured_optimizer_state(model, optimizer.state_dict())
         state = {
@@ -379,7 +381,7 @@ class CheckpointManager:
         found = {}
         for name in os.listdir(self.output_dir):
             match = _COMPLETE.fullmatch(name)
-            if match and match['name'] == self.model_name:
+            if match and match['name'] == self.model_name and match['unit'] == self.unit:
                 found[int(match['epoch'])] = os.path.join(self.output_dir, name[:-len('.pdopt')])
         return found
 
