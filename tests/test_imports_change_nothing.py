@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import REPO
 
 IC = os.path.join(REPO, 'image_classification')
@@ -53,12 +55,12 @@ _SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_imports_change_nothing_and_create_model_configures_the_cpu(tmp_path):
-    alias = str(tmp_path)                       # `import paddlevit` as an install gives it
-    os.symlink(IC, os.path.join(alias, 'paddlevit'))
+@pytest.mark.slow
+def test_imports_change_nothing_and_create_model_configures_the_cpu():
+    # `paddlevit` comes from PYTHONPATH, installed or as conftest's alias of image_classification/
     env = {k: v for k, v in os.environ.items()
            if k not in ('OMP_NUM_THREADS', 'GLOG_minloglevel', 'MKL_DEBUG_CPU_TYPE') and not k.startswith('MALLOC_')}
-    done = subprocess.run([sys.executable, '-c', _SCRIPT.format(paths=[alias, REPO, IC])], env=env,
+    done = subprocess.run([sys.executable, '-c', _SCRIPT.format(paths=[REPO, IC])], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

@@ -96,6 +96,7 @@ def _probe(env):
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt')
+@pytest.mark.slow
 def test_cpu_settings_recycle_freed_memory_and_use_dense_kernels():
     """The settings of a CPU run stop large temporaries costing page faults on every op.
 

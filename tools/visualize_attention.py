@@ -91,20 +91,13 @@ def _upsample(mask, size):
 
 def load_model(cfg, pretrained=None, opts=None):
     """(config, model in eval mode) from a config, with the weights of `pretrained`."""
-    import paddle
     from engine.families import build_from_config
-    from engine.weights_io import load_state_dict
-    from port_weights.keymap import check_state
+    from engine.weights import load_weights
     config, model = build_from_config(cfg, opts)
     if not hasattr(model, 'forward_attention'):
         raise SystemExit(f'{config.MODEL.TYPE} models have no forward_attention(): not supported')
     if pretrained:
-        state = load_state_dict(pretrained)   # restricted reader: a hostile file cannot run code
-        if hasattr(model, 'adapt_state_dict'):
-            for message in model.adapt_state_dict(state):
-                print(f'WARNING: {message}')
-        check_state({k: v.shape for k, v in model.state_dict().items()}, state, source=pretrained)
-        model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+        load_weights(model, pretrained, what='pretrained', resize=True)
     model.eval()
     return config, model
 
