@@ -54,7 +54,7 @@ class Attention(nn.Layer):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.attn_drop = attn_drop
+        self.attn_drop = nn.Dropout(attn_drop)      # the explicit path's probabilities pass through it
         self.qkv = Linear(dim, dim * 3)
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)

@@ -92,7 +92,7 @@ class Attention(nn.Layer):
         self.head_dim = dim // num_heads
         if qk_scale is not None and qk_scale != self.head_dim ** -0.5:
             raise ValueError('qk_scale other than head_dim ** -0.5 is not supported')
-        self.attn_drop = attn_drop
+        self.attn_drop = nn.Dropout(attn_drop)      # the explicit path's probabilities pass through it
         self.qkv = Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)

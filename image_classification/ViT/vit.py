@@ -170,7 +170,7 @@ class Attention(nn.Layer):
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.qkv = Linear(dim, dim * 3)
-        self.attn_drop = attn_drop
+        self.attn_drop = nn.Dropout(attn_drop)      # the explicit path's probabilities pass through it
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.keep_attention = False
@@ -182,7 +182,7 @@ class Attention(nn.Layer):
             q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(axis=0)       # each [B, heads, N, d]
             attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
             self.attention = attn
-            attn = F.dropout(attn, self.attn_drop, training=self.training)
+            attn = self.attn_drop(attn)
             x = paddle.matmul(attn, v).transpose([0, 2, 1, 3])
         else:
             x = multi_head_attention(qkv, self.attn_drop, self.training)
