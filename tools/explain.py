@@ -1,57 +1,42 @@
-"""Save a ViT's attention over an image: attention rollout and the last layer's [CLS] attention.
+"""Why this class?  Save a relevance map of a model's prediction over each image.
 
-    python tools/visualize_attention.py \\
-        -cfg image_classification/ViT/configs/vit_base_patch16_224.yaml \\
-        -pretrained vit_base_patch16_224.pdparams -image dog.jpg -output dog_attention.png
+    python tools/explain.py -model spvit_s_224 -pretrained spvit_s_224.pdparams \\
+        --method lrp --image dog.jpg [-class 243] [-output explain_out]
+    python tools/explain.py -cfg image_classification/ViT/configs/vit_base_patch16_224.yaml \\
+        -pretrained vit_base_patch16_224.pdparams --method gradient --image photos/
 
-Without `-image` a generated test picture is used; without `-pretrained` the model
-keeps its random initial weights (useful only to check the pipeline).  The
-picture has three panels: the (resized, cropped) input, the input weighted by the
-attention rollout of the class token (Abnar & Zuidema 2020, as in ViT-pytorch's
-notebook: heads averaged, identity added for the residual path, rows renormalised,
-layers multiplied), and the last block's [CLS]->patch attention averaged over
-heads as a heat map.  The top-5 predictions are printed and written in the title
-(class indices, or names from `-class_names FILE` with one name per line).
+The model is named (`-model`, see `paddlevit.list_models()`) or given by its config
+(`-cfg`); `-pretrained` loads its weights strictly (a hostile or mis-fitting file is
+refused).  `--image` is one image or a folder of them (without it, a generated
+picture).  For each image, in `-output`: `<stem>_<method>.png` with the input, the
+map over it, the explained class's name and probability, and `<stem>_<method>.npy`,
+the raw map on the token grid.
 
-Works for any model whose `forward_attention(x)` returns (logits, [per-block
-attention [B, heads, N, N]]) with one class token first (ViT).
+Methods (`--method`, see engine/explain/methods.py for the details and the why):
+  gradient   Chefer et al. ICCV 2021, class-specific      ViT / DeiT, SP-ViT
+  lrp        Chefer et al. CVPR 2021 (transformer_attribution, the SP-ViT README's maps)
+                                                          ViT / DeiT, SP-ViT
+  rollout    attention rollout, class-agnostic            ViT / DeiT, SP-ViT
+  attention  last block's class-token attention           ViT / DeiT, SP-ViT
+  gradcam    Grad-CAM on the last block's input tokens    every transformer family
+             (the only one for PiT, PerViT and VVT)
+`-class N` explains class N (default: the top-1); `--head class` explains SP-ViT's
+class head alone instead of the logit evaluation reports (class head + 0.5 x max of
+the token-label head).  `-class_names FILE`: one name per line, line i = class i.
+PerViT's own `PerViT/visualize.py` draws its position-attention maps.
 """
 import argparse
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402,F401  (sets the environment before paddle)
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import engine  # noqa: F401  (sets the environment before paddle is imported)
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-__all__ = ['attention_rollout', 'cls_attention_maps', 'demo_image', 'preprocess', 'main']
+from engine.errors import UserError
+from engine.explain import HEADS, METHODS, explain
 
-def attention_rollout(attentions):
-    """Joint attention from input tokens to each token after the last layer.
-
-    `attentions`: per layer, [B, heads, N, N] (or [heads, N, N]) row-stochastic
-    matrices.  Each layer's matrix is averaged over heads, the identity is added
-    (the residual connection) and rows are renormalised; the result is
-    A_L @ ... @ A_1, [B, N, N] (or [N, N]).
-    """
-    joint = None
-    for attn in attentions:
-        a = np.asarray(attn, dtype=np.float64).mean(axis=-3)
-        a = a + np.eye(a.shape[-1])
-        a = a / a.sum(axis=-1, keepdims=True)
-        joint = a if joint is None else a @ joint
-    return joint
-
-
-def cls_attention_maps(attentions, grid):
-    """(rollout map, last-layer map): the class token's attention to the patches of
-    image 0, each [grid_h, grid_w]."""
-    rollout = attention_rollout(attentions)
-    rollout = rollout[0] if rollout.ndim == 3 else rollout
-    last = np.asarray(attentions[-1], dtype=np.float64)
-    last = (last[0] if last.ndim == 4 else last).mean(axis=0)
-    return rollout[0, 1:].reshape(grid), last[0, 1:].reshape(grid)
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
 def demo_image(size=384):
@@ -69,10 +54,27 @@ def demo_image(size=384):
     return Image.fromarray((img * 255).clip(0, 255).astype(np.uint8))
 
 
+def load_model(model_name=None, cfg=None, pretrained=None, opts=None):
+    """(config, model in eval mode): by name through `paddlevit.create_model`, or from a config file."""
+    if model_name:
+        import paddlevit
+        import yaml
+        # KEY VALUE pairs as -cfg's -opts reads them: the value parsed as YAML (5 -> int)
+        overrides = {key: yaml.safe_load(value) for key, value in zip(opts[::2], opts[1::2])} if opts else {}
+        model = paddlevit.create_model(model_name, pretrained=pretrained, **overrides)
+        return model.config, model
+    from engine.checkpoint import load_pretrained
+    from engine.families import build_from_config
+    config, model = build_from_config(cfg, opts)
+    if pretrained:
+        load_pretrained(model, pretrained, log=lambda message: None, drop_mismatched_head=False)
+    model.eval()
+    return config, model
+
+
 def preprocess(image, config):
     """(input [1, 3, S, S] float32, the resized and cropped RGB picture [S, S, 3] uint8)
-    through the engine's eval transform (the config's IMAGE_SIZE, CROP_PCT,
-    INTERPOLATION, MEAN, STD), so the model sees what evaluation feeds it."""
+    through the engine's eval transform, so the model sees what evaluation feeds it."""
     from engine.data.transforms import build_transform
     x = build_transform(config, 'val')(np.asarray(image.convert('RGB')))       # [3, S, S]
     mean = np.asarray(config.DATA.MEAN, np.float32)[:, None, None]
@@ -81,91 +83,95 @@ def preprocess(image, config):
     return x[None].astype(np.float32), picture
 
 
-def _upsample(mask, size):
+def upsample(relevance, size):
     """[gh, gw] map -> [size, size] in [0, 1] (bilinear), scaled by its maximum."""
-    mask = np.asarray(mask, np.float32)
-    mask = mask / mask.max() if mask.max() > 0 else mask
-    return np.asarray(Image.fromarray(mask).resize((size, size), Image.BILINEAR)).clip(0, 1)
+    relevance = np.asarray(relevance, np.float32)
+    top = relevance.max()
+    relevance = relevance / top if top > 0 else relevance
+    return np.asarray(Image.fromarray(relevance).resize((size, size), Image.BILINEAR)).clip(0, 1)
 
 
-def load_model(cfg, pretrained=None, opts=None):
-    """(config, model in eval mode) from a config, with the weights of `pretrained`."""
-    import paddle
-    from engine.families import build_from_config
-    from engine.weights_io import load_state_dict
-    from port_weights.keymap import check_state
-    config, model = build_from_config(cfg, opts)
-    if not hasattr(model, 'forward_attention'):
-        raise SystemExit(f'{config.MODEL.TYPE} models have no forward_attention(): not supported')
-    if pretrained:
-        state = load_state_dict(pretrained)   # restricted reader: a hostile file cannot run code
-        if hasattr(model, 'adapt_state_dict'):
-            for message in model.adapt_state_dict(state):
-                print(f'WARNING: {message}')
-        check_state({k: v.shape for k, v in model.state_dict().items()}, state, source=pretrained)
-        model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
-    model.eval()
-    return config, model
-
-
-def visualize(model, config, image, output, class_names=None):
-    """Run `model` on `image` (PIL), save the figure to `output`; returns
-    (top-5 [(probability, label)], rollout map, last-layer map)."""
+def save_figure(picture, relevance, title, output):
+    """The input beside the map over it (jet, red = most relevant), titled."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    import paddle
-
-    x, picture = preprocess(image, config)
-    with paddle.no_grad():
-        logits, attentions = model.forward_attention(paddle.to_tensor(x))
-    probs = paddle.nn.functional.softmax(logits, axis=-1).numpy()[0]
-    attentions = [a.numpy() for a in attentions]
-    n = attentions[0].shape[-1] - 1
-    grid = getattr(getattr(model, 'patch_embed', None), 'grid_size', None) or (int(n ** 0.5),) * 2
-    rollout, last = cls_attention_maps(attentions, grid)
-    size = picture.shape[0]
-    rollout_img = (_upsample(rollout, size)[..., None] * picture).astype(np.uint8)
-    top = np.argsort(-probs)[:5]
-    top5 = [(float(probs[i]), class_names[i] if class_names else str(i)) for i in top]
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.5))
     axes[0].imshow(picture)
-    axes[0].set_title('Input')
-    axes[1].imshow(rollout_img)
-    axes[1].set_title('Attention rollout')
-    axes[2].imshow(picture)
-    axes[2].imshow(_upsample(last, size), cmap='jet', alpha=0.5)
-    axes[2].set_title('Last layer [CLS] attention')
+    axes[0].set_title('input', fontsize=9)
+    axes[1].imshow(picture)
+    axes[1].imshow(upsample(relevance, picture.shape[0]), cmap='jet', alpha=0.5, vmin=0, vmax=1)
+    axes[1].set_title(title, fontsize=9)
     for ax in axes:
         ax.axis('off')
-    fig.suptitle(f'{config.MODEL.NAME}: ' + ',  '.join(f'{label} {p:.3f}' for p, label in top5), fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=100)
+    fig.savefig(output, dpi=80)
     plt.close(fig)
-    return top5, rollout, last
+
+
+def images(path):
+    """[(stem, PIL image)] of a file, every image in a folder (sorted), or the generated picture."""
+    if path is None:
+        return [('demo', demo_image())]
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise UserError(f'--image {path}: the folder holds no image ({", ".join(IMAGE_EXTENSIONS)})')
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise UserError(f'--image {path}: no such file or folder')
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as image:
+                out.append((os.path.splitext(os.path.basename(f))[0], image.convert('RGB')))
+        except (UnidentifiedImageError, OSError) as error:
+            raise UserError(f'--image {f}: not a readable image ({error})') from None
+    return out
+
+
+def class_names(path, num_classes):
+    if not path:
+        return None
+    with open(path, encoding='utf-8') as f:
+        names = [line.strip() for line in f if line.strip()]
+    if len(names) != num_classes:
+        raise UserError(f'-class_names {path}: {len(names)} names for a model of {num_classes} classes')
+    return names
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument('-model', help='model name (paddlevit.list_models())')
+    which.add_argument('-cfg', help='model config (YAML)')
+    parser.add_argument('-pretrained', default=None, help='.pdparams with the weights')
+    parser.add_argument('-method', '--method', default='gradient', choices=METHODS)
+    parser.add_argument('-image', '--image', default=None, help='an image or a folder (default: a generated picture)')
+    parser.add_argument('-class', '--class', dest='class_index', type=int, default=None,
+                        help='class to explain (default: the top-1)')
+    parser.add_argument('-head', '--head', default='eval', choices=HEADS,
+                        help="SP-ViT: explain the evaluation logit (eval) or the class head alone (class)")
+    parser.add_argument('-output', default='explain_out', help='folder for the .png and .npy files')
+    parser.add_argument('-class_names', default=None, help='text file, one class name per line')
+    parser.add_argument('-opts', nargs='+', default=None, help='config overrides: KEY VALUE ...')
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-cfg', required=True, help='model config (YAML)')
-    parser.add_argument('-pretrained', default=None, help='.pdparams with the weights')
-    parser.add_argument('-image', default=None, help='image file (default: a generated picture)')
-    parser.add_argument('-output', default='attention.png', help='where to save the figure (.png)')
-    parser.add_argument('-class_names', default=None, help='text file, one class name per line')
-    parser.add_argument('-opts', nargs='+', default=None, help='config overrides: KEY VALUE ...')
-    args = parser.parse_args(argv)
-    config, model = load_model(args.cfg, args.pretrained, args.opts)
-    image = Image.open(args.image) if args.image else demo_image()
-    names = None
-    if args.class_names:
-        with open(args.class_names, encoding='utf-8') as f:
-            names = [line.strip() for line in f]
-    top5, _, _ = visualize(model, config, image, args.output, names)
-    for p, label in top5:
-        print(f'{p:.5f} : {label}')
-    print(f'saved {args.output}')
+    args = parse_args(argv)
+    config, model = load_model(args.model, args.cfg, args.pretrained, args.opts)
+    names = class_names(args.class_names, config.MODEL.NUM_CLASSES)
+    os.makedirs(args.output, exist_ok=True)
+    for stem, image in images(args.image):
+        x, picture = preprocess(image, config)
+        result = explain(model, x, args.method, args.class_index, args.head)
+        label = names[result.class_index] if names else f'class {result.class_index}'
+        base = os.path.join(args.output, f'{stem}_{args.method}')
+        np.save(base + '.npy', result.map)
+        save_figure(picture, result.map, f'{args.method}: {label} (p = {result.probability:.3f})', base + '.png')
+        print(f'{stem}: {label} p={result.probability:.4f} -> {base}.png, {base}.npy')
     return 0
 
 

@@ -1,0 +1,155 @@
+"""`explain(model, image, method)`: one class-specific (or attention) map for one image.
+
+Methods and the families they serve (`SUPPORT`), and why:
+
+  rollout    attention rollout (Abnar & Zuidema 2020), class-agnostic.
+  attention  the last block's class-token attention, head-averaged, class-agnostic.
+  gradient   Chefer et al., ICCV 2021 ("Generic Attention-model Explainability"):
+             needs each block's softmax attention A and the gradient of the logit.
+  lrp        Chefer et al., CVPR 2021 (`transformer_attribution`, the maps of the
+             SP-ViT README): A's gradient weighted by its LRP relevance, which needs
+             an LRP rule for every layer (`lrp.TransformerLRP`).
+  gradcam    Grad-CAM (Selvaraju et al. 2017) on the tokens entering the last
+             block's attention (its norm1 output), pytorch-grad-cam's choice for
+             vision transformers: channel weights from the gradients, no attention.
+
+ViT / DeiT (`VisionTransformer`) and SP-ViT: all five.  The token methods need one
+token set kept from the first block to the last with the class token at index 0:
+SP-ViT's spatial-prior blocks run on the patches before the class token joins, and
+their maps are embedded with a class slot that maps the class token to itself.
+PiT, PerViT, VVT: Grad-CAM only.  PiT's pooling changes the token count between
+stages, so its blocks' N x N matrices do not compose into one token-to-token
+relevance; PerViT and VVT have no class token (their logits read the mean of the
+tokens) and VVT's linear attention never forms A.
+
+For SP-ViT, `head='eval'` explains the logit evaluation reports (class head +
+0.5 x max of the token-label head), `head='class'` the class head alone.
+"""
+import math
+from typing import NamedTuple
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from ..errors import UserError
+from . import aggregate
+from .capture import attention_layer_names, recording
+from .lrp import TransformerLRP
+
+METHODS = ('rollout', 'attention', 'gradient', 'lrp', 'gradcam')
+HEADS = ('eval', 'class')
+
+_TOKENS = METHODS
+SUPPORT = {          # model class -> methods it supports
+    'VisionTransformer': _TOKENS,
+    'SPViT': _TOKENS,
+    'PoolingTransformer': ('gradcam',),
+    'PerViT': ('gradcam',),
+    'VicinityVisionTransformer': ('gradcam',),
+}
+
+
+class UnsupportedMethodError(UserError, ValueError):
+    """A method the model's family cannot serve (see `SUPPORT`)."""
+
+
+class Explanation(NamedTuple):
+    map: np.ndarray               # [grid_h, grid_w], float64, >= 0 for every class-specific method
+    class_index: int              # the explained class
+    probability: float           # its softmax probability from the model's (eval) logits
+    probabilities: np.ndarray     # [classes]
+
+
+def supported_methods(model):
+    """The methods `explain` runs for `model` (by its class, see `SUPPORT`)."""
+    return SUPPORT.get(type(model).__name__, ())
+
+
+def _check(model, method, head):
+    if method not in METHODS:
+        raise UnsupportedMethodError(f'method {method!r}: expected one of {", ".join(METHODS)}')
+    if head not in HEADS:
+        raise UnsupportedMethodError(f'head {head!r}: expected one of {", ".join(HEADS)}')
+    allowed = supported_methods(model)
+    if method not in allowed:
+        raise UnsupportedMethodError(
+            f'method {method!r} is not available for {type(model).__name__} models; '
+            + (f'available: {", ".join(allowed)} (see engine/explain/methods.py for why)' if allowed
+               else 'this family has no explanation method'))
+
+
+def _grid(model):
+    return tuple(getattr(model, 'grid', None) or model.patch_embed.grid_size)
+
+
+def _gradcam_target(model):
+    """Name of the last block's norm1 (its output enters the last attention)."""
+    return [name for name, _ in model.named_sublayers() if name.endswith('norm1')][-1]
+
+
+def _prefix_tokens(model):
+    cls = getattr(model, 'cls_token', None)
+    return cls.shape[1] if cls is not None else 0
+
+
+def _class_frame(matrices, value, n):
+    """Per-block [N_i, N_i] matrices in the (1 + N)-token frame (`aggregate.with_class_slot`)."""
+    return [m if m.shape[-1] == n else aggregate.with_class_slot(m, value) for m in matrices]
+
+
+def explain(model, image, method, class_index=None, head='eval'):
+    """The `method` map of `model` (eval mode) for image [1, 3, H, W] (float32, normalised).
+
+    class_index: the class to explain (default: the top-1 prediction).  head: 'eval' or
+    'class', the logit explained (see the module docstring; the same for models with
+    one head).  Returns an `Explanation`."""
+    _check(model, method, head)
+    model.eval()
+    names = ['head']
+    if method in ('rollout', 'attention', 'gradient', 'lrp'):
+        attention_names = attention_layer_names(model)
+        names += attention_names
+    if method == 'lrp':
+        walker = TransformerLRP(model)
+        names = list(dict.fromkeys(names + walker.record_names()))
+    if method == 'gradcam':
+        names.append(_gradcam_target(model))
+    x = paddle.to_tensor(np.asarray(image, np.float32))
+    with paddle.set_grad_enabled(True), recording(model, names) as rec:
+        logits = model(x)
+    probabilities = F.softmax(logits.astype('float32'), axis=-1).numpy()[0].astype(np.float64)
+    c = int(np.argmax(probabilities)) if class_index is None else int(class_index)
+    if not 0 <= c < probabilities.shape[0]:
+        raise UnsupportedMethodError(f'class {c}: the model has {probabilities.shape[0]} classes (0 - '
+                                     f'{probabilities.shape[0] - 1})')
+    target = (rec['head'][1] if head == 'class' else logits)[0, c]
+
+    if method == 'gradcam':
+        tokens = rec[names[-1]][1]
+        (grad,) = paddle.grad(target, [tokens])
+        prefix = _prefix_tokens(model)
+        activations, gradients = (t.numpy()[0, prefix:].astype(np.float64) for t in (tokens, grad))
+        side = math.isqrt(activations.shape[0])
+        if side * side != activations.shape[0]:
+            raise UnsupportedMethodError(f'Grad-CAM needs a square token grid, got {activations.shape[0]} tokens')
+        result = aggregate.grad_cam(activations, gradients).reshape(side, side)
+    else:
+        tensors = [rec[name][1] for name in attention_names]
+        attentions = [t.numpy()[0].astype(np.float64) for t in tensors]
+        n = 1 + int(np.prod(_grid(model)))
+        if method == 'attention':
+            matrix = attentions[-1].mean(0)
+        elif method == 'rollout':
+            matrix = aggregate.rollout(_class_frame([a.mean(0) for a in attentions], 1., n))
+        else:
+            gradients = [g.numpy()[0].astype(np.float64) for g in paddle.grad(target, tensors)]
+            if method == 'gradient':
+                weighted = [aggregate.positive_head_mean(g, a) for g, a in zip(gradients, attentions)]
+                matrix = aggregate.gradient_rollout(_class_frame(weighted, 0., n))
+            else:
+                relevances = walker.relevance(rec, c, head)
+                weighted = [aggregate.positive_head_mean(g, r) for g, r in zip(gradients, relevances)]
+                matrix = aggregate.rollout(_class_frame(weighted, 1., n))
+        result = aggregate.class_row(matrix, _grid(model))
+    return Explanation(result, c, float(probabilities[c]), probabilities)
