@@ -400,3 +400,70 @@ def test_tool_refuses_what_it_cannot_do(tmp_path):
             (['-cfg', pit, '--method', 'lrp'], 'not available for PoolingTransformer models; available: gradcam')):
         with pytest.raises(UserError, match=message):
             tool_main(argv + ['-output', str(tmp_path / 'out')])
+
+
+# ----------------------------------------------------------------- SP-ViT's own layers, against their definitions
+@pytest.fixture()
+def spvit_record(paddlevit):
+    """(toy SP-ViT with perturbed weights and a token-label head that matters, its LRP walker, a recording)."""
+    from engine.explain.lrp import TransformerLRP
+    model = figures.build_toy('SPViT')
+    for p in model.parameters():
+        p.set_value(p.numpy() + 0.1 * RNG.normal(size=p.shape).astype('float32'))
+    model.aux_head.weight.set_value(model.aux_head.weight * 20)
+    walker = TransformerLRP(model)
+    images, _, _ = figures.synthetic_images(np.random.default_rng(4), 1, with_object=True)
+    with recording(model, walker.record_names()) as rec:
+        model(paddle.to_tensor(figures.normalise(images, model.config)))
+    return model, walker, rec
+
+
+def test_spvit_attention_inputs_reproduce_the_recorded_probabilities(spvit_record):
+    """The softmax input the LRP pass rebuilds (q k^T / sqrt(d), times the spatial prior in the
+    SP block) gives back the probabilities the model formed."""
+    model, walker, rec = spvit_record
+    assert hasattr(model.blocks[0].attn, 'qk') and not hasattr(model.blocks[1].attn, 'qk')
+    for i in range(len(model.blocks)):
+        scores = walker.attention_inputs(rec, i)[3]
+        softmax = np.exp(scores - scores.max(-1, keepdims=True))
+        np.testing.assert_allclose(softmax / softmax.sum(-1, keepdims=True),
+                                   rec[f'blocks.{i}.attn.attn_drop'][1].numpy()[0], rtol=1e-4, atol=1e-6)
+
+
+def test_spvit_pos_block_relevance(spvit_record):
+    """tokens + dwconv(tokens): the renormalised addition, then alpha-beta through the conv."""
+    model, walker, rec = spvit_record
+    i = 2                                                    # after the class token joined
+    x_in, x_out = (t.numpy()[0].astype(np.float64) for t in (rec[f'blocks.{i}.pos_block'][0][0],
+                                                             rec[f'blocks.{i}.pos_block'][1]))
+    r = RNG.normal(size=x_in.shape)
+    tokens = x_in[1:]
+    r_conv, r_skip = _add_def(x_out[1:] - tokens, tokens, r[1:])
+    weight = model.blocks[i].pos_block.proj.weight.numpy().astype(np.float64)
+    image = tokens.T.reshape(-1, *model.grid)
+    conv = lambda w: lambda t: F.conv2d(t[None], _t(w), padding=1, groups=w.shape[0])[0]   # noqa: E731
+    r_tokens = alpha_beta((conv(np.maximum(weight, 0)), conv(np.minimum(weight, 0))), image,
+                          r_conv.T.reshape(image.shape))
+    expected = np.concatenate([r[:1], r_tokens.reshape(image.shape[0], -1).T + r_skip])
+    np.testing.assert_allclose(walker.pos_block_relevance(rec, i, r), expected, rtol=1e-6, atol=1e-12)
+
+
+def test_spvit_eval_logit_relevance(spvit_record):
+    """head(cls) + 0.5 max_t aux_head(tokens): the renormalised addition, the maximum's share to
+    its winning token, alpha-beta through both heads, then the final norm."""
+    model, walker, rec = spvit_record
+    c = 3
+    w = {k: v.numpy().astype(np.float64) for k, v in model.state_dict().items()}
+    tokens = rec['norm'][1].numpy()[0].astype(np.float64)
+    cls_logits, aux = tokens[0] @ w['head.weight'] + w['head.bias'], tokens[1:] @ w['aux_head.weight'] + w['aux_head.bias']
+    r_cls, r_max = _add_def(cls_logits, 0.5 * aux.max(0), np.eye(len(cls_logits))[c])
+    r = np.zeros_like(tokens)
+    r[0] = _linear_def(tokens[0], w['head.weight'], r_cls)
+    winner = aux[:, c].argmax()
+    r[1 + winner] = _linear_def(tokens[1 + winner], w['aux_head.weight'], r_max * (np.arange(len(r_max)) == c))
+    norm_in = rec['norm'][0][0].numpy()[0].astype(np.float64)
+    expected = grad_times_input(lambda t: layer_norm_ops(t, _t(w['norm.weight']), _t(w['norm.bias']), 1e-5),
+                                norm_in, r)
+    np.testing.assert_allclose(walker.head_relevance(rec, c, 'eval'), expected, rtol=1e-6, atol=1e-12)
+    only_class = walker.head_relevance(rec, c, 'class')
+    assert not only_class[1:].any() and only_class[0].any()

@@ -63,7 +63,7 @@ class TransformerLRP:
         return names
 
     # ------------------------------------------------------------------ head
-    def _head_relevance(self, rec, class_index, head):
+    def head_relevance(self, rec, class_index, head):
         """Relevance of the final norm's output [N, C] for the logit of `class_index`:
         head='class' explains head(cls); head='eval' the logit evaluation uses (for SP-ViT
         head(cls) + 0.5 * max aux_head(tokens); elsewhere the same as 'class')."""
@@ -87,22 +87,29 @@ class TransformerLRP:
         return _layer_norm(self.model.norm, _np(rec['norm'][0][0])[0], relevance)
 
     # ------------------------------------------------------------------ blocks
+    def attention_inputs(self, rec, i):
+        """(q, k, v [heads, N, d], the softmax's input [heads, N, N]) of block i, recomputed from the
+        recorded projections: q k^T / sqrt(d), times the spatial prior in SP-ViT's SP blocks."""
+        p, attn = f'blocks.{i}', self.blocks[i].attn
+        x = _np(rec[f'{p}.norm1'][1])[0]
+        n, h = x.shape[0], attn.num_heads
+        d = x.shape[1] // h
+        if hasattr(attn, 'qk'):
+            q, k = _np(rec[f'{p}.attn.qk'][1])[0].reshape(n, 2, h, d).transpose(1, 2, 0, 3)
+            v = _np(rec[f'{p}.attn.v'][1])[0].reshape(n, h, d).transpose(1, 0, 2)
+            prior = attn.spatial_prior().numpy().astype(np.float64)
+            return q, k, v, (q @ k.transpose(0, 2, 1)) * attn.scale * prior
+        q, k, v = _np(rec[f'{p}.attn.qkv'][1])[0].reshape(n, 3, h, d).transpose(1, 2, 0, 3)
+        return q, k, v, (q @ k.transpose(0, 2, 1)) * d ** -0.5
+
     def _attention(self, rec, i, relevance):
         """(R of norm1's output, R_A) for block i's attention, given R of its output [N, C]."""
         p, attn = f'blocks.{i}', self.blocks[i].attn
         x = _np(rec[f'{p}.norm1'][1])[0]                                      # [N, C]
         n, c = x.shape
-        h = attn.num_heads
-        d = c // h
+        h, d = attn.num_heads, c // attn.num_heads
         a = _np(rec[f'{p}.attn.attn_drop'][1])[0]                            # [h, N, N]
-        if hasattr(attn, 'qk'):
-            qk = _np(rec[f'{p}.attn.qk'][1])[0].reshape(n, 2, h, d).transpose(1, 2, 0, 3)
-            q, k = qk
-            v = _np(rec[f'{p}.attn.v'][1])[0].reshape(n, h, d).transpose(1, 0, 2)
-            scores = (q @ k.transpose(0, 2, 1)) * attn.scale * attn.spatial_prior().numpy().astype(np.float64)
-        else:
-            q, k, v = _np(rec[f'{p}.attn.qkv'][1])[0].reshape(n, 3, h, d).transpose(1, 2, 0, 3)
-            scores = (q @ k.transpose(0, 2, 1)) * d ** -0.5
+        q, k, v, scores = self.attention_inputs(rec, i)
         proj_in = _np(rec[f'{p}.attn.proj'][0][0])[0]
         r = rules.linear(proj_in, _weight(attn.proj), relevance).reshape(n, h, d).transpose(1, 0, 2)
         r_a, r_v = (part / 2 for part in rules.matmul(a, v, r))
@@ -122,7 +129,7 @@ class TransformerLRP:
         r = rules.gelu(_np(rec[f'{p}.mlp.act'][0][0])[0], r)
         return rules.linear(_np(rec[f'{p}.mlp.fc1'][0][0])[0], _weight(mlp.fc1), r)
 
-    def _pos_block(self, rec, i, relevance):
+    def pos_block_relevance(self, rec, i, relevance):
         """Relevance of SP-ViT's pos_block input: tokens + dwconv(tokens) on the patches."""
         x_in, x_out = (_np(t)[0] for t in (rec[f'blocks.{i}.pos_block'][0][0], rec[f'blocks.{i}.pos_block'][1]))
         prefix = 1 if i >= self.joins else 0
@@ -140,7 +147,7 @@ class TransformerLRP:
         """(relevance of block i's input, R_A of block i) from the relevance of its output."""
         p, block = f'blocks.{i}', self.blocks[i]
         if hasattr(block, 'pos_block'):
-            relevance = self._pos_block(rec, i, relevance)
+            relevance = self.pos_block_relevance(rec, i, relevance)
         x_in = _np(rec[p][0][0])[0]
         attn_out = _np(rec[f'{p}.attn.proj'][1])[0] / self.skip_lam
         x_mid = x_in + attn_out
@@ -152,8 +159,8 @@ class TransformerLRP:
         return r_skip + _layer_norm(block.norm1, x_in, r_attn), r_a
 
     def relevance(self, rec, class_index, head='eval'):
-        """R_A of every block, forward order, for the logit of `class_index` (see `_head_relevance`)."""
-        relevance = self._head_relevance(rec, class_index, head)
+        """R_A of every block, forward order, for the logit of `class_index` (see `head_relevance`)."""
+        relevance = self.head_relevance(rec, class_index, head)
         found = []
         for i in reversed(range(len(self.blocks))):
             if i == self.joins - 1:
