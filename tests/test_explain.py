@@ -9,7 +9,6 @@ engine rule), with the rules again by autograd.
 """
 import os
 import sys
-import tempfile
 
 import numpy as np
 import paddle
@@ -22,6 +21,7 @@ from engine import attention_dispatch as dispatch
 from engine.explain import UnsupportedMethodError, aggregate, explain, lrp_rules as rules, supported_methods
 from engine.explain.capture import Recorder, attention_layer_names, recording
 from engine.families import build_from_config
+from test_api import paddlevit  # noqa: F401  (fixture: `import paddlevit` without an install)
 
 sys.path.insert(0, os.path.join(REPO, 'tools'))
 import make_explain_figures as figures  # noqa: E402
@@ -30,19 +30,6 @@ from explain import main as tool_main  # noqa: E402
 IC = os.path.join(REPO, 'image_classification')
 VIT_DEMO = os.path.join(IC, 'ViT', 'configs', 'vit_demo_digits_32.yaml')
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(scope='module')
-def paddlevit():
-    """`import paddlevit` (image_classification/, as an install names it) through a symlink."""
-    alias = tempfile.mkdtemp(prefix='paddlevit_alias_')
-    os.symlink(IC, os.path.join(alias, 'paddlevit'))
-    sys.path.insert(0, alias)
-    try:
-        import paddlevit
-        yield paddlevit
-    finally:
-        sys.path.remove(alias)
 
 
 # ----------------------------------------------------------------- the rules' definitions (autograd)
@@ -356,16 +343,17 @@ def test_spvit_explains_the_eval_logit_or_the_class_head(paddlevit):
 
 @pytest.mark.slow
 def test_the_map_of_a_trained_toy_falls_on_the_object(paddlevit):
-    """A 2-block ViT learns the colour of the one object in 150 batches; on held-out
-    pictures the class-specific maps put most of their mass on the object's tokens
-    (about 11% of the tokens)."""
+    """A 2-block ViT learns the colour of the one object in 150 batches; on 12 held-out
+    pictures the class-specific maps put most of their mass on the object's tokens (about 11%
+    of the tokens) and peak there (measured: gradient 0.63 and 12 of 12, lrp 0.59 and 11 of 12)."""
     model = figures.train_toy(figures.build_toy('ViT'), 150)
     images, labels, masks = figures.synthetic_images(np.random.default_rng(99), 12, with_object=True)
     x = figures.normalise(images, model.config)
     for method in ('gradient', 'lrp'):
-        shares = [figures.mass_on_object(explain(model, x[i:i + 1], method, int(labels[i])).map, masks[i])
-                  for i in range(len(x))]
-        assert np.mean(shares) > 0.5, (method, shares)
+        maps = [explain(model, x[i:i + 1], method, int(labels[i])).map for i in range(len(x))]
+        shares = [figures.mass_on_object(m, mask) for m, mask in zip(maps, masks)]
+        peaks = [figures.object_tokens(mask, m.shape).reshape(-1)[m.argmax()] for m, mask in zip(maps, masks)]
+        assert np.mean(shares) > 0.5 and sum(peaks) >= 10, (method, shares, peaks)
 
 
 # ----------------------------------------------------------------- the tool
