@@ -91,17 +91,18 @@ def upsample(relevance, size):
     return np.asarray(Image.fromarray(relevance).resize((size, size), Image.BILINEAR)).clip(0, 1)
 
 
-def save_figure(picture, relevance, title, output):
-    """The input beside the map over it (jet, red = most relevant), titled."""
+def save_figure(picture, panels, output):
+    """The input, then each (map, title) of `panels` over it (jet, red = most relevant), in one row."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.5))
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(3.2 * (1 + len(panels)), 3.5))
     axes[0].imshow(picture)
     axes[0].set_title('input', fontsize=9)
-    axes[1].imshow(picture)
-    axes[1].imshow(upsample(relevance, picture.shape[0]), cmap='jet', alpha=0.5, vmin=0, vmax=1)
-    axes[1].set_title(title, fontsize=9)
+    for ax, (relevance, title) in zip(axes[1:], panels):
+        ax.imshow(picture)
+        ax.imshow(upsample(relevance, picture.shape[0]), cmap='jet', alpha=0.5, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=9)
     for ax in axes:
         ax.axis('off')
     fig.tight_layout()
@@ -110,9 +111,11 @@ def save_figure(picture, relevance, title, output):
 
 
 def images(path):
-    """[(stem, PIL image)] of a file, every image in a folder (sorted), or the generated picture."""
+    """(stem, PIL image) of a file, of every image in a folder (sorted), or of the generated picture;
+    read one at a time."""
     if path is None:
-        return [('demo', demo_image())]
+        yield 'demo', demo_image()
+        return
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
@@ -121,14 +124,13 @@ def images(path):
         files = [path]
     else:
         raise UserError(f'--image {path}: no such file or folder')
-    out = []
     for f in files:
         try:
             with Image.open(f) as image:
-                out.append((os.path.splitext(os.path.basename(f))[0], image.convert('RGB')))
+                picture = image.convert('RGB')
         except (UnidentifiedImageError, OSError) as error:
             raise UserError(f'--image {f}: not a readable image ({error})') from None
-    return out
+        yield os.path.splitext(os.path.basename(f))[0], picture
 
 
 def class_names(path, num_classes):
@@ -170,7 +172,7 @@ def main(argv=None):
         label = names[result.class_index] if names else f'class {result.class_index}'
         base = os.path.join(args.output, f'{stem}_{args.method}')
         np.save(base + '.npy', result.map)
-        save_figure(picture, result.map, f'{args.method}: {label} (p = {result.probability:.3f})', base + '.png')
+        save_figure(picture, [(result.map, f'{args.method}: {label} (p = {result.probability:.3f})')], base + '.png')
         print(f'{stem}: {label} p={result.probability:.4f} -> {base}.png, {base}.npy')
     return 0
 

@@ -10,8 +10,8 @@ the others": each has to be seen).  The only evidence of a colour class is the
 object, and a faithful map of it falls there.  Each family's model is a small variant of its real architecture (its
 config with fewer and narrower blocks, `TOYS`), trained from scratch with AdamW for
 `--steps` batches of fresh pictures; each figure shows the family's
-class-specific method on the same test picture, with the share of the map's
-mass that lies on the object.  The test suite trains the ViT toy the same way and
+class-specific methods on the same held-out picture (not chosen), with the share
+of the map's mass on the object's tokens.  The test suite trains the ViT toy the same way and
 checks that share (tests/test_explain.py).
 """
 import argparse
@@ -38,7 +38,9 @@ TOYS = {
     'VVT': ('vvt_tiny_224', {'MODEL.EMBED_DIMS': [16, 32, 48, 64], 'MODEL.DEPTHS': [1, 1, 1, 1],
                              'MODEL.NUM_HEADS': [1, 1, 2, 2]}),
 }
-METHOD = {'ViT': 'lrp', 'SPViT': 'lrp', 'PiT': 'gradcam', 'PerViT': 'gradcam', 'VVT': 'gradcam'}
+# the class-specific methods each family has (engine.explain.SUPPORT)
+METHODS = {'ViT': ('gradient', 'lrp'), 'SPViT': ('gradient', 'lrp'), 'PiT': ('gradcam',), 'PerViT': ('gradcam',),
+           'VVT': ('gradcam',)}
 
 
 def synthetic_images(rng, count, size=64, with_object=False):
@@ -125,12 +127,14 @@ def main(argv=None):
     images, labels, masks = synthetic_images(np.random.default_rng(1234), 1, with_object=True)
     for family in TOYS:
         model = train_toy(build_toy(family), args.steps)
-        result = explain(model, normalise(images, model.config), METHOD[family])
-        share = mass_on_object(result.map, masks[0])
-        title = (f'{family} {METHOD[family]}: {CLASS_NAMES[result.class_index]} p={result.probability:.2f}, '
-                 f'{share:.0%} on object')
-        save_figure(images[0], result.map, title, os.path.join(args.out, f'{family.lower()}.png'))
-        print(title)
+        panels = []
+        for method in METHODS[family]:
+            result = explain(model, normalise(images, model.config), method)
+            title = (f'{family} {method}: {CLASS_NAMES[result.class_index]} p={result.probability:.2f}, '
+                     f'{mass_on_object(result.map, masks[0]):.0%} on object')
+            panels.append((result.map, title))
+            print(title)
+        save_figure(images[0], panels, os.path.join(args.out, f'{family.lower()}.png'))
     return 0
 
 
