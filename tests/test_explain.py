@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import REPO
 from engine import attention_dispatch as dispatch
-from engine.explain import UnsupportedMethodError, aggregate, explain, lrp_rules as rules, supported_methods
+from engine.explain import ExplainError, aggregate, explain, lrp_rules as rules, supported_methods
 from engine.explain.capture import Recorder, attention_layer_names, recording
 from engine.families import build_from_config
 from test_api import paddlevit  # noqa: F401  (fixture: `import paddlevit` without an install)
@@ -326,7 +326,7 @@ def test_every_family_runs_its_methods(paddlevit, family):
         assert result.class_index == 1 and result.map.ndim == 2 and np.isfinite(result.map).all()
         assert result.map.min() >= 0 and 0 < result.probability < 1
     if 'lrp' not in methods:
-        with pytest.raises(UnsupportedMethodError, match='available: gradcam'):
+        with pytest.raises(ExplainError, match='available: gradcam'):
             explain(model, x, 'lrp')
 
 
@@ -443,7 +443,8 @@ def test_spvit_eval_logit_relevance(spvit_record):
     c = 3
     w = {k: v.numpy().astype(np.float64) for k, v in model.state_dict().items()}
     tokens = rec['norm'][1].numpy()[0].astype(np.float64)
-    cls_logits, aux = tokens[0] @ w['head.weight'] + w['head.bias'], tokens[1:] @ w['aux_head.weight'] + w['aux_head.bias']
+    cls_logits = tokens[0] @ w['head.weight'] + w['head.bias']
+    aux = tokens[1:] @ w['aux_head.weight'] + w['aux_head.bias']
     r_cls, r_max = _add_def(cls_logits, 0.5 * aux.max(0), np.eye(len(cls_logits))[c])
     r = np.zeros_like(tokens)
     r[0] = _linear_def(tokens[0], w['head.weight'], r_cls)

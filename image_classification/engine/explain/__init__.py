@@ -12,6 +12,6 @@ Modules, one idea each:
   lrp_rules  the LRP rule of each layer, in closed form
 `tools/explain.py` is the command line over it.
 """
-from .methods import HEADS, METHODS, SUPPORT, Explanation, UnsupportedMethodError, explain, supported_methods
+from .methods import HEADS, METHODS, SUPPORT, Explanation, ExplainError, explain, supported_methods
 
-__all__ = ['explain', 'supported_methods', 'Explanation', 'UnsupportedMethodError', 'METHODS', 'HEADS', 'SUPPORT']
+__all__ = ['explain', 'supported_methods', 'Explanation', 'ExplainError', 'METHODS', 'HEADS', 'SUPPORT']

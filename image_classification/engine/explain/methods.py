@@ -40,22 +40,22 @@ from .lrp import TransformerLRP
 METHODS = ('rollout', 'attention', 'gradient', 'lrp', 'gradcam')
 HEADS = ('eval', 'class')
 
-_TOKENS = METHODS
 SUPPORT = {          # model class -> methods it supports
-    'VisionTransformer': _TOKENS,
-    'SPViT': _TOKENS,
+    'VisionTransformer': METHODS,
+    'SPViT': METHODS,
     'PoolingTransformer': ('gradcam',),
     'PerViT': ('gradcam',),
     'VicinityVisionTransformer': ('gradcam',),
 }
 
 
-class UnsupportedMethodError(UserError, ValueError):
-    """A method the model's family cannot serve (see `SUPPORT`)."""
+class ExplainError(UserError, ValueError):
+    """A request `explain` cannot serve: an unknown method or head, a method the model's family
+    does not have (see `SUPPORT`), a class the model does not have."""
 
 
 class Explanation(NamedTuple):
-    map: np.ndarray               # [grid_h, grid_w], float64, >= 0 for every class-specific method
+    map: np.ndarray               # [grid_h, grid_w], float64, >= 0
     class_index: int              # the explained class
     probability: float           # its softmax probability from the model's (eval) logits
     probabilities: np.ndarray     # [classes]
@@ -68,12 +68,12 @@ def supported_methods(model):
 
 def _check(model, method, head):
     if method not in METHODS:
-        raise UnsupportedMethodError(f'method {method!r}: expected one of {", ".join(METHODS)}')
+        raise ExplainError(f'method {method!r}: expected one of {", ".join(METHODS)}')
     if head not in HEADS:
-        raise UnsupportedMethodError(f'head {head!r}: expected one of {", ".join(HEADS)}')
+        raise ExplainError(f'head {head!r}: expected one of {", ".join(HEADS)}')
     allowed = supported_methods(model)
     if method not in allowed:
-        raise UnsupportedMethodError(
+        raise ExplainError(
             f'method {method!r} is not available for {type(model).__name__} models; '
             + (f'available: {", ".join(allowed)} (see engine/explain/methods.py for why)' if allowed
                else 'this family has no explanation method'))
@@ -98,6 +98,37 @@ def _class_frame(matrices, value, n):
     return [m if m.shape[-1] == n else aggregate.with_class_slot(m, value) for m in matrices]
 
 
+def _grad_cam_map(model, tokens, target):
+    """Grad-CAM of the scalar `target` on `tokens` [1, prefix + side^2, C] -> [side, side]."""
+    (grad,) = paddle.grad(target, [tokens])
+    prefix = _prefix_tokens(model)
+    activations, gradients = (t.numpy()[0, prefix:].astype(np.float64) for t in (tokens, grad))
+    side = math.isqrt(activations.shape[0])
+    if side * side != activations.shape[0]:
+        raise ExplainError(f'Grad-CAM needs a square token grid, got {activations.shape[0]} tokens')
+    return aggregate.grad_cam(activations, gradients).reshape(side, side)
+
+
+def _token_map(model, method, tensors, target, relevance_of_attention):
+    """The class token's map of a token method from the recorded attentions `tensors` (in the
+    graph of the scalar `target`); `relevance_of_attention()` runs the LRP pass (lrp only)."""
+    attentions = [t.numpy()[0].astype(np.float64) for t in tensors]
+    n = 1 + int(np.prod(_grid(model)))
+    if method == 'attention':
+        matrix = attentions[-1].mean(0)
+    elif method == 'rollout':
+        matrix = aggregate.rollout(_class_frame([a.mean(0) for a in attentions], 1., n))
+    else:
+        gradients = [g.numpy()[0].astype(np.float64) for g in paddle.grad(target, tensors)]
+        if method == 'gradient':
+            weighted = [aggregate.positive_head_mean(g, a) for g, a in zip(gradients, attentions)]
+            matrix = aggregate.gradient_rollout(_class_frame(weighted, 0., n))
+        else:
+            weighted = [aggregate.positive_head_mean(g, r) for g, r in zip(gradients, relevance_of_attention())]
+            matrix = aggregate.rollout(_class_frame(weighted, 1., n))
+    return aggregate.class_row(matrix, _grid(model))
+
+
 def explain(model, image, method, class_index=None, head='eval'):
     """The `method` map of `model` (eval mode) for image [1, 3, H, W] (float32, normalised).
 
@@ -106,50 +137,23 @@ def explain(model, image, method, class_index=None, head='eval'):
     one head).  Returns an `Explanation`."""
     _check(model, method, head)
     model.eval()
-    names = ['head']
-    if method in ('rollout', 'attention', 'gradient', 'lrp'):
-        attention_names = attention_layer_names(model)
-        names += attention_names
-    if method == 'lrp':
-        walker = TransformerLRP(model)
-        names = list(dict.fromkeys(names + walker.record_names()))
-    if method == 'gradcam':
-        names.append(_gradcam_target(model))
+    attention_names = attention_layer_names(model) if method != 'gradcam' else []
+    walker = TransformerLRP(model) if method == 'lrp' else None
+    gradcam_target = _gradcam_target(model) if method == 'gradcam' else None
+    names = ['head'] + attention_names + (walker.record_names() if walker else [])
+    names += [gradcam_target] if gradcam_target else []
     x = paddle.to_tensor(np.asarray(image, np.float32))
-    with paddle.set_grad_enabled(True), recording(model, names) as rec:
+    with paddle.set_grad_enabled(True), recording(model, list(dict.fromkeys(names))) as rec:
         logits = model(x)
     probabilities = F.softmax(logits.astype('float32'), axis=-1).numpy()[0].astype(np.float64)
     c = int(np.argmax(probabilities)) if class_index is None else int(class_index)
     if not 0 <= c < probabilities.shape[0]:
-        raise UnsupportedMethodError(f'class {c}: the model has {probabilities.shape[0]} classes (0 - '
-                                     f'{probabilities.shape[0] - 1})')
+        raise ExplainError(f'class {c}: the model has {probabilities.shape[0]} classes (0 - '
+                           f'{probabilities.shape[0] - 1})')
     target = (rec['head'][1] if head == 'class' else logits)[0, c]
-
-    if method == 'gradcam':
-        tokens = rec[names[-1]][1]
-        (grad,) = paddle.grad(target, [tokens])
-        prefix = _prefix_tokens(model)
-        activations, gradients = (t.numpy()[0, prefix:].astype(np.float64) for t in (tokens, grad))
-        side = math.isqrt(activations.shape[0])
-        if side * side != activations.shape[0]:
-            raise UnsupportedMethodError(f'Grad-CAM needs a square token grid, got {activations.shape[0]} tokens')
-        result = aggregate.grad_cam(activations, gradients).reshape(side, side)
+    if gradcam_target:
+        result = _grad_cam_map(model, rec[gradcam_target][1], target)
     else:
-        tensors = [rec[name][1] for name in attention_names]
-        attentions = [t.numpy()[0].astype(np.float64) for t in tensors]
-        n = 1 + int(np.prod(_grid(model)))
-        if method == 'attention':
-            matrix = attentions[-1].mean(0)
-        elif method == 'rollout':
-            matrix = aggregate.rollout(_class_frame([a.mean(0) for a in attentions], 1., n))
-        else:
-            gradients = [g.numpy()[0].astype(np.float64) for g in paddle.grad(target, tensors)]
-            if method == 'gradient':
-                weighted = [aggregate.positive_head_mean(g, a) for g, a in zip(gradients, attentions)]
-                matrix = aggregate.gradient_rollout(_class_frame(weighted, 0., n))
-            else:
-                relevances = walker.relevance(rec, c, head)
-                weighted = [aggregate.positive_head_mean(g, r) for g, r in zip(gradients, relevances)]
-                matrix = aggregate.rollout(_class_frame(weighted, 1., n))
-        result = aggregate.class_row(matrix, _grid(model))
+        result = _token_map(model, method, [rec[name][1] for name in attention_names], target,
+                            lambda: walker.relevance(rec, c, head))
     return Explanation(result, c, float(probabilities[c]), probabilities)
