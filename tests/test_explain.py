@@ -271,8 +271,11 @@ def _by_hand_rollout(matrices, residual_renorm):
     return joint[0, 1:].reshape(2, 2)
 
 
-@pytest.mark.parametrize('c', [0, 2])
-def test_gradient_and_lrp_maps_equal_a_by_hand_computation(c):
+@pytest.mark.parametrize('c, fused', [(0, '1'), (2, '1'), (2, '0')], ids=['class0', 'class2', 'paddle_kernels'])
+def test_gradient_and_lrp_maps_equal_a_by_hand_computation(c, fused, monkeypatch):
+    """Also with the engine's CPU kernels off, where Paddle's own LayerNorm runs: its gradient
+    through `paddle.grad` needs care (see `engine.explain.methods._gradients`)."""
+    monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', fused)
     model = _toy_vit()
     image = RNG.normal(size=(1, 3, 16, 16)).astype('float32')
     attentions, gradients = _reference_gradients(model, image, c)

@@ -98,9 +98,19 @@ def _class_frame(matrices, value, n):
     return [m if m.shape[-1] == n else aggregate.with_class_slot(m, value) for m in matrices]
 
 
+def _gradients(model, target, tensors):
+    """d target / d tensors, with the gradients of every trainable parameter asked for too and
+    dropped.  Asked alone, Paddle 3.3.1's `paddle.grad` gives a wrong input gradient for its
+    own layer_norm kernel: the LayerNorm scale is left out (the result equals the gradient with
+    scale 1), unless the scale's gradient is requested as well (`backward()` is right).  The
+    engine's CPU LayerNorm is not affected; Paddle's runs on GPU and without the CPU kernels."""
+    params = [p for p in model.parameters() if not p.stop_gradient]
+    return paddle.grad(target, list(tensors) + params, allow_unused=True)[:len(tensors)]
+
+
 def _grad_cam_map(model, tokens, target):
     """Grad-CAM of the scalar `target` on `tokens` [1, prefix + side^2, C] -> [side, side]."""
-    (grad,) = paddle.grad(target, [tokens])
+    (grad,) = _gradients(model, target, [tokens])
     prefix = _prefix_tokens(model)
     activations, gradients = (t.numpy()[0, prefix:].astype(np.float64) for t in (tokens, grad))
     side = math.isqrt(activations.shape[0])
@@ -119,7 +129,7 @@ def _token_map(model, method, tensors, target, relevance_of_attention):
     elif method == 'rollout':
         matrix = aggregate.rollout(_class_frame([a.mean(0) for a in attentions], 1., n))
     else:
-        gradients = [g.numpy()[0].astype(np.float64) for g in paddle.grad(target, tensors)]
+        gradients = [g.numpy()[0].astype(np.float64) for g in _gradients(model, target, tensors)]
         if method == 'gradient':
             weighted = [aggregate.positive_head_mean(g, a) for g, a in zip(gradients, attentions)]
             matrix = aggregate.gradient_rollout(_class_frame(weighted, 0., n))
