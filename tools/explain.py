@@ -174,6 +174,9 @@ def main(argv=None):
         np.save(base + '.npy', result.map)
         save_figure(picture, [(result.map, f'{args.method}: {label} (p = {result.probability:.3f})')], base + '.png')
         print(f'{stem}: {label} p={result.probability:.4f} -> {base}.png, {base}.npy')
+        if not result.map.any():
+            print(f'{stem}: the {args.method} map is 0 everywhere: no token carries positive evidence for '
+                  f'{label} at the layer the method reads')
     return 0
 
 

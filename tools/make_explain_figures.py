@@ -25,17 +25,18 @@ COLOURS = {'red': (0.9, 0.15, 0.1), 'green': (0.1, 0.75, 0.2), 'blue': (0.15, 0.
            'yellow': (0.95, 0.85, 0.1)}
 CLASS_NAMES = list(COLOURS) + ['no object']
 
-# family -> (model name, config overrides): small variants, 64 x 64 input, 5 classes
+# family -> (model name, input size, config overrides): small variants, 5 classes; VVT's last stage
+# has stride 32, so it gets 128 x 128 pictures for a 4 x 4 map
 TOYS = {
-    'ViT': ('vit_tiny_patch16_224', {'MODEL.PATCH_SIZE': 8, 'MODEL.EMBED_DIM': 48, 'MODEL.DEPTH': 2,
+    'ViT': ('vit_tiny_patch16_224', 64, {'MODEL.PATCH_SIZE': 8, 'MODEL.EMBED_DIM': 48, 'MODEL.DEPTH': 2,
                                      'MODEL.NUM_HEADS': 3, 'MODEL.MLP_DIM': 96, 'MODEL.DROPOUT': 0.}),
-    'SPViT': ('spvit_s_224', {'MODEL.PATCH_SIZE': 8, 'MODEL.EMBED_DIM': 48, 'MODEL.DEPTH': 3,
+    'SPViT': ('spvit_s_224', 64, {'MODEL.PATCH_SIZE': 8, 'MODEL.EMBED_DIM': 48, 'MODEL.DEPTH': 3,
                               'MODEL.NUM_HEADS': 3, 'MODEL.LOCAL_UP_TO_LAYER': 1,
                               'TRAIN.TOKEN_LABEL.ENABLE': False}),
-    'PiT': ('pit_ti_224', {'MODEL.PATCH_SIZE': 4, 'MODEL.STRIDE': 4, 'MODEL.BASE_DIMS': [16, 16, 16],
+    'PiT': ('pit_ti_224', 64, {'MODEL.PATCH_SIZE': 4, 'MODEL.STRIDE': 4, 'MODEL.BASE_DIMS': [16, 16, 16],
                            'MODEL.DEPTH': [1, 1, 1], 'MODEL.NUM_HEADS': [2, 4, 8]}),
-    'PerViT': ('pervit_tiny_224', {'MODEL.EMBED_DIMS': [32, 48, 64, 64], 'MODEL.STEM_DIMS': [16, 16, 32, 32]}),
-    'VVT': ('vvt_tiny_224', {'MODEL.EMBED_DIMS': [16, 32, 48, 64], 'MODEL.DEPTHS': [1, 1, 1, 1],
+    'PerViT': ('pervit_tiny_224', 64, {'MODEL.EMBED_DIMS': [32, 48, 64, 64], 'MODEL.STEM_DIMS': [16, 16, 32, 32]}),
+    'VVT': ('vvt_tiny_224', 128, {'MODEL.EMBED_DIMS': [16, 32, 48, 64], 'MODEL.DEPTHS': [1, 1, 1, 1],
                              'MODEL.NUM_HEADS': [1, 1, 2, 2]}),
 }
 # the class-specific methods each family has (engine.explain.SUPPORT)
@@ -79,12 +80,12 @@ def normalise(images, config):
 
 
 def build_toy(family, seed=0):
-    """The untrained toy model of `family` (64 x 64 input, one class per name of CLASS_NAMES)."""
+    """The untrained toy model of `family` (one class per name of CLASS_NAMES)."""
     import paddle
     import paddlevit
     paddle.seed(seed)
-    name, opts = TOYS[family]
-    return paddlevit.create_model(name, num_classes=len(CLASS_NAMES), image_size=64, **opts)
+    name, size, opts = TOYS[family]
+    return paddlevit.create_model(name, num_classes=len(CLASS_NAMES), image_size=size, **opts)
 
 
 def train_toy(model, steps, seed=0, batch=32, lr=2e-3):
@@ -95,7 +96,7 @@ def train_toy(model, steps, seed=0, batch=32, lr=2e-3):
     optimizer = paddle.optimizer.AdamW(lr, parameters=model.parameters(), weight_decay=0.01)
     model.train()
     for _ in range(steps):
-        images, labels, _ = synthetic_images(rng, batch)
+        images, labels, _ = synthetic_images(rng, batch, size=model.config.DATA.IMAGE_SIZE)
         loss = F.cross_entropy(model(paddle.to_tensor(normalise(images, model.config))),
                                paddle.to_tensor(labels))
         loss.backward()
@@ -124,17 +125,21 @@ def main(argv=None):
     from engine.explain import explain
     from explain import save_figure
     os.makedirs(args.out, exist_ok=True)
-    images, labels, masks = synthetic_images(np.random.default_rng(1234), 1, with_object=True)
+    from PIL import Image
+    picture, _, mask = synthetic_images(np.random.default_rng(1234), 1, size=128, with_object=True)
     for family in TOYS:
         model = train_toy(build_toy(family), args.steps)
+        size = model.config.DATA.IMAGE_SIZE             # the one picture, at the model's size
+        image = np.asarray(Image.fromarray(picture[0]).resize((size, size), Image.BILINEAR))
+        on_object = np.asarray(Image.fromarray(mask[0]).resize((size, size), Image.NEAREST))
         panels = []
         for method in METHODS[family]:
-            result = explain(model, normalise(images, model.config), method)
+            result = explain(model, normalise(image[None], model.config), method)
             title = (f'{family} {method}: {CLASS_NAMES[result.class_index]} p={result.probability:.2f}, '
-                     f'{mass_on_object(result.map, masks[0]):.0%} on object')
+                     f'{mass_on_object(result.map, on_object):.0%} on object')
             panels.append((result.map, title))
             print(title)
-        save_figure(images[0], panels, os.path.join(args.out, f'{family.lower()}.png'))
+        save_figure(image, panels, os.path.join(args.out, f'{family.lower()}.png'))
     return 0
 
 
