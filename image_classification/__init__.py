@@ -4,6 +4,7 @@
     paddlevit.list_models('pit_*')                   # names of the configs/*.yaml of every family
     model = paddlevit.create_model('pit_s_224', pretrained='pit_s_224.pdparams')
     transform = paddlevit.create_transform(model)    # HWC uint8 RGB array -> normalised CHW float32
+    model = paddlevit.create_model('my_pit.yaml')    # or a YAML config file of any family
 
 This package is `image_classification/` itself (pyproject.toml maps it), so the
 family folders (`PiT/`, `ViT/`, ...) with their configs, `main_*.py` and
@@ -12,10 +13,12 @@ installed as the top-level package `engine`, which the family code imports.
 Families, their variants and builders come from the one registry,
 `engine/families.py`.
 """
+import difflib
+
 import engine  # noqa: F401  (first: sets the process environment before paddle is imported)
 from engine.families import all_variants, load_family
 
-__all__ = ['list_models', 'create_model', 'create_transform', 'model_config']
+__all__ = ['list_models', 'create_model', 'create_transform', 'model_config', 'data_config']
 
 
 def list_models(pattern='*'):
@@ -26,23 +29,36 @@ def list_models(pattern='*'):
 
 def _opts_list(opts):
     """`create_model`'s **opts as the `KEY VALUE` list `get_config` takes: keys are config keys
-    ('MODEL.DEPTH') or the same with '__' for '.' (`model__depth=2`)."""
+    ('MODEL.DEPTH') or the same with '__' for '.' (`model__depth=2`).  Values go in as they are:
+    the config converts a Python value to its key's type, and parses a string for a non-string
+    key as `-opts` text is parsed, so `'[32, 64]'` and `[32, 64]` give the same list."""
     out = []
     for key, value in opts.items():
-        key = key.replace('__', '.').upper()
-        out += [key, repr(value) if isinstance(value, str) else str(value)]
+        out += [key.replace('__', '.').upper(), value]
     return out
+
+
+def _config_source(name):
+    """(MODEL.TYPE, config file) of `name`: a name of `list_models()`, or the path of a YAML
+    config file of any family (a user's own, `BASE:` chains included), whose MODEL.TYPE picks
+    the family.  An unknown name is a ConfigError listing the closest names."""
+    if name.endswith(('.yaml', '.yml')):
+        from engine.families import family_for_config
+        return family_for_config(name).name, name
+    variants = all_variants()
+    if name not in variants:
+        from engine.config import ConfigError
+        score = {n: difflib.SequenceMatcher(None, name, n).ratio() for n in variants}
+        close = sorted((n for n in variants if score[n] >= 0.6), key=lambda n: (-score[n], n))[:5]
+        raise ConfigError(f'unknown model {name!r}; list_models() gives the {len(variants)} names'
+                          + (f' (similar: {", ".join(close)})' if close else '')
+                          + ', or give the path of a .yaml config file')
+    return variants[name]
 
 
 def model_config(name, num_classes=None, image_size=None, **opts):
     """The frozen config `create_model(name, ...)` builds from (its YAML, then the overrides)."""
-    variants = all_variants()
-    if name not in variants:
-        from engine.config import ConfigError
-        close = [n for n in variants if name.split('_')[0] in n][:10]
-        raise ConfigError(f'unknown model {name!r}; list_models() gives the {len(variants)} names'
-                          + (f' (similar: {", ".join(close)})' if close else ''))
-    model_type, cfg_file = variants[name]
+    model_type, cfg_file = _config_source(name)
     overrides = dict(opts)
     if num_classes is not None:
         overrides['MODEL.NUM_CLASSES'] = num_classes
@@ -60,10 +76,14 @@ def data_config(config):
 
 
 def create_model(name, pretrained=None, num_classes=None, image_size=None, **opts):
-    """The model `name` (see `list_models`), in eval mode, with `model.data_config` and `model.config`.
+    """The model `name`, in eval mode, with `model.data_config` and `model.config`.
 
-    pretrained: a `.pdparams` file, loaded strictly as `-pretrained` loads it
-    (`engine.checkpoint.load_pretrained`): position embeddings are resized to `image_size`
+    name: a name of `list_models()` ('pit_s_224'), or the path of a YAML config file of any
+    family ('my_pit.yaml', `BASE:` allowed): its MODEL.TYPE picks the family, as `-cfg` does.
+
+    pretrained: a weights file (`.pdparams`, or `.pth` / `.safetensors` / `.npz` holding our keys),
+    loaded strictly as `-pretrained` loads it (`engine.weights.load_weights`): position
+    embeddings are resized to `image_size`
     (logged), and every missing, unexpected or mis-shaped key is an error, except the
     classifier head when `num_classes` is given, which then starts from its initialisation
     (fine-tuning on another label set).  Without `num_classes`, a head of another class count
@@ -74,9 +94,9 @@ def create_model(name, pretrained=None, num_classes=None, image_size=None, **opt
     config = model_config(name, num_classes=num_classes, image_size=image_size, **opts)
     model = load_family(config.MODEL.TYPE).build_model(config)
     if pretrained:
-        from engine.checkpoint import load_pretrained
-        load_pretrained(model, pretrained, log=lambda message: None,
-                        drop_mismatched_head=num_classes is not None)
+        from engine.weights import load_weights
+        load_weights(model, pretrained, what='pretrained', resize=True, drop_head=num_classes is not None,
+                     log=None)
     model.eval()
     model.config = config
     model.data_config = data_config(config)

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from engine.checkpoint import KeyMismatchError, check_state  # noqa: F401  (re-exported)
+from engine.weights import KeyMismatchError, check_state, describe_keys  # noqa: F401  (re-exported)
 
 __all__ = ['Rule', 'KeyMismatchError', 'apply_rules', 'check_state', 'transpose', 'bn_rules']
 
@@ -51,12 +51,6 @@ def bn_rules(prefix_src, prefix_dst=None):
     ]
 
 
-def _limited(keys, limit=40):
-    keys = sorted(keys)
-    text = ', '.join(keys[:limit])
-    return text + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
-
-
 def apply_rules(state, rules, source='checkpoint'):
     """`{our_name: array}` from `state` through `rules`; returns (converted, dropped).
 
@@ -80,9 +74,9 @@ def apply_rules(state, rules, source='checkpoint'):
             unmatched.append(key)
     problems = []
     if unmatched:
-        problems.append(f'{len(unmatched)} key(s) of {source} match no rule: {_limited(unmatched)}')
+        problems.append(f'{len(unmatched)} key(s) of {source} match no rule: {describe_keys(unmatched)}')
     if collisions:
-        problems.append(f'several keys map to one name: {_limited(collisions)}')
+        problems.append(f'several keys map to one name: {describe_keys(collisions)}')
     if problems:
         raise KeyMismatchError('; '.join(problems))
     return converted, dropped

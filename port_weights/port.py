@@ -19,80 +19,37 @@ Asked for an EMA that the file does not hold, it stops and lists what it holds
 (timm would silently fall back to the non-EMA weights).
 """
 import argparse
+import importlib
 import os
 import sys
 
 import engine  # noqa: F401  (first: sets the environment before paddle)
 import numpy as np
 
-from engine.errors import UserError
+from engine.config import ConfigError
 from engine.families import family_for_config, load_family
-from port_weights.checkpoint_io import load_checkpoint, load_torch, unwrap_state_dict
-from port_weights.keymap import check_state
+from engine.weights import MissingEMAError, load_checkpoint, load_weights
 
 
 def porter_for(family_name):
     """The `port_weights.<porter>` key map registered for a MODEL.TYPE in engine/families.py."""
-    return load_family(family_name).port_module()
-
-
-# where training scripts store the EMA weights beside the model's, in the order looked for
-EMA_KEYS = ('state_dict_ema', 'model_ema')
-
-
-class MissingEMAError(UserError, KeyError):
-    """`--ema` was asked for and the checkpoint holds no EMA weights."""
-
-    def __str__(self):   # KeyError would quote the message
-        return str(self.args[0])
-
-
-def _describe_top_level(obj):
-    if not isinstance(obj, dict):
-        return f'a {type(obj).__name__}, not a dict'
-    keys = [str(k) for k in obj]
-    if obj and all(isinstance(v, np.ndarray) for v in obj.values()):
-        shown = ', '.join(keys[:5]) + (', ...' if len(keys) > 5 else '')
-        return f'a bare state dict of {len(keys)} tensors ({shown})'
-    return 'top-level keys: ' + ', '.join(sorted(keys))
-
-
-def load_official(src, ema=False):
-    """`{name: array}` of the official checkpoint `src`; with `ema`, its EMA weights."""
-    if not ema:
-        return load_checkpoint(src)
-    ext = os.path.splitext(src)[1].lower()
-    if ext in ('.safetensors', '.npz', '.pdparams'):
-        raise MissingEMAError(f'{src}: --ema takes the EMA weights of a PyTorch training checkpoint '
-                              f'(keys {" or ".join(EMA_KEYS)}); a {ext} file holds one set of weights: '
-                              f'port it without --ema')
-    if not os.path.isfile(src):
-        raise FileNotFoundError(f'checkpoint not found: {src}')
-    obj = load_torch(src)
-    key = next((k for k in EMA_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
-    if key is None:
-        raise MissingEMAError(f'{src}: --ema asked for EMA weights, but the checkpoint has none '
-                              f'(looked for {" or ".join(EMA_KEYS)}); it is {_describe_top_level(obj)}. '
-                              f'Port it without --ema to take the model weights.')
-    return unwrap_state_dict(obj[key], source=f'{src}[{key!r}]')
+    porter = load_family(family_name).porter
+    if not porter:
+        raise ConfigError(f'MODEL.TYPE {family_name!r} has no weight-port key map in engine/families.py')
+    return importlib.import_module(f'port_weights.{porter}')
 
 
 def port(src, cfg_file, opts=None, log=print, ema=False):
     """(config, model, state): the model built from `cfg_file` holding the weights of `src`
-    (its EMA weights with `ema`)."""
-    import paddle
+    (its EMA weights with `ema`), loaded by the engine's `load_weights` as every entry point loads."""
     family = family_for_config(cfg_file)
     config = family.get_config(cfg_file, opts=opts)
     model = family.build_model(config)
     model.eval()
-    official = load_official(src, ema)
+    official = load_checkpoint(src, ema=ema)
     state = porter_for(family.name).convert(official, config)
-    if hasattr(model, 'adapt_state_dict'):   # e.g. a 384 checkpoint for a 224 config
-        for message in model.adapt_state_dict(state):
-            log(f'WARNING: {message}')
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    check_state(expected, state, source=src)
-    model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+    # resize: e.g. a 384 checkpoint for a 224 config; the head is ported, never dropped
+    state = load_weights(model, state, what='port', name=src, resize=True, log=log)
     log(f'{src}{" (EMA weights)" if ema else ""}: {len(official)} official tensors -> {len(state)} {family.name} tensors '
         f'({sum(int(np.prod(v.shape)) for v in state.values()):,} values) for {config.MODEL.NAME}')
     return config, model, state

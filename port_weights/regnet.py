@@ -2,7 +2,7 @@
 
 The checkpoint this is for is DeiT's teacher, `regnety_160-a5fe301d.pth`
 (https://dl.fbaipublicfiles.com/deit/, a `{'model': state_dict}` that
-`checkpoint_io` unwraps), in the layout of timm 0.3.x `regnet.py`:
+`engine.weights.load_checkpoint` unwraps), in the layout of timm 0.3.x `regnet.py`:
 `stem.conv/bn`, `s{1-4}.b{j}.conv{1,2,3}.conv/bn`, `.se.fc1/fc2`,
 `.downsample.conv/bn`, `head.fc`.  Ours keeps those names, so the rules only
 rename BatchNorm statistics (torch `running_mean/var` -> Paddle

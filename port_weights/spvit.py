@@ -7,7 +7,7 @@ one-element Sequential there (`pos_block.proj.0`) and a plain Conv2D here
 `attn.w2` [dim, 1] and `attn.b2` [heads] are plain parameters and keep their
 layout.  BatchNorm running statistics become `_mean` / `_variance`.  Training
 checkpoints (`state_dict`, `state_dict_ema`, `module.`) are unwrapped by
-`checkpoint_io`; LV-ViT checkpoints (zihangJiang/TokenLabeling) have the
+`engine.weights.load_checkpoint`; LV-ViT checkpoints (zihangJiang/TokenLabeling) have the
 same names and convert too.
 """
 from port_weights.keymap import Rule, apply_rules, bn_rules, transpose

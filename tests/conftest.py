@@ -1,17 +1,53 @@
 """Test setup: import paths, quiet Paddle, and helpers to build any family."""
+import atexit
+import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
 for _path in (REPO, os.path.join(REPO, 'image_classification')):
     if _path not in sys.path:
         sys.path.insert(0, _path)
-# the scripts the tests run (main_*.py, tools/, port_weights/) import `engine` and `port_weights`
-# as an installed package; without an install (the shared test venv) the same folders are given
-# to them through PYTHONPATH
+# the scripts the tests run (main_*.py, tools/, port_weights/) import `engine`, `port_weights` and
+# `paddlevit` as an installed package; without an install (the shared test venv) the same folders
+# are given to them through PYTHONPATH, `paddlevit` (= image_classification/, pyproject.toml's
+# package-dir) through a symlink in a temporary folder
+_ALIAS = []
+if importlib.util.find_spec('paddlevit') is None:
+    _ALIAS.append(tempfile.mkdtemp(prefix='paddlevit_alias_'))
+    os.symlink(os.path.join(REPO, 'image_classification'), os.path.join(_ALIAS[0], 'paddlevit'))
+    sys.path.append(_ALIAS[0])
+    atexit.register(shutil.rmtree, _ALIAS[0], ignore_errors=True)
 os.environ['PYTHONPATH'] = os.pathsep.join(
-    [REPO, os.path.join(REPO, 'image_classification')]
+    [REPO, os.path.join(REPO, 'image_classification')] + _ALIAS
     + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])
 
 import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
+
+
+# ---- the fast lane: `bash run_tests.sh -m "not slow"` must stay under a minute on 2 cores --------
+# Tests marked `slow` (training runs, subprocesses, full-size models, per-variant sweeps) still run
+# in CI, which runs everything.  Tests are added all the time: in a run that leaves out the slow
+# ones, those that took longer than this are listed at the end, to be marked or made cheaper.
+FAST_LANE_LIMIT = 2.0   # seconds per test: setup (including a module fixture it is first to use) + call + teardown
+_seconds = {}
+
+
+def pytest_runtest_logreport(report):
+    _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if 'not slow' not in (config.option.markexpr or ''):
+        return
+    over = sorted(((s, nodeid) for nodeid, s in _seconds.items() if s > FAST_LANE_LIMIT), reverse=True)
+    terminalreporter.section('fast lane')
+    terminalreporter.write_line(f'{len(_seconds)} tests, {sum(_seconds.values()):.1f} s in all')
+    if over:
+        terminalreporter.write_line(f'{len(over)} over {FAST_LANE_LIMIT:g} s: mark them @pytest.mark.slow '
+                                    f'(see pytest.ini) or make them cheaper')
+        for seconds, nodeid in over:
+            terminalreporter.write_line(f'{seconds:7.2f}s  {nodeid}')

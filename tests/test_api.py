@@ -5,18 +5,17 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import paddle
 import pytest
-import yaml
 
 from conftest import REPO
 from engine.config import ConfigError
-from engine.checkpoint import KeyMismatchError
 from engine.data.transforms import build_transform
 from engine.families import FAMILIES, load_family
+from engine.weights import KeyMismatchError
+from resolved_configs import set_by_files
 
 IC = os.path.join(REPO, 'image_classification')
 
@@ -24,15 +23,9 @@ IC = os.path.join(REPO, 'image_classification')
 @pytest.fixture(scope='module')
 def paddlevit():
     """`import paddlevit` as an install gives it: the name bound to image_classification/
-    (pyproject.toml's package-dir), here through a symlink so the shared venv stays untouched."""
-    alias = tempfile.mkdtemp(prefix='paddlevit_alias_')
-    os.symlink(IC, os.path.join(alias, 'paddlevit'))
-    sys.path.insert(0, alias)
-    try:
-        import paddlevit
-        yield paddlevit
-    finally:
-        sys.path.remove(alias)
+    (pyproject.toml's package-dir; conftest binds it when the test venv has no install)."""
+    import paddlevit
+    return paddlevit
 
 
 def _config_stems():
@@ -75,13 +68,13 @@ SHRINK = {'ViT': {'MODEL.DEPTH': 1}, 'PiT': {'MODEL.DEPTH': [1, 1, 1]},
 
 
 @pytest.mark.parametrize('name', _config_stems())
+@pytest.mark.slow
 def test_create_model_every_variant(paddlevit, name):
     model_type = paddlevit.model_config(name).MODEL.TYPE
     model = paddlevit.create_model(name, num_classes=7, **SHRINK[model_type])
     config = model.config
     assert config.MODEL.NUM_CLASSES == 7 and not model.training
-    with open(glob.glob(os.path.join(IC, '*', 'configs', name + '.yaml'))[0]) as f:
-        data = (yaml.safe_load(f) or {}).get('DATA', {})
+    data = set_by_files(glob.glob(os.path.join(IC, '*', 'configs', name + '.yaml'))[0]).get('DATA', {})
     size = config.DATA.IMAGE_SIZE
     assert model.data_config['input_size'] == (3, size, size)
     assert size == data.get('IMAGE_SIZE', size)
@@ -98,6 +91,7 @@ def test_create_model_every_variant(paddlevit, name):
 
 @pytest.mark.parametrize('name,params', [('pit_s_224', 23_461_912), ('vvt_tiny_224', 12_882_440),
                                          ('vit_tiny_patch16_224', 5_717_416)])
+@pytest.mark.slow
 def test_full_size_parameter_counts(paddlevit, name, params):
     """The zoo's counts (family READMEs; ViT-Ti as timm counts it) from a model made by name."""
     model = paddlevit.create_model(name)
@@ -152,6 +146,7 @@ def _readme_snippet():
     return re.search(r'```python\n(.*?)```', section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_python_api_snippet_runs(paddlevit, tmp_path):
     """The README's snippet, as written, in a fresh process outside the repository."""
     env = dict(os.environ)   # the fixture's alias folder (where `paddlevit` is) first
@@ -182,8 +177,8 @@ SMALLEST = {'ViT': 'vit_tiny_patch16_224.yaml', 'PerViT': 'pervit_tiny_224.yaml'
             'VVT': 'vvt_tiny_224.yaml', 'RegNet': 'regnety_400mf.yaml'}
 
 
-@pytest.mark.parametrize('family', [f if f == 'PiT' else pytest.param(f, marks=pytest.mark.slow)
-                                    for f in sorted(FAMILIES)])
+@pytest.mark.slow
+@pytest.mark.parametrize('family', sorted(FAMILIES))
 def test_paddlevit_seed_snippet_in_each_family_folder(family):
     """PaddleViT's README usage (the seed's text; `import paddle` added, which it forgets), run
     from inside each family folder, with `engine` importable as an install (here PYTHONPATH) gives it."""
@@ -218,7 +213,7 @@ def test_pip_install_gives_a_working_package(tmp_path):
                    check=True, timeout=600, cwd=tmp_path)
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     env['PYTHONPATH'] = str(target)
-    code = ("import paddlevit, engine, port_weights.port\n"
+    code = ("import paddlevit, engine, engine.token_labeling, port_weights.port\n"
             "assert paddlevit.__file__.startswith(%r), paddlevit.__file__\n"
             "assert engine.__file__.startswith(%r)\n"
             "m = paddlevit.create_model('vvt_tiny_224', num_classes=4, image_size=64)\n"

@@ -1,5 +1,4 @@
 """tools/benchmark.py: its table parses, its figures are positive, memory grows with resolution."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,15 +7,12 @@ import sys
 import pytest
 
 from conftest import FIXTURES, REPO
+from tools.benchmarking.report import memory_growth
 
 TOOL = os.path.join(REPO, 'tools', 'benchmark.py')
 MINI_CFG = os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml')
 # wider than the golden mini so activations, not allocator noise, dominate the working memory
 WIDER = ['-opts', 'MODEL.EMBED_DIMS', '[32, 64, 96, 128]', 'MODEL.MLP_RATIOS', '[8, 8, 4, 4]']
-
-_spec = importlib.util.spec_from_file_location('tools_benchmark', TOOL)
-benchmark = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(benchmark)
 
 
 def run_tool(*args):
@@ -33,6 +29,7 @@ def table_rows(text):
     return [dict(zip(header, (c.strip() for c in line.strip('|').split('|')))) for line in lines[2:]]
 
 
+@pytest.mark.slow
 def test_eval_and_train_figures(tmp_path):
     out = run_tool('-cfg', MINI_CFG, '--batch_size', '4', '--mode', 'both', '--warmup', '1',
                    '--iters', '2', '--threads', '1', '--json', str(tmp_path / 'r.json'))
@@ -50,6 +47,7 @@ def test_eval_and_train_figures(tmp_path):
     assert table_rows(run_tool('--load_json', str(tmp_path / 'r.json'))) == rows
 
 
+@pytest.mark.slow
 def test_sweep_memory_grows_with_resolution(tmp_path):
     plot = tmp_path / 'sweep.png'
     out = run_tool('-cfg', MINI_CFG, *WIDER, '--sweep', '128,256,512', '--batch_size', '2',
@@ -64,6 +62,7 @@ def test_sweep_memory_grows_with_resolution(tmp_path):
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b'\x89PNG'
 
 
+@pytest.mark.slow
 def test_a_failing_measurement_is_reported_not_fatal():
     # a measurement that dies (here: out of time) is a row of the table, and the run goes on
     proc = subprocess.run([sys.executable, TOOL, '-cfg', MINI_CFG, '--mode', 'eval', '--iters', '1',
@@ -72,6 +71,7 @@ def test_a_failing_measurement_is_reported_not_fatal():
     assert 'failed:' in proc.stdout and 'timed out' in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_config_error_stops_with_its_message():
     # a user error is the same for every job: one message, exit status 2 (as every entry point)
     proc = subprocess.run([sys.executable, TOOL, '-cfg', MINI_CFG, '-opts', 'MODEL.NO_SUCH_KEY', '1',
@@ -88,11 +88,12 @@ def test_memory_growth_slope():
             for s in (100, 200, 400)]
     rows += [{'model': 'q', 'mode': 'eval', 'image size': s, 'work MB': 10 * (s / 100) ** 4}
              for s in (100, 200, 400)]
-    text = benchmark.memory_growth(rows)
+    text = memory_growth(rows)
     assert 'm eval: work memory x16.0 for x16.0 tokens' in text and 'tokens^1.00' in text
     assert 'q eval: work memory x256.0' in text and 'tokens^2.00' in text
 
 
+@pytest.mark.slow
 def test_train_step_of_models_without_plain_logits(tmp_path):
     """Token labeling's dense output and a distilled pair are trained on their class logits."""
     spvit = os.path.join(REPO, 'image_classification', 'SPViT', 'configs', 'spvit_s_224.yaml')
@@ -106,3 +107,39 @@ def test_train_step_of_models_without_plain_logits(tmp_path):
                    '--batch_size', '2', '--mode', 'train', '--warmup', '1', '--iters', '1', '--threads', '1')
     rows = table_rows(out)
     assert len(rows) == 1 and float(rows[0]['img/s']) > 0, out
+
+
+@pytest.mark.slow       # two benchmark runs, each with its measuring child process
+def test_by_name_and_by_file_measure_the_same_model():
+    pit = os.path.join(REPO, 'image_classification', 'PiT', 'configs', 'pit_ti_224.yaml')
+    small = ['-opts', 'MODEL.DEPTH', '[1, 1, 1]', 'MODEL.NUM_CLASSES', '3', '--image_size', '32',
+             '--batch_size', '2', '--mode', 'eval', '--warmup', '1', '--iters', '1', '--threads', '1']
+    by_name, by_file = (table_rows(run_tool(*how, *small)) for how in (['-model', 'pit_ti_224'], ['-cfg', pit]))
+    assert len(by_name) == 1 and by_name[0]['image size'] == '32'
+    for column in ('model', 'image size', 'params (M)'):
+        assert by_name[0][column] == by_file[0][column], column
+
+
+@pytest.mark.slow       # a child process reading images through two DataLoaders
+def test_loader_against_the_paddlevit_pipeline(tmp_path):
+    from test_engine_run import make_dataset
+    root = make_dataset(str(tmp_path / 'data'), n_train=8, n_val=1, size=40)
+    out = run_tool('--loader', '-model', 'vit_tiny_patch16_224', '-opts', 'DATA.REPEATED_AUG', '0',
+                   '--data_path', root, '--image_size', '32',
+                   '--workers', '0', '--batch_size', '2', '--batches', '2', '--threads', '1')
+    rows = table_rows(out)
+    assert [r['loader'] for r in rows] == ['engine.data (build_dataset + build_dataloader)',
+                                           'PIL + paddle.vision.transforms, as PaddleViT']
+    assert all(float(r['img/s']) > 0 for r in rows)
+    assert f'images under {root}' in out and 'engine / PaddleViT: ' in out
+
+
+@pytest.mark.slow       # a child process that exports the model and builds a predictor
+def test_inference_through_the_exported_model(tmp_path):
+    out = run_tool('-cfg', MINI_CFG, '--mode', 'eval', '--inference', '--batch_size', '2', '--warmup', '1',
+                   '--iters', '1', '--threads', '1', '--json', str(tmp_path / 'r.json'))
+    rows = table_rows(out)
+    assert len(rows) == 1 and float(rows[0]['img/s']) > 0, out
+    saved = json.loads((tmp_path / 'r.json').read_text())[0]
+    assert saved['inference'] is True and saved['onednn'] in (True, False)
+    assert 'eval through Paddle Inference' in out

@@ -15,13 +15,13 @@ import paddle
 import pytest
 
 from engine import checkpoint
-from engine.checkpoint import (CheckpointManager, CheckpointWriteError, KeyMismatchError, NonFiniteCheckpointError,
-                               NonFiniteWeightsError, OutputFolderInUseError, check_output_folder, load_pretrained,
-                               remove_checkpoint, resolve_resume, resume)
+from engine.checkpoint import (CheckpointManager, CheckpointWriteError, NonFiniteCheckpointError,
+                               OutputFolderInUseError, check_output_folder, remove_checkpoint, resolve_resume, resume)
 from engine.config import ConfigError
 from engine.errors import UserError
 from engine.ema import ModelEMA
 from engine.optim import WarmupCosine
+from engine.weights import KeyMismatchError, NonFiniteWeightsError, load_weights
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -98,7 +98,7 @@ def test_pretrained_drops_only_a_mismatched_head(tmp_path):
     target = _Net(num_classes=10)
     head_before = target.head.weight.numpy().copy()
     messages = []
-    load_pretrained(target, path, log=messages.append)
+    load_weights(target, path, what='pretrained', resize=True, drop_head=True, log=messages.append)
     np.testing.assert_array_equal(target.body.weight.numpy(), source.body.weight.numpy())
     np.testing.assert_array_equal(target.head.weight.numpy(), head_before)
     assert any('dropped classifier head.weight' in m for m in messages)
@@ -108,15 +108,16 @@ def test_pretrained_refuses_other_mismatches(tmp_path):
     path = str(tmp_path / 'wide.pdparams')
     paddle.save(_Net(width=16).state_dict(), path)
     with pytest.raises(KeyMismatchError, match=r'body\.weight: \(4, 16\).*\(4, 8\)'):
-        load_pretrained(_Net(width=8), path, log=lambda m: None)
+        load_weights(_Net(width=8), path, what='pretrained', resize=True, drop_head=True, log=lambda m: None)
     state = _Net().state_dict()
     state['extra.weight'] = paddle.zeros([2])
     del state['body.bias']
     paddle.save(state, path)
     with pytest.raises(KeyMismatchError, match=r'missing key\(s\): body\.bias.*unexpected key\(s\): extra\.weight'):
-        load_pretrained(_Net(), path, log=lambda m: None)
+        load_weights(_Net(), path, what='pretrained', resize=True, drop_head=True, log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_keeps_previous_checkpoint(tmp_path):
     """A process killed in the middle of writing epoch 2 leaves epoch 1 as the latest, loadable."""
     script = textwrap.dedent(f'''
@@ -358,7 +359,7 @@ def test_pretrained_and_resume_refuse_non_finite_weights(tmp_path):
     for drop in (True, False):
         with pytest.raises(NonFiniteWeightsError, match=r'nan\.pdparams: 1 tensor\(s\) hold NaN or infinite '
                                                         r'values: head\.weight \(1 value\)'):
-            load_pretrained(_Net(), path, log=lambda m: None, drop_mismatched_head=drop)
+            load_weights(_Net(), path, what='pretrained', resize=True, drop_head=drop, log=lambda m: None)
 
     model = _Net()
     opt, sched = _train_parts(model)
@@ -379,7 +380,8 @@ def test_eval_loading_refuses_a_head_of_another_class_count(tmp_path):
     with pytest.raises(KeyMismatchError, match=r'head\.weight: \(8, 1000\) in .*src\.pdparams, \(8, 10\) in the '
                                                r'model.*head\.bias: \(1000,\) in .*\(10,\) in the model.*'
                                                r'-num_classes'):
-        load_pretrained(_Net(num_classes=10), path, log=lambda m: None, drop_mismatched_head=False)
+        load_weights(_Net(num_classes=10), path, what='pretrained', resize=True, drop_head=False,
+                     log=lambda m: None)
 
 
 # ----- output folders are never clobbered -----

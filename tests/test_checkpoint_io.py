@@ -6,7 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from port_weights.checkpoint_io import UnsafeCheckpointError, load_checkpoint, load_torch, unwrap_state_dict
+from engine.torch_reader import UnsafeCheckpointError, load_torch, unwrap_state_dict
+from engine.weights import load_checkpoint
 
 FORMATS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'torch_formats')
 

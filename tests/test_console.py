@@ -37,6 +37,7 @@ def _rows(folder):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_console_shows_a_header_the_log_holds_the_config(data, tmp_path, capsys):
     out = str(tmp_path / 'run')
     main(get_config, build_tiny, argv=_argv(data, out))
@@ -62,6 +63,7 @@ def test_console_shows_a_header_the_log_holds_the_config(data, tmp_path, capsys)
                          r'Validation Acc@1: [\d.]+, Validation Acc@5: [\d.]+', text)
 
 
+@pytest.mark.slow
 def test_metrics_and_curves_continue_after_resume(data, tmp_path):
     out = str(tmp_path / 'run')
     full = main(get_config, build_tiny, argv=_argv(data, out))
@@ -97,6 +99,7 @@ def test_metrics_and_curves_continue_after_resume(data, tmp_path):
     assert _rows(other)[:2] == resumed[:2]
 
 
+@pytest.mark.slow
 def test_resume_drops_rows_of_later_epochs(tmp_path):
     """An interrupted run left rows 1-3; resumed from epoch 1, rows 2 and 3 are gone at its next write."""
     folder = str(tmp_path)

@@ -16,8 +16,8 @@ from engine import data
 from engine.config import ConfigError, base_config
 from engine.data import autoaugment as aa
 from engine.data import transforms as tf
-from engine.data.baseline import PIL_OPS, paddlevit_transform
 from engine.data.decode import decode_image
+from tools.benchmarking.baseline import PIL_OPS, paddlevit_transform
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -231,6 +231,7 @@ def val_listed(tmp_path):
     return make
 
 
+@pytest.mark.slow
 def test_skip_bad_images_counts_across_workers(val_listed):
     root = val_listed(n=12, bad={2, 9})
     config = make_config(root, **{'DATA.NUM_WORKERS': 2, 'DATA.SKIP_BAD_IMAGES': True})
@@ -522,6 +523,7 @@ def test_train_sampler_drops_last_and_reshuffles_per_epoch(tmp_path):
                               data.build_dataset(config, 'train'), 'train', distributed=False)
 
 
+@pytest.mark.slow
 def test_loader_with_two_workers_matches_in_process_loading(tmp_path):
     """Augmentation depends on (SEED, epoch, index) only: 2 workers give the very same batches as 0."""
     write_dataset(tmp_path, n=10, size=(50, 60))
@@ -561,6 +563,7 @@ def test_shared_memory_fallback(tmp_path, monkeypatch, caplog):
 
 
 
+@pytest.mark.slow
 def test_workers_exit_when_the_training_process_is_killed(tmp_path):
     """A SIGKILLed parent must not leave its loader workers behind (Paddle's would wait for good)."""
     import signal
@@ -600,6 +603,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- demo dataset
+@pytest.mark.slow
 def test_make_demo_dataset(tmp_path):
     import importlib.util
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools',

@@ -15,11 +15,11 @@ import paddle.nn.functional as F
 import pytest
 import yaml
 
-from engine.checkpoint import KeyMismatchError
 from engine.config import ConfigError
 from engine.distillation import (DistillationLoss, _resolve_teacher_config, build_teacher,
                                  hard_distillation_loss, soft_distillation_loss)
 from engine.families import build_from_config, load_family
+from engine.weights import KeyMismatchError
 
 TEACHER_MINI = {
     'DATA': {'IMAGE_SIZE': 32},

@@ -24,12 +24,12 @@ import paddle
 import pytest
 from PIL import Image
 
-from engine.checkpoint import (KeyMismatchError, NonFiniteCheckpointError, NonFiniteWeightsError,
-                               OutputFolderInUseError)
+from engine.checkpoint import NonFiniteCheckpointError, OutputFolderInUseError
 from engine.config import make_get_config
 from engine.data.dataset import ListFileError
 from engine.launcher import execute as main   # raises a UserError instead of exiting 2
 from engine.trainer import NonFiniteLossError, NonFiniteOutputError
+from engine.weights import KeyMismatchError, NonFiniteWeightsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLORS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (230, 220, 50)]
@@ -125,6 +125,7 @@ def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp('squares'))
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run(data, tmp_path):
     full = main(get_config, build_tiny, argv=_argv(data, str(tmp_path / 'full')))
     assert full['epoch'] == 2 and np.isfinite(full['train_loss'])
@@ -222,6 +223,7 @@ def test_nan_loss_stops_with_message(data, tmp_path):
         main(get_config, build_tiny, argv=_argv(data, str(tmp_path), 'MODEL.POISON', 'True'))
 
 
+@pytest.mark.slow
 def test_eval_logs_preprocessing_and_counts_all(data, tmp_path, capsys):
     train = main(get_config, build_tiny, argv=_argv(data, str(tmp_path / 'train')))
     result = main(get_config, build_tiny, argv=_argv(data, str(tmp_path / 'eval')) + [
@@ -302,6 +304,7 @@ def _files(folder):
             if name != 'log.txt' and not os.path.isdir(os.path.join(folder, name))}
 
 
+@pytest.mark.slow
 def test_divergence_on_the_last_step_keeps_the_last_good_checkpoint(data, tmp_path):
     """4 steps per epoch: step 8 is the last of epoch 2; its loss is finite, its update is not."""
     out = str(tmp_path / 'run')
@@ -324,6 +327,7 @@ def test_divergence_on_the_last_step_keeps_the_last_good_checkpoint(data, tmp_pa
     assert _files(out) == before
 
 
+@pytest.mark.slow
 def test_new_run_never_writes_into_another_runs_folder(data, tmp_path):
     out = str(tmp_path / 'first')
     main(get_config, build_tiny, argv=_argv(data, out, 'TRAIN.NUM_EPOCHS', '1'))

@@ -154,9 +154,17 @@ def _export_with_state(state, tmp_path):
 
 def test_wrong_shape_is_refused(trained, tmp_path):
     state = dict(trained[1].state_dict())
+    state['bn.weight'] = paddle.ones([8])                  # the model has 16 channels there
+    message = _export_with_state(state, tmp_path)
+    assert 'bn.weight: (8,)' in message and '(16,) in model' in message
+
+
+def test_head_of_another_class_count_is_refused(trained, tmp_path):
+    # exporting never drops a head: a random one would predict nonsense (-num_classes must fit)
+    state = dict(trained[1].state_dict())
     state['head.weight'] = paddle.zeros([16, 8])           # 8 classes, the config has 7
     message = _export_with_state(state, tmp_path)
-    assert 'head.weight: (16, 8)' in message and '(16, 7) in model' in message
+    assert 'head.weight: (16, 8) in' in message and '(16, 7) in the model' in message
 
 
 def test_missing_and_unexpected_keys_are_refused(trained, tmp_path):
@@ -296,16 +304,16 @@ def test_onednn_that_cannot_build_the_graph_is_dropped(trained, unbuildable):
 def test_benchmark_inference_takes_the_same_decision(unbuildable, capsys):
     """`tools/benchmark.py --inference` times the graph without oneDNN where it cannot be built
     (it died in create_predictor), and with oneDNN where it can."""
-    from tools import benchmark
+    from tools.benchmarking.inference import inference_step
     model, _ = unbuildable
     x = np.random.default_rng(8).standard_normal((2, 3, 32, 32)).astype('float32')
-    step, onednn = benchmark._inference_step(model, 32, x, 'cpu', 1)
+    step, onednn = inference_step(model, 32, x, 'cpu', 1)
     assert onednn is False
     assert 'oneDNN could not build the predictor' in capsys.readouterr().err
     np.testing.assert_allclose(step(), _dynamic_logits(model, x), rtol=0, atol=1e-5)
     plain = _PlainConvNet()
     plain.eval()
-    step, onednn = benchmark._inference_step(plain, 32, x, 'cpu', 1)
+    step, onednn = inference_step(plain, 32, x, 'cpu', 1)
     assert onednn is True
     np.testing.assert_allclose(step(), _dynamic_logits(plain, x), rtol=0, atol=1e-5)
 
@@ -320,3 +328,21 @@ class _PlainConvNet(paddle.nn.Layer):
 
     def forward(self, x):
         return self.head(self.conv(x).mean([2, 3]))
+
+
+@pytest.mark.slow       # two exports of a small PiT
+def test_weights_of_another_image_size_need_adapt(tmp_path, capsys):
+    """An export runs the weights as trained: position embeddings are resized only with --adapt."""
+    import paddlevit
+    small = ['MODEL.DEPTH', '[1, 1, 1]', 'MODEL.NUM_CLASSES', '5']
+    weights = str(tmp_path / 'pit_64.pdparams')
+    paddle.save(paddlevit.create_model('pit_ti_224', image_size=64, **dict(zip(small[0::2], small[1::2])))
+                .state_dict(), weights)
+    argv = ['-model', 'pit_ti_224', '-pretrained', weights, '-image_size', '96', '-opts', *small]
+    with pytest.raises(KeyMismatchError, match='pos_embed'):
+        export_model.main([*argv, '-output', str(tmp_path / 'refused')])
+    assert not os.path.exists(str(tmp_path / 'refused'))
+    export_model.main([*argv, '-output', str(tmp_path / 'adapted'), '--adapt'])
+    out = capsys.readouterr().out
+    assert 'WARNING: pretrained: ' in out and 'pos_embed' in out
+    assert os.path.isfile(str(tmp_path / 'adapted' / 'inference.pdiparams'))

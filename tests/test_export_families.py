@@ -25,6 +25,8 @@ from conftest import FIXTURES, REPO
 from engine.families import build_from_config
 from tools import export_model, predict
 
+pytestmark = pytest.mark.slow   # an export and two Paddle Inference predictors per family
+
 CONFIGS = os.path.join(REPO, 'image_classification')
 TINY_PIT = ['DATA.IMAGE_SIZE', '64', 'MODEL.BASE_DIMS', '[8, 8, 8]', 'MODEL.DEPTH', '[1, 1, 1]',
             'MODEL.NUM_HEADS', '[2, 2, 4]']

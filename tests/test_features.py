@@ -24,27 +24,27 @@ def _module(family):
 
 
 def _vit(**kw):
-    args = dict(image_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=3, num_heads=2, mlp_dim=64)
+    args = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=3, num_heads=2, mlp_dim=64)
     args.update(kw)
     return _module('ViT').VisionTransformer(**args)
 
 
 def _vit_hybrid(**kw):
-    args = dict(image_size=32, patch_size=16, num_classes=5, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
+    args = dict(img_size=32, patch_size=16, num_classes=5, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
                 resnet_layers=(1, 1, 1), resnet_width=0.5)
     args.update(kw)
     return _module('ViT').VisionTransformer(**args)
 
 
 def _pit(**kw):
-    args = dict(image_size=64, patch_size=8, stride=8, base_dims=(8, 8, 8), depth=(1, 2, 1), heads=(1, 2, 4),
+    args = dict(img_size=64, patch_size=8, stride=8, base_dims=(8, 8, 8), depth=(1, 2, 1), num_heads=(1, 2, 4),
                 num_classes=5)
     args.update(kw)
     return _module('PiT').PoolingTransformer(**args)
 
 
 def _pervit(**kw):
-    args = dict(image_size=64, num_classes=5, embed_dims=(16, 24, 32, 40), stem_dims=(8, 8, 8, 16), num_heads=2,
+    args = dict(img_size=64, num_classes=5, embed_dims=(16, 24, 32, 40), stem_dims=(8, 8, 8, 16), num_heads=2,
                 depths=(1, 1, 2, 1), mlp_ratio=2.)
     args.update(kw)
     return _module('PerViT').PerViT(**args)
@@ -112,7 +112,7 @@ CASES = {
     'vit_hybrid': (_vit_hybrid, (32, 32), [], [(64, 64)], _pooled_vit),
     'pit': (_pit, (64, 64), [], [(72, 72)], _pooled_pit),
     'pervit': (_pervit, (64, 64), [(48, 48)], [(64, 48)], _pooled_mean(True)),
-    'spvit': (_spvit, (32, 32), [], [(48, 48)], _pooled_spvit),
+    'spvit': (_spvit, (32, 32), [], [], _pooled_spvit),   # any size: tests/test_segmentation.py
     'vvt': (_vvt, (64, 64), [(64, 96), (96, 32)], [], _pooled_mean(False)),
     'regnet': (_regnet, (64, 64), [(64, 96), (96, 32)], [], _pooled_mean(False)),
 }
@@ -232,7 +232,7 @@ def test_pit_distilled_pyramid_and_prefix_tokens():
 def test_vit_non_square_model_gives_non_square_maps():
     """A ViT built for a non-square size (its position embedding then fits that grid) maps it."""
     paddle.seed(4)
-    model = _vit(image_size=(32, 48))
+    model = _vit(img_size=(32, 48))
     model.eval()
     x = _image((32, 48), seed=5)
     with paddle.no_grad():
@@ -287,6 +287,7 @@ def test_indices_select_as_timm(models, name):
         model.forward_intermediates(x, output_fmt='NHWC')
 
 
+@pytest.mark.slow
 def test_feature_info_of_reference_variants():
     """The tables in the family READMEs, built from the real configs (no forward run)."""
     expected = {

@@ -179,6 +179,7 @@ class _ViT(nn.Layer):
     (384, 6, 22_050_664, 4.6),      # DeiT-S / ViT-S/16 (DeiT paper, timm)
     (768, 12, 86_567_656, 17.6),    # ViT-B/16 (DeiT paper, timm)
 ])
+@pytest.mark.slow
 def test_vit_matches_published(dim, heads, params, gflops):
     model = _ViT(dim, 12, heads)
     n = 197
@@ -226,6 +227,7 @@ _TRACED = {}
 
 
 @pytest.mark.parametrize('cfg, convention, gflops', PUBLISHED)
+@pytest.mark.slow
 def test_family_config_matches_published(cfg, convention, gflops):
     from engine.families import build_from_config
     path = os.path.join(REPO, 'image_classification', cfg)

@@ -241,8 +241,8 @@ def _without_gemm_kernels_where_unavailable(kernels):
      {'layer_norm', 'gelu', 'attention', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
      {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
-    (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),
-     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'attention', 'linear'}),
+    pytest.param(os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),   # full size: slow
+                 {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
     (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'linear'})])
 def test_models_give_the_same_gradients_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
     kernels = _without_gemm_kernels_where_unavailable(kernels)
@@ -274,8 +274,8 @@ def test_models_give_the_same_gradients_with_and_without_the_kernels(config, ker
      {'layer_norm', 'gelu', 'conv_inference', 'attention', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
      {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
-    (os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),
-     {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'attention', 'linear'}),
+    pytest.param(os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),   # full size: slow
+                 {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
     (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'linear'})])
 def test_models_evaluate_the_same_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
     kernels = _without_gemm_kernels_where_unavailable(kernels)
@@ -346,6 +346,7 @@ def test_a_moved_custom_op_entry_point_falls_back_with_one_warning(monkeypatch, 
     assert len(warnings) == 1 and '_run_custom_op' in warnings[0].getMessage()
 
 
+@pytest.mark.slow
 def test_cold_build_by_two_processes_at_once(tmp_path):
     """Two ranks starting together on a machine without the cache: one compiles
     (under the lock), the other waits and loads the result; both run the kernels."""
@@ -401,6 +402,7 @@ def test_cpu_identity_names_the_instruction_set_on_x86_and_arm(tmp_path):
     assert 'bogomips' not in identities['x86'] and 'BogoMIPS' not in identities['arm']   # varies at run time
 
 
+@pytest.mark.slow
 def test_a_wheel_without_blas_builds_the_other_kernels_and_falls_back(tmp_path):
     """Where Paddle's wheel ships no MKL, the GEMM kernels are left out of the build and
     attention and dense convolutions without gradients take Paddle's ops."""

@@ -205,6 +205,7 @@ def test_make_lists_writes_what_the_reader_sees(tmp_path, capsys):
     assert len((tmp_path / 'val_list.txt').read_text().splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_make_lists_command_line(tmp_path):
     """As a user runs it: one message and exit status 2 for a bad tree, no traceback."""
     root = make_tree(tmp_path)
@@ -268,6 +269,7 @@ def _train(root, out, *flags):
     return execute(make_get_config(_tiny_defaults), lambda c: _TinyNet(c.MODEL.NUM_CLASSES), argv=argv)
 
 
+@pytest.mark.slow
 def test_training_reads_class_folders_end_to_end(tmp_path):
     """One epoch on the folders, then on the lists make_lists.py wrote: the same run."""
     root = make_tree(tmp_path / 'data')

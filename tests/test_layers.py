@@ -93,6 +93,7 @@ def _probe(env):
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt')
+@pytest.mark.slow
 def test_runtime_recycles_freed_memory_and_uses_dense_kernels():
     """Importing the engine stops large temporaries costing page faults on every op.
 

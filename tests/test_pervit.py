@@ -58,6 +58,7 @@ def _logits(model, x):
 
 
 # ---- parity with the official implementation -------------------------------------------------
+@pytest.mark.slow
 def test_param_counts_equal_official():
     official = {'tiny': 7_591_000, 'small': 21_317_672, 'medium': 43_723_936}   # golden README
     for name, count in official.items():
@@ -162,6 +163,7 @@ def test_cache_follows_weight_changes():
     check()
 
 
+@pytest.mark.slow
 def test_to_static_keeps_nothing_from_the_trace(ported):
     """A tensor made while tracing belongs to that program: keeping one crashed the next trace."""
     from paddle.static import InputSpec

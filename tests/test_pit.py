@@ -23,9 +23,8 @@ import paddle
 import pytest
 import yaml
 
-from engine.checkpoint import KeyMismatchError
 from engine.families import build_from_config, load_family
-from port_weights.checkpoint_io import load_checkpoint
+from engine.weights import KeyMismatchError, load_checkpoint
 from port_weights.pit import convert
 from port_weights.port import port
 
@@ -116,6 +115,7 @@ def test_timm_renamed_keys_are_refused():
 
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL_PARAMS))
+@pytest.mark.slow
 def test_full_size_parameter_counts(name):
     config, model = build_from_config(os.path.join(CONFIGS, f'{name}_224.yaml'))
     assert config.MODEL.NAME == name
@@ -123,6 +123,7 @@ def test_full_size_parameter_counts(name):
     assert _params(model) == OFFICIAL_PARAMS[name]
 
 
+@pytest.mark.slow
 def test_384_config_differs_from_224_only_by_the_position_map():
     _, model = build_from_config(os.path.join(CONFIGS, 'pit_b_distilled_384.yaml'))
     assert tuple(model.pos_embed.shape) == (1, 256, 53, 53)     # floor((384 - 14) / 7) + 1

@@ -20,8 +20,8 @@ import paddle
 import pytest
 import yaml
 
-from port_weights.checkpoint_io import load_checkpoint
-from port_weights.port import MissingEMAError, load_official, main as port_main
+from engine.weights import MissingEMAError, load_checkpoint
+from port_weights.port import main as port_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
@@ -121,22 +121,22 @@ def test_ema_weights_are_taken_only_with_ema(tmp_path, model_key, ema_key):
     src = str(tmp_path / 'ckpt.pth')
     write_pth(src, {'epoch': 309, model_key: model, 'optimizer': {'state': {}}, ema_key: ema,
                     'args': {'lr': 1e-3}})
-    _assert_same(load_official(src), model)
-    _assert_same(load_official(src, ema=True), ema)
+    _assert_same(load_checkpoint(src), model)
+    _assert_same(load_checkpoint(src, ema=True), ema)
 
 
 def test_ema_under_ddp_prefix(tmp_path):
     ema = _weights(3)
     src = str(tmp_path / 'ckpt.pth')
     write_pth(src, {'state_dict': _weights(4), 'state_dict_ema': {f'module.{k}': v for k, v in ema.items()}})
-    _assert_same(load_official(src, ema=True), ema)
+    _assert_same(load_checkpoint(src, ema=True), ema)
 
 
 def test_missing_ema_lists_what_the_checkpoint_holds(tmp_path):
     src = str(tmp_path / 'no_ema.pth')
     write_pth(src, {'model': _weights(5), 'optimizer': {}, 'epoch': 299})
     with pytest.raises(MissingEMAError) as info:
-        load_official(src, ema=True)
+        load_checkpoint(src, ema=True)
     message = str(info.value)
     assert 'no_ema.pth' in message and 'state_dict_ema or model_ema' in message
     assert 'top-level keys: epoch, model, optimizer' in message
@@ -144,11 +144,11 @@ def test_missing_ema_lists_what_the_checkpoint_holds(tmp_path):
     bare = str(tmp_path / 'bare.pth')
     write_pth(bare, _weights(6))
     with pytest.raises(MissingEMAError, match=r'a bare state dict of 3 tensors \(blocks\.0\.fc\.weight'):
-        load_official(bare, ema=True)
+        load_checkpoint(bare, ema=True)
 
     np.savez(tmp_path / 'w.npz', **_weights(7))
     with pytest.raises(MissingEMAError, match=r'a \.npz file holds one set of weights'):
-        load_official(str(tmp_path / 'w.npz'), ema=True)
+        load_checkpoint(str(tmp_path / 'w.npz'), ema=True)
 
 
 def _pit_mini_config(tmp_path):

@@ -92,6 +92,7 @@ def test_cooldown_must_be_a_non_negative_integer(bad):
         get_config(opts=['TRAIN.COOLDOWN_EPOCHS', bad])
 
 
+@pytest.mark.slow
 def test_run_trains_cooldown_epochs_at_min_lr_and_logs_the_total(tmp_path):
     data = make_dataset(tmp_path / 'data')
     out = tmp_path / 'run'
@@ -231,6 +232,7 @@ def test_distilled_pit_and_vit_attention_dropout_in_eval_mode_finetuning():
     np.testing.assert_allclose(pit(x).numpy(), ((cls + dist) / 2).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pervit_position_encoding_keeps_learning_in_eval_mode_finetuning():
     """PerViT caches its position attention without gradients in eval mode; a whole-model
     model.eval() would freeze the PPE.  Here it still gets gradients, and BatchNorm is frozen."""
@@ -253,6 +255,7 @@ def test_pervit_position_encoding_keeps_learning_in_eval_mode_finetuning():
         np.testing.assert_array_equal(layer._mean.numpy(), before)
 
 
+@pytest.mark.slow
 def test_finetune_eval_mode_is_logged_with_a_warning_without_weights(tmp_path):
     data = make_dataset(tmp_path / 'data')
     out = tmp_path / 'run'

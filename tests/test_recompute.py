@@ -59,6 +59,7 @@ def _step(model, x, seed):
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.slow
 def test_checkpointed_step_equals_plain_step(name, monkeypatch):
     cfg, opts, blocks = CASES[name]
     paddle.seed(1)

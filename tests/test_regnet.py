@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 import paddle
+import pytest
 import yaml
 
 from engine.families import build_from_config
@@ -58,6 +59,7 @@ def test_regnety_mini_matches_timm(tmp_path):
     assert np.abs(out - np.load(os.path.join(FIXTURE, 'logits.npy'))).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_regnety_160_is_deits_teacher():
     """83,590,140 parameters (golden README); RegNetY-16GF widths/depths of the RegNet paper."""
     config, model = build_from_config(os.path.join(CONFIGS, 'regnety_160.yaml'))

@@ -19,7 +19,7 @@ from conftest import REPO
 from engine.checkpoint import CheckpointManager
 from engine.optim import WarmupCosine
 from engine.weights_io import UnsafePickleError
-from port_weights.checkpoint_io import UnsafeCheckpointError
+from engine.torch_reader import UnsafeCheckpointError
 from test_engine_run import TinyNet, _argv, build_tiny, get_config, make_dataset
 
 from engine.launcher import execute as train_main   # raises the UserError instead of exiting 2
@@ -107,7 +107,7 @@ def test_training_resume(data, tmp_path, evil, bad, how):
 def test_export_model(tmp_path, evil):
     write, marker = evil
     path = write(tmp_path / 'evil.pdparams')
-    export_model = _load(os.path.join(REPO, 'tools', 'export_model.py'), '_safe_export_model')
+    from tools import export_model     # a package module: it imports tools/model_args.py
     _refused(lambda: export_model.main(['-cfg', VIT_DEMO, '-pretrained', path, '-output', str(tmp_path / 'x')]),
              path, marker)
 
@@ -123,7 +123,7 @@ def test_explain(tmp_path, evil):
 def test_generate_label(data, tmp_path, evil):
     write, marker = evil
     path = write(tmp_path / 'evil.pdparams')
-    tool = _load(os.path.join(REPO, 'tools', 'generate_label.py'), '_safe_generate_label')
+    from tools import generate_label as tool
     _refused(lambda: tool.main(['-cfg', VIT_DEMO, '-pretrained', path, '-data_path', data,
                                 '-output', str(tmp_path / 'labels')]), path, marker)
 

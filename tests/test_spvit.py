@@ -216,6 +216,7 @@ def test_label_dir_flag_sets_config():
     assert family.get_config(args=args).TRAIN.TOKEN_LABEL.DATA_DIR == '/other'
 
 
+@pytest.mark.slow
 def test_export_with_jit_save(tmp_path):
     """The eval model converts to a static graph and reloads with the same outputs (the
     spatial-prior offset tables are non-persistable buffers, not stray constants)."""

@@ -313,6 +313,37 @@ def test_cutmix_mixes_targets_by_the_pasted_area():
     assert t.dense.numpy()[0, :, 2] == pytest.approx(np.full(4, pasted), abs=1e-4)
 
 
+@pytest.mark.parametrize('mixup_alpha, cutmix_alpha', [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_token_label_mixup_draws_as_the_classification_mixup(mixup_alpha, cutmix_alpha):
+    """One seed, one draw: the images and class targets of TokenLabelMixup are those of Mixup,
+    and its token targets are mixed by the same lam."""
+    from engine.data.mixup import Mixup
+    mixup = Mixup(5, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=0.1)
+    token_mixup = TokenLabelMixup(5, 2, smoothing=0.1, mixup=mixup)
+    images = paddle.rand([4, 3, 16, 16])
+    labels = paddle.to_tensor([0, 1, 2, 4])
+    maps = {'scores': paddle.rand([4, 2, 2, 2]) * 10, 'indices': paddle.randint(0, 5, [4, 2, 2, 2]),
+            'box': paddle.to_tensor([[0., 0., 1., 1.]] * 4)}
+    plain = token_mixup.targets([labels, maps])
+    mixed_any = 0
+    for seed in range(8):
+        np.random.seed(seed)
+        mixed, targets = mixup(images, labels)
+        np.random.seed(seed)
+        token_mixed, token_targets = token_mixup(images, labels)
+        np.testing.assert_array_equal(token_mixed.numpy(), mixed.numpy())
+        np.testing.assert_array_equal(token_targets.cls.numpy(), targets.numpy())
+        np.random.seed(seed)
+        lam, _box = mixup.draw_batch(16, 16)
+        np.random.seed(seed)
+        _, dense_targets = token_mixup(images, [labels, maps])
+        expected = plain.dense.numpy() * lam + plain.dense.numpy()[::-1] * (1 - lam)
+        np.testing.assert_allclose(dense_targets.dense.numpy(), expected, rtol=1e-6, atol=1e-7)
+        mixed_any += not np.array_equal(mixed.numpy(), images.numpy())
+    assert mixed_any >= 4
+
+
+@pytest.mark.slow
 def test_launcher_trains_with_and_without_token_labels(labelled, tmp_path):
     root, labels, _ = labelled
     family = load_family('SPViT')

@@ -41,6 +41,7 @@ SINGLE = [
 
 
 @pytest.mark.parametrize('argv,message', SINGLE, ids=['opts-type', 'patch-tiling', 'eval-without-cfg', 'data'])
+@pytest.mark.slow
 def test_single_process_user_error(argv, message, tmp_path):
     proc, _ = _run([sys.executable, os.path.join(VIT, 'main_single_gpu.py'), '-output', str(tmp_path)] + argv,
                    cwd=VIT)
@@ -50,6 +51,7 @@ def test_single_process_user_error(argv, message, tmp_path):
     assert proc.stderr.count(' error: ') == 1
 
 
+@pytest.mark.slow
 def test_tools_exit_2_on_user_errors(tmp_path):
     dup = tmp_path / 'dup.yaml'
     dup.write_text('MODEL:\n  TYPE: ViT\n  DEPTH: 1\n  DEPTH: 2\n')

@@ -1,5 +1,5 @@
 """ViT: parameter counts, parity with the official code (.pth and Google .npz), position
-embedding resizing, attention maps and the attention visualisation tool.
+embedding resizing and attention maps (the relevance-map tool: tests/test_explain.py).
 
 Reference data (tests/fixtures/):
   vit_mini, vit_r50_mini   golden data made by running ViT-pytorch's VisionTransformer
@@ -16,15 +16,15 @@ import warnings
 import numpy as np
 import paddle
 import pytest
-import yaml
 
 from conftest import FIXTURES, REPO
 from engine.families import build_from_config, load_family
 from port_weights import port as port_cli
-from port_weights.checkpoint_io import load_checkpoint
+from engine.weights import load_checkpoint
 from port_weights.keymap import KeyMismatchError
 from port_weights.port import max_abs_diff, port
 from port_weights.vit import convert, is_google_layout
+from resolved_configs import set_by_files
 
 CONFIGS = os.path.join(REPO, 'image_classification', 'ViT', 'configs')
 NPZ = os.path.join(FIXTURES, 'vit_npz_mini')
@@ -65,6 +65,7 @@ def test_every_variant_has_a_config():
 
 
 @pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(CONFIGS, '*.yaml'))))
+@pytest.mark.slow
 def test_every_config_builds(path):
     with paddle.LazyGuard():
         config, model = build_from_config(path)
@@ -72,6 +73,7 @@ def test_every_config_builds(path):
 
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL_PARAMS))
+@pytest.mark.slow
 def test_param_count_matches_official(name):
     # Built under LazyGuard: the same constructor, parameters declared but not allocated
     # (ViT-H/14 would otherwise take ~60 s and 2.7 GB); test_lazy_count_is_the_real_count
@@ -96,8 +98,7 @@ def test_lazy_count_is_the_real_count(cfg):
 @pytest.mark.parametrize('name', sorted(OFFICIAL_PARAMS))
 def test_config_states_eval_preprocessing_and_recipe(name):
     path = os.path.join(CONFIGS, f'{name}.yaml')
-    with open(path, encoding='utf-8') as f:
-        raw = yaml.safe_load(f)
+    raw = set_by_files(path)
     for key in ('IMAGE_SIZE', 'CROP_PCT', 'INTERPOLATION', 'MEAN', 'STD'):
         assert key in raw['DATA'], f'{path}: DATA.{key} not set'
     for key in ('BASE_LR', 'WEIGHT_DECAY', 'NUM_EPOCHS', 'WARMUP_EPOCHS'):

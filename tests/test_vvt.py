@@ -13,7 +13,7 @@ import pytest
 from conftest import FIXTURES, REPO
 from engine.families import build_from_config, load_family
 from port_weights import vvt as vvt_port
-from port_weights.checkpoint_io import load_checkpoint
+from engine.weights import load_checkpoint
 from port_weights.keymap import KeyMismatchError
 from port_weights.port import max_abs_diff, port
 
@@ -45,6 +45,7 @@ def test_golden_mini_matches_official_logits(ported_mini):
 
 
 @pytest.mark.parametrize('variant', sorted(OFFICIAL_PARAMS))
+@pytest.mark.slow
 def test_param_counts_equal_official(variant):
     for size in (224, 384):
         _config, model = build_from_config(os.path.join(CONFIGS, f'vvt_{variant}_{size}.yaml'))
@@ -89,6 +90,7 @@ def test_other_image_sizes_run(ported_mini):
             assert out.shape == [1, 10] and bool(paddle.isfinite(out).all())
 
 
+@pytest.mark.slow
 def test_to_static_matches_dygraph_eval_and_train(ported_mini):
     config, _model, state = ported_mini
     x = paddle.to_tensor(np.load(os.path.join(MINI, 'input.npy')))
@@ -132,6 +134,7 @@ def test_configs_follow_official_recipe():
         assert list(config.DATA.MEAN) == [0.485, 0.456, 0.406] and list(config.DATA.STD) == [0.229, 0.224, 0.225]
 
 
+@pytest.mark.slow
 def test_drop_path_rises_linearly_to_the_configured_rate():
     config = vvt.get_config(os.path.join(CONFIGS, 'vvt_small_224.yaml'))
     model = vvt.build_model(config)

@@ -28,7 +28,8 @@ import hostile
 from engine.checkpoint import CheckpointManager
 from engine.optim import WarmupCosine
 from engine.weights_io import UnsafePickleError, WeightsFileError, load_paddle, load_state_dict
-from port_weights.checkpoint_io import UnsafeCheckpointError, load_checkpoint, load_torch
+from engine.torch_reader import UnsafeCheckpointError, load_torch
+from engine.weights import load_checkpoint
 
 FORMATS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'torch_formats')
 
@@ -418,6 +419,7 @@ def _fuzz(tmp_path, name, blob, reader, rng, count):
     return loaded, refused
 
 
+@pytest.mark.slow
 def test_fuzz_pdparams_and_pdopt(trained, tmp_path):
     model, opt, sched = trained
     rng = random.Random(19)
@@ -436,6 +438,7 @@ def test_fuzz_pdparams_and_pdopt(trained, tmp_path):
     print('pdparams fuzz (loaded, refused):', total)
 
 
+@pytest.mark.slow
 def test_fuzz_pth_both_formats(tmp_path):
     rng = random.Random(1919)
     expected = load_torch(os.path.join(FORMATS, 'zip_format.pth'))

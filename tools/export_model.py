@@ -1,8 +1,9 @@
 """Export a trained model of any family as a static inference model.
 
-    python tools/export_model.py -cfg image_classification/PiT/configs/pit_s_224.yaml \\
-        -pretrained pit_s_224.pdparams -output ./inference/pit_s_224 \\
-        [-image_size 384] [-num_classes 100] [-opts KEY VALUE ...] [--adapt] [--onnx [--opset 13]]
+    python tools/export_model.py -model pit_s_224 -pretrained pit_s_224.pdparams \\
+        -output ./inference/pit_s_224 [-image_size 384] [-num_classes 100] [-opts KEY VALUE ...] \\
+        [--onnx [--opset 13]]
+    python tools/export_model.py -cfg image_classification/PiT/configs/pit_s_224.yaml ...   # or a YAML
 
 Writes into `-output`:
 
@@ -12,18 +13,22 @@ Writes into `-output`:
                           images exactly as this model expects
     inference.onnx        with --onnx (needs paddle2onnx, see below)
 
-The model is built from the config (its MODEL.TYPE picks the family), put in
+The model is built by `paddlevit.create_model` from its name (`-model`, as
+`paddlevit.list_models()` gives) or a config file (`-cfg`, any family), put in
 eval mode and saved by `paddle.jit.save` for an input of shape
 [batch, 3, IMAGE_SIZE, IMAGE_SIZE], any batch.  Run it with `tools/predict.py`
 or any Paddle Inference deployment.
 
-The weights must fit the model exactly: every parameter present, with the
-shape the model has, and nothing else, or nothing is written and the keys at
-fault are named (`set_state_dict` alone would skip a mis-shaped tensor with a
-warning and export random weights).  With `--adapt`, image-size-dependent
-tensors (position embeddings, ...) of a checkpoint trained at another
-resolution are first resized by the model's `adapt_state_dict`, each change
-printed; export at the resolution the model was fine-tuned at whenever you can.
+The weights go through the engine's one loader, `engine.weights.load_weights`,
+and must fit the model exactly: every parameter present, with the shape the
+model has, and nothing else, or nothing is written and the keys at fault are
+named (`set_state_dict` alone would skip a mis-shaped tensor with a warning and
+export random weights); a classifier head of another class count is an error
+(set -num_classes to the checkpoint's).  Unlike `-pretrained` for training,
+nothing is resized unless asked: with `--adapt`, image-size-dependent tensors
+(position embeddings, ...) of a checkpoint trained at another resolution are
+first resized by the model's `adapt_state_dict`, each change printed; export at
+the resolution the model was fine-tuned at whenever you can.
 
 ONNX (optional): `pip install paddle2onnx onnx onnxoptimizer` (and
 `onnxruntime` to run it).  The conversion uses onnxoptimizer; paddle2onnx's
@@ -39,36 +44,19 @@ warnings.filterwarnings('ignore', message='No ccache found')   # printed by ever
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
-import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 from paddle.static import InputSpec  # noqa: E402
 
-from port_weights.checkpoint_io import load_checkpoint  # noqa: E402
-from port_weights.keymap import check_state  # noqa: E402
+from engine.weights import load_weights  # noqa: E402
 
-__all__ = ['MODEL_NAME', 'export', 'export_onnx', 'load_weights']
+try:
+    from .model_args import add_model_arguments, create_model, model_sources  # imported as tools.export_model
+except ImportError:
+    from model_args import add_model_arguments, create_model, model_sources   # run as a script
+
+__all__ = ['MODEL_NAME', 'export', 'export_onnx']
 
 MODEL_NAME = 'inference'    # file stem of the exported files
-
-
-def load_weights(model, path, adapt=False, log=print):
-    """Fill `model` with the weights of `path`, refusing any missing, extra or mis-shaped key.
-
-    `adapt`: let the model's `adapt_state_dict` resize image-size-dependent
-    tensors first (each change is logged).
-    """
-    state = load_checkpoint(path)
-    if adapt and hasattr(model, 'adapt_state_dict'):
-        for message in model.adapt_state_dict(state):
-            log(f'WARNING: {message}')
-    own = model.state_dict()
-    check_state({k: v.shape for k, v in own.items()}, state, source=path)
-    model.set_state_dict({k: paddle.to_tensor(np.asarray(v), dtype=own[k].dtype)
-                          for k, v in state.items()})
-    for key, value in model.state_dict().items():   # what was set is what we read
-        if not np.array_equal(value.numpy(), np.asarray(state[key], dtype=value.numpy().dtype)):
-            raise RuntimeError(f'{path}: {key} was not loaded into the model')
-    return model
 
 
 def export(model, image_size, output_dir, name=MODEL_NAME):
@@ -110,27 +98,20 @@ def export_onnx(prefix, opset=13, log=print):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-cfg', required=True, help='YAML config of the model (any family)')
+    add_model_arguments(parser)
     parser.add_argument('-pretrained', required=True, help='trained weights (.pdparams)')
     parser.add_argument('-output', required=True, help='folder for the inference model')
     parser.add_argument('-image_size', type=int, default=None, help='override DATA.IMAGE_SIZE')
     parser.add_argument('-num_classes', type=int, default=None, help='override MODEL.NUM_CLASSES')
-    parser.add_argument('-opts', nargs='+', default=None, help='config overrides: KEY VALUE ...')
     parser.add_argument('--adapt', action='store_true',
                         help='resize image-size-dependent tensors of -pretrained to this model')
     parser.add_argument('--onnx', action='store_true', help='also write inference.onnx (paddle2onnx)')
     parser.add_argument('--opset', type=int, default=13, help='ONNX opset version (default 13)')
     args = parser.parse_args(argv)
 
-    from engine.families import build_from_config
-    opts = []
-    if args.image_size is not None:
-        opts += ['DATA.IMAGE_SIZE', str(args.image_size)]
-    if args.num_classes is not None:
-        opts += ['MODEL.NUM_CLASSES', str(args.num_classes)]
-    opts += list(args.opts or [])
-    config, model = build_from_config(args.cfg, opts)
-    load_weights(model, args.pretrained, adapt=args.adapt)
+    model = create_model(model_sources(args), args.opts, image_size=args.image_size, num_classes=args.num_classes)
+    load_weights(model, args.pretrained, what='pretrained', resize=args.adapt)
+    config = model.config
     prefix = export(model, config.DATA.IMAGE_SIZE, args.output)
     with open(os.path.join(args.output, 'config.yaml'), 'w', encoding='utf-8') as f:
         f.write(config.dump())

@@ -1,7 +1,7 @@
 """Count a model's parameters and FLOPs, as the papers' tables report them.
 
-    python tools/flops.py -cfg image_classification/PiT/configs/pit_s_224.yaml \\
-        [more.yaml ...] [-image_size 384] [-opts KEY VALUE ...] [--by-op]
+    python tools/flops.py -model pit_s_224 [more names ...] [-image_size 384] [-opts KEY VALUE ...] [--by-op]
+    python tools/flops.py -cfg image_classification/PiT/configs/pit_s_224.yaml [more.yaml ...] ...
 
 One multiply-accumulate (MAC) is one FLOP, as in the DeiT, PiT, timm and
 fvcore tables.  Counted: every product of one forward pass on a 1 x 3 x S x S
@@ -56,6 +56,11 @@ import engine  # noqa: E402,F401  (sets the environment before paddle is importe
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 from paddle.static import InputSpec  # noqa: E402
+
+try:
+    from .model_args import add_model_arguments, create_model, model_sources  # imported as tools.flops
+except ImportError:
+    from model_args import add_model_arguments, create_model, model_sources   # run as a script
 
 __all__ = ['count_flops', 'count_params', 'flops_by_op', 'op_costs', 'trace_program']
 
@@ -237,19 +242,15 @@ def count_params(model):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-cfg', nargs='+', required=True, help='YAML config(s) of any family')
+    add_model_arguments(parser, several=True, cfg_help='YAML config(s) of any family')
     parser.add_argument('-image_size', type=int, default=None,
                         help='input side S (default: DATA.IMAGE_SIZE of the config)')
-    parser.add_argument('-opts', nargs='+', default=None, help='config overrides: KEY VALUE ...')
     parser.add_argument('--by-op', action='store_true', help='also print the MACs of each op type')
     args = parser.parse_args(argv)
 
-    from engine.families import build_from_config
-    opts = list(args.opts or [])
-    if args.image_size is not None:
-        opts = ['DATA.IMAGE_SIZE', str(args.image_size)] + opts
-    for cfg_file in args.cfg:
-        config, model = build_from_config(cfg_file, opts)
+    for source in model_sources(args):
+        model = create_model(source, args.opts, image_size=args.image_size)
+        config = model.config
         size = config.DATA.IMAGE_SIZE
         costs = op_costs(model, size)
         params = count_params(model)
@@ -257,7 +258,7 @@ def main(argv=None):
         layers = sum(_by_op(costs, layers_only=True).values())
         constant = sum(macs for _, macs, kind in costs if kind == 'constant')
         print(f'{config.MODEL.NAME}  image {size}  params {params:,} ({params / 1e6:.1f}M)  '
-              f'FLOPs {flops / 1e9:.2f}G  layers-only {layers / 1e9:.2f}G  [{cfg_file}]')
+              f'FLOPs {flops / 1e9:.2f}G  layers-only {layers / 1e9:.2f}G  [{source}]')
         if constant:
             print(f'    not counted: {constant / 1e9:.3f}G of products that do not depend on the image '
                   '(computed from weights alone)')

@@ -1,16 +1,20 @@
 """Generate Token Labeling label maps: the top-k logits of a classifier at every position of its grid.
 
-    python tools/generate_label.py -cfg image_classification/RegNet/configs/regnety_160.yaml \\
+    python tools/generate_label.py -model regnety_160 \\
         -pretrained regnety_160.pdparams -data_path /dataset/imagenet -output /dataset/imagenet_token_labels \\
         [-list train_list.txt] [-topk 5] [-batch_size 32] [-skip_existing] \\
         [-opts DATA.IMAGE_SIZE 576 DATA.CROP_PCT 1.0]
 
 As the seed's `generate_label.py` (NFNet-F6 at 576, crop_pct 1.0): every image of
-the list goes through the config's evaluation transform (short side resized to
-IMAGE_SIZE / CROP_PCT, centre crop IMAGE_SIZE), the model's classifier is applied
-at every position of its last feature grid, and the top-k logits and their
-classes are written to `<output>/<list path without extension>.npz` with the
-region of the image the grid covers (engine/token_labeling.py reads them).
+the list goes through the config's evaluation transform, `paddlevit.create_transform(model)`
+(short side resized to IMAGE_SIZE / CROP_PCT, centre crop IMAGE_SIZE), the model's
+classifier is applied at every position of its last feature grid, and the top-k
+logits and their classes are written to `<output>/<list path without extension>.npz`
+with the region of the image the grid covers (engine/token_labeling/ reads them).
+The label model is `paddlevit.create_model` of `-model` (a name of
+`paddlevit.list_models()`) or `-cfg` (a YAML file of any family), with
+`-pretrained` loaded strictly: a head of another class count is an error, since
+a random head would make random labels.
 
 Which models qualify (`dense_logits`):
   - models with `forward_dense(x) -> (class logits, token logits [B, N, C])`, N a
@@ -36,10 +40,16 @@ import engine  # noqa: E402,F401  (sets the environment before paddle)
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
+import paddlevit  # noqa: E402
 from engine.data.dataset import ImageListDataset  # noqa: E402
 from engine.data.decode import DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
-from engine.data.transforms import EvalTransform, eval_resize_shape, eval_resize_size  # noqa: E402
+from engine.data.transforms import eval_resize_shape, eval_resize_size  # noqa: E402
 from engine.token_labeling import label_map_path, save_label_map  # noqa: E402
+
+try:
+    from .model_args import add_model_arguments, create_model, model_sources  # imported as tools.generate_label
+except ImportError:
+    from model_args import add_model_arguments, create_model, model_sources   # run as a script
 
 __all__ = ['dense_logits', 'LabelSourceDataset', 'eval_region', 'generate_label_maps', 'main']
 
@@ -72,8 +82,11 @@ def dense_logits(model, images):
                     f'[B, C, H, W] forward_features(x) with a Linear head.fc / head / fc (see tools/generate_label.py)')
 
 
-def eval_region(width, height, image_size, crop_pct):
-    """(top, left, height, width) fractions of a width x height image that the eval crop covers."""
+def eval_region(width, height, image_size, crop_pct, resize='shorter'):
+    """(top, left, height, width) fractions of a width x height image that the eval crop covers
+    (all of it when DATA.EVAL_RESIZE is 'squash', which resizes without cropping)."""
+    if resize == 'squash':
+        return (0.0, 0.0, 1.0, 1.0)
     new_h, new_w = eval_resize_shape(height, width, eval_resize_size(image_size, crop_pct))
     top, left = int(round((new_h - image_size) / 2.0)), int(round((new_w - image_size) / 2.0))
     return (top / new_h, left / new_w, image_size / new_h, image_size / new_w)
@@ -116,7 +129,7 @@ class _Batches(paddle.io.BatchSampler):
 
 @paddle.no_grad()
 def generate_label_maps(model, dataset, out_dir, image_size, crop_pct, topk=5, batch_size=32, num_workers=0,
-                        skip_existing=False, log=print, report_freq=50):
+                        skip_existing=False, log=print, report_freq=50, resize='shorter'):
     """Write one label map per image of `dataset` (a LabelSourceDataset) under `out_dir`.
 
     Returns (images written, top-1 % of the pooled dense logits against the list labels).
@@ -137,7 +150,7 @@ def generate_label_maps(model, dataset, out_dir, image_size, crop_pct, topk=5, b
         classes = classes.transpose([0, 3, 1, 2]).numpy()
         pooled = logits.mean(axis=[1, 2]).argmax(axis=-1).numpy()
         for b, i in enumerate(index.numpy().tolist()):
-            region = eval_region(int(widths[b]), int(heights[b]), image_size, crop_pct)
+            region = eval_region(int(widths[b]), int(heights[b]), image_size, crop_pct, resize)
             save_label_map(label_map_path(out_dir, dataset.rel_path(i)), values[b], classes[b], region)
             correct += int(pooled[b] == dataset.images.labels[i])
         written += len(pooled)
@@ -150,7 +163,7 @@ def generate_label_maps(model, dataset, out_dir, image_size, crop_pct, topk=5, b
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-cfg', required=True, help='YAML config of the label model (any family)')
+    add_model_arguments(parser, cfg_help='YAML config of the label model (any family)')
     parser.add_argument('-pretrained', required=True, help='.pdparams of the label model')
     parser.add_argument('-data_path', required=True, help='folder holding the list file')
     parser.add_argument('-output', required=True, help='folder for the label maps (TRAIN.TOKEN_LABEL.DATA_DIR)')
@@ -159,18 +172,12 @@ def main(argv=None):
     parser.add_argument('-batch_size', type=int, default=32)
     parser.add_argument('-num_workers', type=int, default=None, help='default: DATA.NUM_WORKERS')
     parser.add_argument('-skip_existing', action='store_true', help='keep label maps already written')
-    parser.add_argument('-opts', nargs='+', default=None, help='config overrides: KEY VALUE ...')
     args = parser.parse_args(argv)
 
-    from engine.checkpoint import load_pretrained
-    from engine.families import family_for_config
-    family = family_for_config(args.cfg)
-    config = family.get_config(args.cfg, opts=args.opts)
     paddle.set_device('gpu' if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() else 'cpu')
-    model = family.build_model(config)
-    load_pretrained(model, args.pretrained, drop_mismatched_head=False)   # a random head would make random labels
-    data = config.DATA
-    transform = EvalTransform(data.IMAGE_SIZE, data.CROP_PCT, data.MEAN, data.STD, data.INTERPOLATION)
+    model = create_model(model_sources(args), args.opts, pretrained=args.pretrained)
+    config, data = model.config, model.config.DATA
+    transform = paddlevit.create_transform(model)
     dataset = LabelSourceDataset(args.data_path, os.path.join(args.data_path, args.list or data.TRAIN_LIST),
                                  config.MODEL.NUM_CLASSES, transform, data.SKIP_BAD_IMAGES,
                                  max_image_pixels=data.MAX_IMAGE_PIXELS)
@@ -179,7 +186,7 @@ def main(argv=None):
     written, top1 = generate_label_maps(
         model, dataset, args.output, data.IMAGE_SIZE, data.CROP_PCT, topk=args.topk, batch_size=args.batch_size,
         num_workers=data.NUM_WORKERS if args.num_workers is None else args.num_workers,
-        skip_existing=args.skip_existing)
+        skip_existing=args.skip_existing, resize=data.EVAL_RESIZE)
     print(f'done: {written} label maps written, pooled top-1 {top1:.2f}%')
     return 0
 

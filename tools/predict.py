@@ -1,13 +1,15 @@
 """Classify images with a model exported by `tools/export_model.py`, through Paddle Inference.
 
     python tools/predict.py --model_dir ./inference/pit_s_224 cat.jpg dog.png ... \\
-        [-cfg image_classification/PiT/configs/pit_s_224.yaml] [--labels names.txt] [--topk 5]
+        [-model pit_s_224 | -cfg my_pit_s_224.yaml] [-opts KEY VALUE ...] [--labels names.txt] [--topk 5]
 
 Each image is preprocessed exactly as the config's evaluation does it
-(`engine.data`'s eval transform: resize the short side to
-IMAGE_SIZE / CROP_PCT with DATA.INTERPOLATION, centre-crop IMAGE_SIZE,
-normalise with DATA.MEAN / DATA.STD).  The config defaults to the
-`config.yaml` the export wrote next to the model.  For each image the top-k
+(`paddlevit.create_transform` of the config's `data_config`, the engine's eval
+transform: resize the short side to IMAGE_SIZE / CROP_PCT with
+DATA.INTERPOLATION, centre-crop IMAGE_SIZE, normalise with DATA.MEAN / DATA.STD).
+The config defaults to the `config.yaml` the export wrote next to the model;
+`-model` (a name of `paddlevit.list_models()`) or `-cfg` (a YAML file) names
+another, resolved by `paddlevit.model_config`.  For each image the top-k
 classes are printed, one per line: rank, class index, softmax probability and,
 with `--labels` (a text file with one class name per line, line i = class i),
 the name.
@@ -33,30 +35,36 @@ import engine  # noqa: E402,F401  (sets the environment before paddle is importe
 import numpy as np  # noqa: E402
 from paddle import inference  # noqa: E402
 
-from engine.data import DecodeError, build_transform, decode_image, describe_eval_transform  # noqa: E402
-from engine.families import family_for_config  # noqa: E402
+import paddlevit  # noqa: E402
+from engine.data import DecodeError, decode_image, describe_eval_transform  # noqa: E402
 from engine.runtime import cpu_threads  # noqa: E402
+
+try:
+    from .model_args import add_model_arguments, model_config, model_sources  # imported as tools.predict
+except ImportError:
+    from model_args import add_model_arguments, model_config, model_sources   # run as a script
 
 __all__ = ['Classifier', 'InferenceModel', 'create_predictor', 'load_config', 'read_labels', 'run', 'softmax', 'topk']
 
 MODEL_NAME = 'inference'
 
 
-def load_config(model_dir, cfg_file=None):
-    """The config of the exported model: `cfg_file`, else `model_dir/config.yaml`.
+def load_config(model_dir, source=None, opts=None):
+    """The config of the exported model: `source` (a model name or a YAML file), else
+    `model_dir/config.yaml`, with the `-opts` overrides `opts`.
 
-    A `cfg_file` whose DATA.IMAGE_SIZE differs from the one exported is refused:
+    A config whose DATA.IMAGE_SIZE differs from the one exported is refused:
     the graph only accepts its own input size.
     """
     exported = os.path.join(model_dir, 'config.yaml')
-    path = cfg_file or exported
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} not found: pass -cfg, the YAML the model was exported with')
-    config = family_for_config(path).get_config(path)
-    if cfg_file and os.path.isfile(exported):
-        size = family_for_config(exported).get_config(exported).DATA.IMAGE_SIZE
+    path = source or exported
+    if path.endswith(('.yaml', '.yml')) and not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} not found: pass -model or -cfg, the model it was exported from')
+    config = model_config(path, opts)
+    if (source or opts) and os.path.isfile(exported):
+        size = paddlevit.model_config(exported).DATA.IMAGE_SIZE
         if size != config.DATA.IMAGE_SIZE:
-            raise ValueError(f'{cfg_file} has DATA.IMAGE_SIZE {config.DATA.IMAGE_SIZE}, but the model in '
+            raise ValueError(f'{path} has DATA.IMAGE_SIZE {config.DATA.IMAGE_SIZE}, but the model in '
                              f'{model_dir} was exported for {size}')
     return config
 
@@ -181,7 +189,7 @@ class Classifier(InferenceModel):
     def __init__(self, model_dir, config, device='cpu', threads=None, onednn=True, log=print):
         super().__init__(model_dir, device, threads, onednn, log)
         self.config = config
-        self.transform = build_transform(config, 'val')
+        self.transform = paddlevit.create_transform(paddlevit.data_config(config))
 
     def preprocess(self, paths):
         """[N, 3, S, S] float32 batch of the image files, through the config's eval transform."""
@@ -238,7 +246,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('images', nargs='+', help='image files')
     parser.add_argument('--model_dir', required=True, help='folder written by tools/export_model.py')
-    parser.add_argument('-cfg', default=None, help='YAML config (default: MODEL_DIR/config.yaml)')
+    add_model_arguments(parser, required=False, cfg_help='YAML config (default: MODEL_DIR/config.yaml)')
     parser.add_argument('--labels', default=None, help='class names, one per line')
     parser.add_argument('--topk', type=int, default=5)
     parser.add_argument('--batch_size', type=int, default=16)
@@ -247,7 +255,7 @@ def main(argv=None):
     parser.add_argument('--no-onednn', action='store_true', help='CPU: plain kernels instead of oneDNN')
     args = parser.parse_args(argv)
 
-    config = load_config(args.model_dir, args.cfg)
+    config = load_config(args.model_dir, model_sources(args), args.opts)
     classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=not args.no_onednn)
     print(f'preprocessing: {describe_eval_transform(config)}')
     labels = read_labels(args.labels, config.MODEL.NUM_CLASSES) if args.labels else None

@@ -29,7 +29,9 @@ through which EMA and similar code change weights in place); after changing
 weights any other way while in eval mode, call `reset_position_attention()`.
 Under `paddle.jit.to_static` nothing is cached (Phi_p is part of the graph).
 
-Parameter names follow the official ones where they are clear; the renames
+The stem, the CPEs and the stage-change shortcuts keep PyTorch's default init
+(`engine.layers.torch_default_init`), as the official model leaves them; Paddle's
+own defaults differ.  Parameter names follow the official ones where they are clear; the renames
 (`conv_layers` -> `stem`, `attn.activation` -> `attn.ppe`, `attn.to_qkv` ->
 `attn.qkv`, `conv` -> `cpe`) are listed in `port_weights/pervit.py`.
 """
@@ -45,7 +47,7 @@ from engine import features as feat
 from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_bias_last_axis, conv_tokens,
-                           gemm_bias_wanted, linear, trunc_normal_, zeros_)
+                           gemm_bias_wanted, linear, torch_default_init, trunc_normal_, zeros_)
 
 __all__ = ['PerViT', 'build_pervit', 'peripheral_distances']
 
@@ -54,20 +56,6 @@ LAYER_NORM_EPS = 1e-6          # the official pervit_* builders: partial(nn.Laye
 # peripheral initialisation of each block's last GroupNorm, first block -> last block
 PERIPHERAL_BIAS = (-5.0, 4.0)      # where the sigmoid sits: small = local, large = global
 PERIPHERAL_WEIGHT = (3.0, 0.01)    # how sharply it changes with distance
-
-
-def _torch_default_init(layer):
-    """PyTorch's default Linear / Conv2d init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
-
-    The official model leaves its stem, CPE and stage-change shortcut at these
-    defaults; Paddle's own defaults differ, so they are set explicitly.
-    """
-    w = layer.weight
-    fan_in = w.shape[0] if isinstance(layer, nn.Linear) else int(np.prod(w.shape[1:]))
-    bound = 1.0 / math.sqrt(fan_in)
-    nn.initializer.Uniform(-bound, bound)(w)
-    if layer.bias is not None:
-        nn.initializer.Uniform(-bound, bound)(layer.bias)
 
 
 def _grid_coords(side, pad):
@@ -97,7 +85,7 @@ class ConvBNReLU(nn.Layer):
         self.conv = Conv2D(in_chans, out_chans, 3, stride=stride, padding=1)
         self.bn = nn.BatchNorm2D(out_chans)
         self.act = nn.ReLU()
-        _torch_default_init(self.conv)
+        torch_default_init(self.conv)
 
     def forward(self, x):
         return self.act(self.bn(self.conv(x)))
@@ -111,7 +99,7 @@ class ConvStem(nn.Layer):
         chans = [in_chans] + list(dims)
         self.convs = nn.Sequential(*[ConvBNReLU(chans[i], chans[i + 1], stride=2) for i in range(len(dims))])
         self.proj = Conv2D(dims[-1], dims[-1], 1)
-        _torch_default_init(self.proj)
+        torch_default_init(self.proj)
 
     def forward(self, x):
         x = self.proj(self.convs(x))
@@ -240,7 +228,7 @@ class CPE(nn.Layer):
     def __init__(self, dim):
         super().__init__()
         self.proj = Conv2D(dim, dim, 3, padding=1, groups=dim)
-        _torch_default_init(self.proj)
+        torch_default_init(self.proj)
 
     def forward(self, x, grid):
         return conv_tokens(self.proj, x, grid)
@@ -262,7 +250,7 @@ class Block(nn.Layer):
             if layer.bias is not None:
                 zeros_(layer.bias)
         if next_dim != dim:
-            _torch_default_init(self.res_path)
+            torch_default_init(self.res_path)
 
     def forward(self, x, grid, position_attn, return_attention=False):
         a = self.attn(self.norm1(self.cpe(x, grid)), position_attn, return_attention)
@@ -275,7 +263,7 @@ class Block(nn.Layer):
 class PerViT(GradCheckpointing, nn.Layer):
     CLASSIFIER = ('head',)
 
-    def __init__(self, image_size=224, in_chans=3, num_classes=1000, embed_dims=(128, 192, 224, 280),
+    def __init__(self, img_size=224, in_chans=3, num_classes=1000, embed_dims=(128, 192, 224, 280),
                  stem_dims=(48, 64, 96, 128), num_heads=4, depths=STAGE_DEPTHS, mlp_ratio=4.,
                  drop_rate=0., drop_path_rate=0.):
         super().__init__()
@@ -284,8 +272,8 @@ class PerViT(GradCheckpointing, nn.Layer):
         if stem_dims[-1] != embed_dims[0]:
             raise ValueError(f'PerViT: the stem ends with {stem_dims[-1]} channels, '
                              f'the first stage needs {embed_dims[0]}')
-        self.image_size = image_size
-        self.grid_side = math.ceil(image_size / 16)   # four stride-2 convs with padding 1
+        self.img_size = img_size
+        self.grid_side = math.ceil(img_size / 16)   # four stride-2 convs with padding 1
         self.num_heads = num_heads
         self.pad = 2                      # two valid 3x3 convs in the PPE eat 2 tokens per side
         dims = [d for d, n in zip(embed_dims, depths) for _ in range(n)]
@@ -326,7 +314,7 @@ class PerViT(GradCheckpointing, nn.Layer):
         if grid[0] != grid[1] or grid[0] < 2:
             raise ValueError(f'PerViT needs a square token grid of at least 2 x 2 (its peripheral '
                              f'position encoding is defined on one); the input gives a {grid[0]} x '
-                             f'{grid[1]} grid (model built for {self.image_size} x {self.image_size} '
+                             f'{grid[1]} grid (model built for {self.img_size} x {self.img_size} '
                              f'images, a {self.grid_side} x {self.grid_side} grid)')
         return grid[0]
 
@@ -455,7 +443,7 @@ def build_pervit(config):
     if config.MODEL.ATTENTION_DROPOUT:
         raise ValueError('PerViT has no attention dropout (the official MPA ignores attn_drop); '
                          'set MODEL.ATTENTION_DROPOUT to 0')
-    return PerViT(image_size=config.DATA.IMAGE_SIZE,
+    return PerViT(img_size=config.DATA.IMAGE_SIZE,
                   in_chans=config.DATA.IMAGE_CHANNELS,
                   num_classes=config.MODEL.NUM_CLASSES,
                   embed_dims=tuple(config.MODEL.EMBED_DIMS),

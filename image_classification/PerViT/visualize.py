@@ -217,22 +217,6 @@ def visualize(model, config, out_dir, image=None, query=None):
     return paths
 
 
-def _load_weights(model, path):
-    """Load a .pdparams exactly: every key present with its shape, nothing extra."""
-    from engine.weights_io import load_state_dict
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'weights file not found: {path}')
-    state = load_state_dict(path)   # restricted reader: a hostile file cannot run code
-    ours = model.state_dict()
-    missing = sorted(set(ours) - set(state))
-    extra = sorted(set(state) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(state) if list(ours[k].shape) != list(state[k].shape))
-    if missing or extra or wrong:
-        raise ValueError(f'{path} does not fit {type(model).__name__}: missing {missing[:10]}, '
-                         f'unexpected {extra[:10]}, shape mismatch {wrong[:10]}')
-    model.set_state_dict(state)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description='Save PerViT attention pictures under <output>/vis/.')
     parser.add_argument('-cfg', required=True, help='YAML config of the variant')
@@ -249,7 +233,8 @@ def main(argv=None):
     config = family.get_config(args.cfg, opts=args.opts)
     model = family.build_model(config)
     if args.pretrained:
-        _load_weights(model, args.pretrained)
+        from engine.weights import load_weights
+        load_weights(model, args.pretrained, what='pretrained')   # strict: every key, its shape
     else:
         print('no -pretrained: showing the initial (peripheral-initialised) weights')
     for path in visualize(model, config, os.path.join(args.output, 'vis'), args.image, args.query):

@@ -19,12 +19,14 @@ tuple (class logits, distillation logits); in eval mode their mean.
 The architecture and parameter names follow naver-ai/pit `pit.py`
 (`PoolingTransformer`, `DistilledPoolingTransformer`), so the official
 checkpoints map one to one (see `port_weights/pit.py`).  Numerics match it:
-timm `Block`s with qkv bias and LayerNorm eps 1e-6, the position embedding
-added to the patch map before any token is prepended, drop-path rate
+timm `Block`s (here the engine's, `engine.blocks`) with qkv bias and LayerNorm
+eps 1e-6, the position embedding added to the patch map before any token is
+prepended, drop-path rate
 `DROPPATH * i / total_blocks` for block i.  The official code initialises only
 pos_embed / cls_token (truncated normal, std .02) and the LayerNorms; every
 Linear and Conv keeps PyTorch's default init, which is reproduced here.
 """
+import functools
 import math
 
 import numpy as np
@@ -33,9 +35,9 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import features as feat
+from engine.blocks import Block, init_weights
 from engine.recompute import GradCheckpointing, run_block
-from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
-                           ones_, torch_default_init, trunc_normal_, zeros_)
+from engine.layers import Conv2D, LayerNorm, Linear, add_position_embedding, trunc_normal_
 
 __all__ = ['PoolingTransformer', 'build_pit', 'patch_grid']
 
@@ -47,50 +49,15 @@ def patch_grid(image_size, patch_size, stride):
     return math.floor((image_size - patch_size) / stride + 1)
 
 
-class Attention(nn.Layer):
-    """Multi-head self-attention with a fused qkv projection (timm's `Attention`, qkv_bias=True)."""
-
-    def __init__(self, dim, num_heads, attn_drop=0., proj_drop=0.):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.attn_drop = nn.Dropout(attn_drop)      # the explicit path's probabilities pass through it
-        self.qkv = Linear(dim, dim * 3)
-        self.proj = Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x):
-        b, n, c = x.shape
-        # qkv features are laid out [3, heads, head_dim], as in timm
-        qkv = self.qkv(x).reshape([b, n, 3, self.num_heads, self.head_dim])
-        x = multi_head_attention(qkv, self.attn_drop, self.training)
-        return self.proj_drop(self.proj(x.reshape([b, n, c])))
-
-
-class Block(nn.Layer):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
-
-    def __init__(self, dim, num_heads, mlp_ratio, drop=0., attn_drop=0., drop_path=0.):
-        super().__init__()
-        self.norm1 = LayerNorm(dim, epsilon=LN_EPS)
-        self.attn = Attention(dim, num_heads, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = LayerNorm(dim, epsilon=LN_EPS)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-
-    def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class Transformer(nn.Layer):
     """One PiT stage: the map's tokens and the class token(s) go through `depth` blocks."""
 
-    def __init__(self, dim, depth, num_heads, mlp_ratio, drop=0., attn_drop=0., drop_path=()):
+    def __init__(self, dim, depth, num_heads, mlp_ratio, norm_layer, drop=0., attn_drop=0., drop_path=()):
         super().__init__()
         self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
         self.blocks = nn.LayerList([
-            Block(dim, num_heads, mlp_ratio, drop, attn_drop, drop_path[i]) for i in range(depth)])
+            Block(dim, num_heads, mlp_ratio, proj_drop=drop, attn_drop=attn_drop, drop_path=drop_path[i],
+                  norm_layer=norm_layer) for i in range(depth)])
 
     def forward(self, x, cls_tokens):
         b, c, h, w = x.shape
@@ -132,21 +99,22 @@ class PoolingTransformer(GradCheckpointing, nn.Layer):
 
     CLASSIFIER = ('head', 'head_dist')
 
-    def __init__(self, image_size=224, patch_size=16, stride=8, base_dims=(48, 48, 48), depth=(2, 6, 4),
-                 heads=(3, 6, 12), mlp_ratio=4.0, num_classes=1000, in_channels=3, distilled=False,
-                 drop_rate=0., attn_drop_rate=0., drop_path_rate=0.):
+    def __init__(self, img_size=224, patch_size=16, stride=8, base_dims=(48, 48, 48), depth=(2, 6, 4),
+                 num_heads=(3, 6, 12), mlp_ratio=4.0, num_classes=1000, in_chans=3, distilled=False,
+                 drop_rate=0., attn_drop_rate=0., drop_path_rate=0.,
+                 norm_layer=functools.partial(LayerNorm, epsilon=LN_EPS)):
         super().__init__()
-        if not (len(base_dims) == len(depth) == len(heads)):
-            raise ValueError(f'BASE_DIMS {base_dims}, DEPTH {depth} and NUM_HEADS {heads} '
+        if not (len(base_dims) == len(depth) == len(num_heads)):
+            raise ValueError(f'BASE_DIMS {base_dims}, DEPTH {depth} and NUM_HEADS {num_heads} '
                              f'must have one entry per stage')
         self.num_classes = num_classes
         self.distilled = distilled
         self.num_tokens = 2 if distilled else 1
-        dims = [b * h for b, h in zip(base_dims, heads)]
+        dims = [b * h for b, h in zip(base_dims, num_heads)]
         self.embed_dim = dims[-1]
-        self.grid = patch_grid(image_size, patch_size, stride)
+        self.grid = patch_grid(img_size, patch_size, stride)
 
-        self.patch_embed = ConvEmbedding(in_channels, dims[0], patch_size, stride)
+        self.patch_embed = ConvEmbedding(in_chans, dims[0], patch_size, stride)
         self.pos_embed = self.create_parameter([1, dims[0], self.grid, self.grid], default_initializer=trunc_normal_)
         self.cls_token = self.create_parameter([1, self.num_tokens, dims[0]], default_initializer=trunc_normal_)
         self.pos_drop = nn.Dropout(drop_rate)
@@ -157,7 +125,7 @@ class PoolingTransformer(GradCheckpointing, nn.Layer):
         self.pools = nn.LayerList()
         start = 0
         for s in range(len(depth)):
-            self.transformers.append(Transformer(dims[s], depth[s], heads[s], mlp_ratio, drop_rate,
+            self.transformers.append(Transformer(dims[s], depth[s], num_heads[s], mlp_ratio, norm_layer, drop_rate,
                                                  attn_drop_rate, rates[start:start + depth[s]]))
             start += depth[s]
             if s < len(depth) - 1:
@@ -167,19 +135,11 @@ class PoolingTransformer(GradCheckpointing, nn.Layer):
         self.feature_info = [dict(module=f'transformers.{s}', num_chs=dims[s], reduction=stride * 2 ** s)
                              for s in range(len(depth))]
 
-        self.norm = LayerNorm(self.embed_dim, epsilon=LN_EPS)
+        self.norm = norm_layer(self.embed_dim)
         self.head = Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if distilled:
             self.head_dist = Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(layer):
-        if isinstance(layer, nn.LayerNorm):
-            ones_(layer.weight)
-            zeros_(layer.bias)
-        else:
-            torch_default_init(layer)
+        self.apply(functools.partial(init_weights, linear='torch_default'))
 
     def no_weight_decay(self):
         return {'pos_embed', 'cls_token'}
@@ -275,15 +235,15 @@ def build_pit(config):
     """PiT (or distilled PiT, when MODEL.DISTILLED) from a config."""
     m = config.MODEL
     return PoolingTransformer(
-        image_size=config.DATA.IMAGE_SIZE,
+        img_size=config.DATA.IMAGE_SIZE,
         patch_size=m.PATCH_SIZE,
         stride=m.STRIDE,
         base_dims=list(m.BASE_DIMS),
         depth=list(m.DEPTH),
-        heads=list(m.NUM_HEADS),
+        num_heads=list(m.NUM_HEADS),
         mlp_ratio=m.MLP_RATIO,
         num_classes=m.NUM_CLASSES,
-        in_channels=config.DATA.IMAGE_CHANNELS,
+        in_chans=config.DATA.IMAGE_CHANNELS,
         distilled=m.DISTILLED,
         drop_rate=m.DROPOUT,
         attn_drop_rate=m.ATTENTION_DROPOUT,

@@ -32,6 +32,7 @@ path that never turns on SP attention: the released SP-ViT-L has plain
 attention in every block and differs from LV-ViT-L only by the class token
 joining at block 22.  `sp_attention=False` reproduces that (configs/spvit_l_*).
 """
+import functools
 import math
 
 import numpy as np
@@ -40,22 +41,14 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import features as feat
+from engine.blocks import Attention, Block, init_weights
 from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
-from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, conv_tokens,
-                           multi_head_attention, ones_, resize_pos_embed, trunc_normal_, zeros_)
+from engine.layers import (Conv2D, LayerNorm, Linear, add_position_embedding, conv_tokens, ones_, resize_pos_embed,
+                           torch_default_init, trunc_normal_, zeros_)
 from engine.token_labeling import DenseOutput, MixToken
 
 __all__ = ['SPViT', 'build_spvit']
-
-
-def _torch_conv_init(conv):
-    """PyTorch's default Conv2d init (kaiming-uniform, a=sqrt(5)): U(+-1/sqrt(fan_in))."""
-    fan_in = conv.weight.shape[1] * conv.weight.shape[2] * conv.weight.shape[3]
-    bound = 1.0 / math.sqrt(fan_in)
-    nn.initializer.Uniform(-bound, bound)(conv.weight)
-    if conv.bias is not None:
-        nn.initializer.Uniform(-bound, bound)(conv.bias)
 
 
 class ConvPatchEmbed(nn.Layer):
@@ -74,34 +67,13 @@ class ConvPatchEmbed(nn.Layer):
         self.bn3 = nn.BatchNorm2D(stem_dim, momentum=0.9, epsilon=1e-5)
         self.proj = Conv2D(stem_dim, embed_dim, patch_size // 2, stride=patch_size // 2)
         for conv in (self.conv1, self.conv2, self.conv3, self.proj):
-            _torch_conv_init(conv)
+            torch_default_init(conv)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.bn3(self.conv3(x)))
         return self.proj(x)   # [B, C, H/patch, W/patch]
-
-
-class Attention(nn.Layer):
-    """Plain multi-head self-attention, fused q/k/v projection (no bias by default)."""
-
-    def __init__(self, dim, num_heads, qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0.):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        if qk_scale is not None and qk_scale != self.head_dim ** -0.5:
-            raise ValueError('qk_scale other than head_dim ** -0.5 is not supported')
-        self.attn_drop = nn.Dropout(attn_drop)      # the explicit path's probabilities pass through it
-        self.qkv = Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
-        self.proj = Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x, grid=None):
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim])
-        x = multi_head_attention(qkv, self.attn_drop, self.training)
-        return self.proj_drop(self.proj(x.reshape([B, N, C])))
 
 
 def relative_offsets(grid):
@@ -129,7 +101,10 @@ class SpatialPriorAttention(nn.Layer):
     a function of the offset alone, so here it is evaluated once per distinct
     offset ((2H-1)(2W-1) of them, 729 instead of 38,416 at 14x14) and gathered:
     the same numbers at a fraction of the cost.  The parameters do not depend on
-    the image size; at 384 the prior is simply evaluated on the 24x24 grid.
+    the image size: the prior is evaluated on whatever grid the input has (24x24
+    at 384, 32x32 for a 512 segmentation crop, 21x32 for a 336x512 image), never
+    as an N x N x dim tensor.  The offsets of the grid the model was built for are
+    buffers (exported with it); those of other grids are made once per grid.
     """
 
     def __init__(self, dim, num_heads, grid, qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0.):
@@ -150,24 +125,40 @@ class SpatialPriorAttention(nn.Layer):
         table, index = relative_offsets(self.grid)
         self.register_buffer('offset_table', paddle.to_tensor(table), persistable=False)
         self.register_buffer('offset_index', paddle.to_tensor(index), persistable=False)
+        self._other_grids = {}   # grid -> (table, index) of grids met at run time
+        self.input_grid = self.grid   # the grid of the tokens of the next call (PosConvBlock sets it)
 
-    def spatial_prior(self):
-        """[heads, N, N]: the multiplicative prior for query i, key j of the patch grid."""
-        table = self.offset_table.astype(self.w1.weight.dtype)      # float16 weights under AMP O2
+    def _offsets(self, grid):
+        if grid == self.grid:
+            return self.offset_table, self.offset_index
+        if grid not in self._other_grids:
+            table, index = relative_offsets(grid)
+            self._other_grids[grid] = (paddle.to_tensor(table), paddle.to_tensor(index))
+        return self._other_grids[grid]
+
+    def spatial_prior(self, grid=None):
+        """[heads, N, N]: the multiplicative prior for query i, key j of the patch grid
+        (`grid` (H, W), default the one the layer was built for)."""
+        grid = tuple(grid or self.grid)
+        table, index = self._offsets(grid)
+        table = table.astype(self.w1.weight.dtype)      # float16 weights under AMP O2
         feats = F.relu(self.w1(table)).reshape([-1, self.num_heads, self.head_dim])
         prior = (feats * self.w2.reshape([self.num_heads, self.head_dim])).sum(-1) + self.b2  # [T, heads]
-        n = self.grid[0] * self.grid[1]
-        return paddle.gather(prior, self.offset_index).transpose([1, 0]).reshape([self.num_heads, n, n])
+        n = grid[0] * grid[1]
+        return paddle.gather(prior, index).transpose([1, 0]).reshape([self.num_heads, n, n])
 
-    def forward(self, x, grid):
-        if tuple(grid) != self.grid:
-            raise ValueError(f'spatial-prior attention built for a {self.grid} grid, got {tuple(grid)}')
+    def forward(self, x):
+        """`x` [B, N, C]: the tokens of the grid `self.input_grid` (set by `PosConvBlock.forward`;
+        the built grid when the layer is called on its own)."""
         B, N, C = x.shape
+        grid = self.input_grid
+        if N != grid[0] * grid[1]:
+            raise ValueError(f'spatial-prior attention on a {grid} grid of tokens got {N} tokens')
         qk = self.qk(x).reshape([B, N, 2, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
         q, k = qk[0], qk[1]                                                   # [B, heads, N, d]
         v = self.v(x).reshape([B, N, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
         score = paddle.matmul(q, k, transpose_y=True) * self.scale
-        attn = F.softmax(score * self.spatial_prior(), axis=-1)
+        attn = F.softmax(score * self.spatial_prior(grid), axis=-1)
         x = paddle.matmul(self.attn_drop(attn), v)                           # [B, heads, N, d]
         x = x.transpose([0, 2, 1, 3]).reshape([B, N, C])
         return self.proj_drop(self.proj(x))
@@ -180,7 +171,7 @@ class PosConv(nn.Layer):
     def __init__(self, dim):
         super().__init__()
         self.proj = Conv2D(dim, dim, 3, stride=1, padding=1, groups=dim)
-        _torch_conv_init(self.proj)
+        torch_default_init(self.proj)
 
     def forward(self, x, grid, has_cls):
         cls, tokens = (x[:, :1], x[:, 1:]) if has_cls else (None, x)
@@ -188,29 +179,22 @@ class PosConv(nn.Layer):
         return paddle.concat([cls, tokens], axis=1) if has_cls else tokens
 
 
-class Block(nn.Layer):
-    """Pre-norm transformer block with 1/skip_lam-scaled residual branches, then PosConv."""
+class PosConvBlock(Block):
+    """LV-ViT's block: the engine's pre-norm block (residual branches divided by `skip_lam`),
+    with spatial-prior attention when `spatial_prior`, then PosConv on the patch tokens."""
 
     def __init__(self, dim, num_heads, grid, mlp_ratio=3., qkv_bias=False, qk_scale=None, drop=0., attn_drop=0.,
-                 drop_path=0., skip_lam=1., spatial_prior=False):
-        super().__init__()
-        self.skip_lam = skip_lam
-        self.norm1 = LayerNorm(dim, epsilon=1e-5)
-        if spatial_prior:
-            self.attn = SpatialPriorAttention(dim, num_heads, grid, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                                              attn_drop=attn_drop, proj_drop=drop)
-        else:
-            self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop,
-                                  proj_drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = LayerNorm(dim, epsilon=1e-5)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+                 drop_path=0., skip_lam=1., spatial_prior=False, norm_layer=LayerNorm):
+        attn_layer = functools.partial(SpatialPriorAttention, grid=grid, qk_scale=qk_scale) if spatial_prior \
+            else Attention
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop, attn_drop=attn_drop,
+                         drop_path=drop_path, norm_layer=norm_layer, attn_layer=attn_layer, skip_lam=skip_lam)
         self.pos_block = PosConv(dim)
 
     def forward(self, x, grid, has_cls):
-        x = x + self.drop_path(self.attn(self.norm1(x), grid)) / self.skip_lam
-        x = x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
-        return self.pos_block(x, grid, has_cls)
+        if isinstance(self.attn, SpatialPriorAttention):
+            self.attn.input_grid = tuple(grid)   # the engine's Block calls attn(x) alone
+        return self.pos_block(super().forward(x), grid, has_cls)
 
 
 class SPViT(GradCheckpointing, nn.Layer):
@@ -231,9 +215,11 @@ class SPViT(GradCheckpointing, nn.Layer):
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=384, depth=16,
                  num_heads=6, mlp_ratio=3., qkv_bias=False, qk_scale=None, drop_rate=0., attn_drop_rate=0.,
-                 drop_path_rate=0., stem_dim=64, skip_lam=2., local_up_to_layer=0, sp_attention=True,
-                 dense_training=True, mix_token=True, mix_token_beta=1.0):
+                 drop_path_rate=0., norm_layer=LayerNorm, stem_dim=64, skip_lam=2., local_up_to_layer=0,
+                 sp_attention=True, dense_training=True, mix_token=True, mix_token_beta=1.0):
         super().__init__()
+        if qk_scale is not None and qk_scale != (embed_dim // num_heads) ** -0.5:
+            raise ValueError('qk_scale other than head_dim ** -0.5 is not supported')
         if not 0 <= local_up_to_layer < depth:
             raise ValueError(f'local_up_to_layer must be in [0, depth={depth}), got {local_up_to_layer}')
         if img_size % patch_size:
@@ -256,27 +242,18 @@ class SPViT(GradCheckpointing, nn.Layer):
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = np.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.LayerList([
-            Block(embed_dim, num_heads, self.grid, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate,
-                  dpr[i], skip_lam, spatial_prior=sp_attention and i < local_up_to_layer)
+            PosConvBlock(embed_dim, num_heads, self.grid, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate,
+                         dpr[i], skip_lam, spatial_prior=sp_attention and i < local_up_to_layer,
+                         norm_layer=norm_layer)
             for i in range(depth)])
         # every block's output is a feature (timm's per-block semantics); the stem's
         # 7x7 conv has stride 2 and the projection patch/2, so the grid is at stride `patch_size`
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=patch_size)
                              for i in range(depth)]
-        self.norm = LayerNorm(embed_dim, epsilon=1e-5)
+        self.norm = norm_layer(embed_dim)
         self.head = Linear(embed_dim, num_classes)
         self.aux_head = Linear(embed_dim, num_classes)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(layer):
-        if isinstance(layer, nn.Linear):
-            trunc_normal_(layer.weight)
-            if layer.bias is not None:
-                zeros_(layer.bias)
-        elif isinstance(layer, nn.LayerNorm):
-            ones_(layer.weight)
-            zeros_(layer.bias)
+        self.apply(init_weights)          # trunc-normal Linear, unit LayerNorm; convs keep their init above
 
     def no_weight_decay(self):
         return {'pos_embed', 'cls_token'}
@@ -305,6 +282,17 @@ class SPViT(GradCheckpointing, nn.Layer):
         """All output tokens [B, 1 + N, C], class token first (no MixToken)."""
         return self.forward_tokens(self.patch_embed(x).flatten(2).transpose([0, 2, 1]))
 
+    def pos_embed_for(self, grid):
+        """The position embedding on a patch grid (H, W): the parameter itself on the built grid,
+        else its grid part interpolated bicubically on every call (the class token's entry, when
+        there is one, kept), as the official segmentation backbone does for any input size."""
+        if tuple(grid) == self.grid:
+            return self.pos_embed
+        prefix = 1 if self.local_up_to_layer == 0 else 0
+        patches = feat.tokens_to_map(self.pos_embed[:, prefix:], *self.grid)
+        patches = F.interpolate(patches, size=list(grid), mode='bicubic', align_corners=False)
+        return paddle.concat([self.pos_embed[:, :prefix], patches.flatten(2).transpose([0, 2, 1])], axis=1)
+
     def forward_intermediates(self, x, indices=None, norm=False, output_fmt='NCHW', intermediates_only=False,
                               return_prefix_tokens=False):
         """Block outputs as patch-grid maps, for dense heads (see `engine/features.py`).
@@ -312,31 +300,31 @@ class SPViT(GradCheckpointing, nn.Layer):
         `norm` passes each chosen output through the final LayerNorm first.  The
         class token, once it has joined (block `local_up_to_layer` on), is dropped
         from the maps and, with `return_prefix_tokens`, returned beside each as
-        [B, 1, C] ([B, 0, C] before it joins).  No MixToken.  The grid, the
-        position embedding and the spatial priors are built for one image size,
-        so only that size is accepted.  Returns the list when
+        [B, 1, C] ([B, 0, C] before it joins).  No MixToken.  Any image size is
+        accepted (segmentation crops, scales, non-square images): the position
+        embedding is interpolated to the input's grid (`pos_embed_for`) and the
+        spatial priors are evaluated on it.  Returns the list when
         `intermediates_only`, else (forward_features(x), list).
         """
         feat.check_output_format(output_fmt)
         chosen = feat.feature_indices(len(self.blocks), indices)
-        image_hw = x.shape[2:]
         x = self.patch_embed(x)
-        feat.check_grid('SP-ViT', x.shape[2:], self.grid, image_hw)
+        grid = tuple(x.shape[2:])
         x = x.flatten(2).transpose([0, 2, 1])
         cls = self.cls_token.expand([x.shape[0], -1, -1])
         if self.local_up_to_layer == 0:
             x = paddle.concat([cls, x], axis=1)
-        x = self.pos_drop(add_position_embedding(x, self.pos_embed))
+        x = self.pos_drop(add_position_embedding(x, self.pos_embed_for(grid)))
         last = chosen[-1] if intermediates_only else len(self.blocks) - 1
         maps, prefixes = [], []
         for i in range(last + 1):
             if i == self.local_up_to_layer and i > 0:
                 x = paddle.concat([cls, x], axis=1)
-            x = self.blocks[i](x, self.grid, has_cls=i >= self.local_up_to_layer)
+            x = run_block(self, self.blocks[i], x, grid=grid, has_cls=i >= self.local_up_to_layer)
             if i in chosen:
                 y = self.norm(x) if norm else x
                 num_prefix = 1 if i >= self.local_up_to_layer else 0
-                maps.append(feat.format_map(feat.tokens_to_map(y[:, num_prefix:], *self.grid), output_fmt))
+                maps.append(feat.format_map(feat.tokens_to_map(y[:, num_prefix:], *grid), output_fmt))
                 prefixes.append(y[:, :num_prefix])
         out = feat.pack(maps, prefixes, return_prefix_tokens)
         if intermediates_only:

@@ -34,8 +34,9 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import features as feat
+from engine.blocks import init_weights
 from engine.recompute import GradCheckpointing, run_block
-from engine.layers import Conv2D, DropPath, GELU, LayerNorm, Linear, conv_tokens, init_vit_weights, zeros_
+from engine.layers import Conv2D, DropPath, GELU, LayerNorm, Linear, conv_tokens, zeros_
 
 __all__ = ['VicinityVisionTransformer', 'build_vvt', 'vicinity_phases', 'vicinity_attention']
 
@@ -181,19 +182,19 @@ class VicinityVisionTransformer(GradCheckpointing, nn.Layer):
 
     CLASSIFIER = ('head',)
 
-    def __init__(self, in_channels=3, num_classes=1000, embed_dims=(96, 160, 320, 512),
+    def __init__(self, in_chans=3, num_classes=1000, embed_dims=(96, 160, 320, 512),
                  num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), depths=(2, 2, 2, 2),
-                 fr_ratios=(2, 2, 2, 2), se_ratio=1, dropout=0., droppath=0.):
+                 fr_ratios=(2, 2, 2, 2), se_ratio=1, drop_rate=0., drop_path_rate=0.):
         super().__init__()
-        drop_paths = np.linspace(0, droppath, sum(depths)).tolist()   # linear stochastic-depth rule
+        drop_paths = np.linspace(0, drop_path_rate, sum(depths)).tolist()   # linear stochastic-depth rule
         self.stages = nn.LayerList()
         start = 0
         for i, depth in enumerate(depths):
             self.stages.append(Stage(
-                in_channels if i == 0 else embed_dims[i - 1], embed_dims[i], depth, num_heads[i],
+                in_chans if i == 0 else embed_dims[i - 1], embed_dims[i], depth, num_heads[i],
                 mlp_ratios[i], fr_ratios[i], se_ratio,
                 patch_size=7 if i == 0 else 3, stride=4 if i == 0 else 2,
-                drop=dropout, drop_paths=drop_paths[start:start + depth]))
+                drop=drop_rate, drop_paths=drop_paths[start:start + depth]))
             start += depth
         # one feature per stage (its normed output): patch-embedding strides 4, 2, 2, 2
         self.feature_info = [dict(module=f'stages.{i}', num_chs=embed_dims[i], reduction=4 * 2 ** i)
@@ -203,7 +204,7 @@ class VicinityVisionTransformer(GradCheckpointing, nn.Layer):
 
     @staticmethod
     def _init_weights(layer):
-        init_vit_weights(layer)                 # trunc-normal Linear, unit LayerNorm
+        init_weights(layer)                     # trunc-normal Linear, unit LayerNorm
         if isinstance(layer, nn.Conv2D):        # official: N(0, sqrt(2 / fan_out))
             out_channels, _, kh, kw = layer.weight.shape
             fan_out = kh * kw * out_channels // layer._groups
@@ -277,7 +278,7 @@ def build_vvt(config):
     """The VVT variant described by `config.MODEL`."""
     m = config.MODEL
     return VicinityVisionTransformer(
-        in_channels=config.DATA.IMAGE_CHANNELS,
+        in_chans=config.DATA.IMAGE_CHANNELS,
         num_classes=m.NUM_CLASSES,
         embed_dims=m.EMBED_DIMS,
         num_heads=m.NUM_HEADS,
@@ -285,5 +286,5 @@ def build_vvt(config):
         depths=m.DEPTHS,
         fr_ratios=m.FR_RATIOS,
         se_ratio=m.SE_RATIO,
-        dropout=m.DROPOUT,
-        droppath=m.DROPPATH)
+        drop_rate=m.DROPOUT,
+        drop_path_rate=m.DROPPATH)

@@ -15,9 +15,11 @@ none in value:
   checkpoints, which ViT-pytorch ignores, is built when MODEL.REPRESENTATION_SIZE
   is set.
 
-Attention probabilities are not kept during a normal forward; `forward_attention`
+The blocks are `engine.blocks.Block` (shared with PiT and SP-ViT).  Attention
+probabilities are not kept during a normal forward; `forward_attention`
 recomputes them explicitly (softmax(q k^T / sqrt(d))) for visualisation.
 """
+import functools
 import math
 
 import numpy as np
@@ -26,24 +28,15 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import features as feat
+from engine.blocks import Block, init_weights, kept_attention
 from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
-from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_position_embedding, multi_head_attention,
-                           to_2tuple, torch_default_init)
+from engine.layers import Conv2D, LayerNorm, Linear, add_position_embedding, to_2tuple
 
 __all__ = ['VisionTransformer', 'ResNetV2', 'build_vit', 'zoom_linear']
 
 
 # ---------------------------------------------------------------- initialisation
-def _init_official(layer):
-    """ViT-pytorch's initialisation, applied with `model.apply` (MLPs are re-done after)."""
-    if isinstance(layer, (nn.Linear, nn.Conv2D)):
-        torch_default_init(layer)
-    elif isinstance(layer, (nn.LayerNorm, nn.GroupNorm)):
-        nn.initializer.Constant(1.)(layer.weight)
-        nn.initializer.Constant(0.)(layer.bias)
-
-
 def _init_mlp(mlp):
     """ViT-pytorch's `Mlp._init_weights`: Xavier-uniform weights, N(0, 1e-6) biases."""
     for fc in (mlp.fc1, mlp.fc2):
@@ -104,12 +97,12 @@ class ResNetV2(nn.Layer):
     stages 2 and 3 with stride 2): total stride 16, 1024 * width_factor channels.
     Sub-layer names follow ViT-pytorch (`root.conv`, `body.block1.unit1.gn1`, ...)."""
 
-    def __init__(self, layers=(3, 4, 9), width_factor=1):
+    def __init__(self, layers=(3, 4, 9), width_factor=1, in_chans=3):
         super().__init__()
         width = int(64 * width_factor)
         self.out_channels = width * 16
         self.root = nn.Sequential(
-            ('conv', StdConv2D(3, width, 7, stride=2, padding=3, bias_attr=False)),
+            ('conv', StdConv2D(in_chans, width, 7, stride=2, padding=3, bias_attr=False)),
             ('gn', nn.GroupNorm(32, width, epsilon=1e-6)),
             ('relu', nn.ReLU()),
             ('pool', nn.MaxPool2D(kernel_size=3, stride=2, padding=0)))
@@ -132,20 +125,20 @@ class PatchEmbed(nn.Layer):
     """Image -> [B, N, C] patch tokens: a patch_size-strided conv, after the ResNet
     stem for the hybrid (whose stride 16 leaves a patch_size // 16 conv)."""
 
-    def __init__(self, image_size, patch_size, embed_dim, resnet_layers=(), resnet_width=1):
+    def __init__(self, img_size, patch_size, embed_dim, resnet_layers=(), resnet_width=1, in_chans=3):
         super().__init__()
-        image_size, patch_size = to_2tuple(image_size), to_2tuple(patch_size)
-        self.grid_size = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
+        img_size, patch_size = to_2tuple(img_size), to_2tuple(patch_size)
+        self.grid_size = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         if resnet_layers:
             if patch_size[0] % 16 or patch_size[1] % 16:
                 raise ValueError(f'hybrid ViT: MODEL.PATCH_SIZE {patch_size} must be a multiple of '
                                  f'the ResNet stride 16')
-            self.backbone = ResNetV2(resnet_layers, resnet_width)
+            self.backbone = ResNetV2(resnet_layers, resnet_width, in_chans)
             in_channels, kernel = self.backbone.out_channels, (patch_size[0] // 16, patch_size[1] // 16)
         else:
             self.backbone = None
-            in_channels, kernel = 3, patch_size
+            in_channels, kernel = in_chans, patch_size
         self.proj = Conv2D(in_channels, embed_dim, kernel, stride=kernel)
 
     def forward(self, x):
@@ -155,58 +148,6 @@ class PatchEmbed(nn.Layer):
         return x.flatten(2).transpose([0, 2, 1])          # [B, h*w, C]
 
 
-class Attention(nn.Layer):
-    """Multi-head self-attention with one fused qkv projection.
-
-    Normally runs Paddle's fused scaled-dot-product kernel and keeps nothing.  With
-    `keep_attention = True` it computes softmax(q k^T / sqrt(d)) explicitly and
-    stores it in `self.attention` ([B, heads, N, N]); the output is the same.
-    """
-
-    def __init__(self, dim, num_heads, attn_drop=0., proj_drop=0.):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'embed dim {dim} is not divisible by {num_heads} heads')
-        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.qkv = Linear(dim, dim * 3)
-        self.attn_drop = nn.Dropout(attn_drop)      # the explicit path's probabilities pass through it
-        self.proj = Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.keep_attention = False
-        self.attention = None
-
-    def forward(self, x):
-        qkv = self.qkv(x).reshape([0, 0, 3, self.num_heads, self.head_dim])
-        if self.keep_attention:
-            q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(axis=0)       # each [B, heads, N, d]
-            attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
-            self.attention = attn
-            attn = self.attn_drop(attn)
-            x = paddle.matmul(attn, v).transpose([0, 2, 1, 3])
-        else:
-            x = multi_head_attention(qkv, self.attn_drop, self.training)
-        x = x.reshape([0, 0, self.dim])
-        return self.proj_drop(self.proj(x))
-
-
-class Block(nn.Layer):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
-
-    def __init__(self, dim, num_heads, mlp_dim, drop=0., attn_drop=0., drop_path=0.):
-        super().__init__()
-        self.norm1 = LayerNorm(dim, epsilon=1e-6)
-        # ViT-pytorch applies attention_dropout_rate after the output projection too
-        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=attn_drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = LayerNorm(dim, epsilon=1e-6)
-        self.mlp = Mlp(dim, mlp_dim, drop=drop)
-
-    def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class VisionTransformer(GradCheckpointing, nn.Layer):
     """ViT: patch (or ResNet-feature) tokens, a class token, learned position
     embeddings, `depth` pre-norm blocks, a final LayerNorm and a linear head on the
@@ -214,26 +155,28 @@ class VisionTransformer(GradCheckpointing, nn.Layer):
 
     CLASSIFIER = ('head',)
 
-    def __init__(self, image_size=224, patch_size=16, num_classes=1000, embed_dim=768, depth=12,
-                 num_heads=12, mlp_dim=3072, representation_size=0, dropout=0.,
-                 attention_dropout=0., droppath=0., resnet_layers=(), resnet_width=1,
-                 pos_embed_resize='zoom_linear', zero_head=False):
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
+                 num_heads=12, mlp_dim=3072, representation_size=0, drop_rate=0., attn_drop_rate=0.,
+                 drop_path_rate=0., norm_layer=functools.partial(LayerNorm, epsilon=1e-6), resnet_layers=(),
+                 resnet_width=1, pos_embed_resize='zoom_linear', zero_head=False):
         super().__init__()
         if pos_embed_resize not in ('zoom_linear', 'bicubic'):
             raise ValueError(f'pos_embed_resize {pos_embed_resize!r}: expected zoom_linear or bicubic')
         self.num_classes = num_classes
         self.pos_embed_resize = pos_embed_resize
         self.grad_checkpointing = False     # engine.recompute: TRAIN.RECOMPUTE
-        self.patch_embed = PatchEmbed(image_size, patch_size, embed_dim, resnet_layers, resnet_width)
+        self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim, resnet_layers, resnet_width, in_chans)
         self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=nn.initializer.Constant(0.))
         self.pos_embed = self.create_parameter([1, self.patch_embed.num_patches + 1, embed_dim],
                                                default_initializer=nn.initializer.Constant(0.))
-        self.pos_drop = nn.Dropout(dropout)
-        rates = np.linspace(0, droppath, depth) if depth > 1 else [droppath]
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = np.linspace(0, drop_path_rate, depth) if depth > 1 else [drop_path_rate]
+        # ViT-pytorch applies the attention dropout rate after the attention's output projection too
         self.blocks = nn.LayerList([
-            Block(embed_dim, num_heads, mlp_dim, drop=dropout, attn_drop=attention_dropout,
-                  drop_path=float(rates[i])) for i in range(depth)])
-        self.norm = LayerNorm(embed_dim, epsilon=1e-6)
+            Block(embed_dim, num_heads, mlp_hidden_dim=mlp_dim, proj_drop=drop_rate, attn_drop=attn_drop_rate,
+                  attn_proj_drop=attn_drop_rate, drop_path=float(rates[i]), norm_layer=norm_layer)
+            for i in range(depth)])
+        self.norm = norm_layer(embed_dim)
         self.pre_logits = Linear(embed_dim, representation_size) if representation_size else None
         self.head = Linear(representation_size or embed_dim, num_classes)
         # every block's output is a feature (timm's per-block semantics), at the patch stride
@@ -241,7 +184,7 @@ class VisionTransformer(GradCheckpointing, nn.Layer):
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction)
                              for i in range(depth)]
 
-        self.apply(_init_official)
+        self.apply(functools.partial(init_weights, linear='torch_default'))   # MLPs re-done below
         for block in self.blocks:
             _init_mlp(block.mlp)
         if zero_head:
@@ -259,7 +202,7 @@ class VisionTransformer(GradCheckpointing, nn.Layer):
         return layer_id_of_blocks(name, len(self.blocks), ('patch_embed', 'cls_token', 'pos_embed'))
 
     def forward_features(self, x):
-        """[B, 3, H, W] -> the class token's final feature [B, C] (before pre_logits)."""
+        """[B, in_chans, H, W] -> the class token's final feature [B, C] (before pre_logits)."""
         x = self.patch_embed(x)
         cls = self.cls_token.expand([x.shape[0], -1, -1])
         x = self.pos_drop(add_position_embedding(paddle.concat([cls, x], axis=1), self.pos_embed))
@@ -316,16 +259,9 @@ class VisionTransformer(GradCheckpointing, nn.Layer):
         The probabilities are recomputed explicitly for this call only; the logits
         equal `forward(x)`'s.
         """
-        attns = [block.attn for block in self.blocks]
-        for attn in attns:
-            attn.keep_attention = True
-        try:
+        with kept_attention(self) as attns:
             logits = self.forward(x)
-            maps = [attn.attention for attn in attns]
-        finally:
-            for attn in attns:
-                attn.keep_attention, attn.attention = False, None
-        return logits, maps
+            return logits, [attn.attention for attn in attns]
 
     def adapt_state_dict(self, state):
         """Fit an image-size-dependent `state` to this model, in place; one message per change.
@@ -402,9 +338,9 @@ def build_vit(config):
     """A VisionTransformer from a ViT config (see config.py for the keys)."""
     m = config.MODEL
     return VisionTransformer(
-        image_size=config.DATA.IMAGE_SIZE, patch_size=m.PATCH_SIZE, num_classes=m.NUM_CLASSES,
-        embed_dim=m.EMBED_DIM, depth=m.DEPTH, num_heads=m.NUM_HEADS, mlp_dim=m.MLP_DIM,
-        representation_size=m.REPRESENTATION_SIZE, dropout=m.DROPOUT,
-        attention_dropout=m.ATTENTION_DROPOUT, droppath=m.DROPPATH,
+        img_size=config.DATA.IMAGE_SIZE, patch_size=m.PATCH_SIZE, in_chans=config.DATA.IMAGE_CHANNELS,
+        num_classes=m.NUM_CLASSES, embed_dim=m.EMBED_DIM, depth=m.DEPTH, num_heads=m.NUM_HEADS,
+        mlp_dim=m.MLP_DIM, representation_size=m.REPRESENTATION_SIZE, drop_rate=m.DROPOUT,
+        attn_drop_rate=m.ATTENTION_DROPOUT, drop_path_rate=m.DROPPATH,
         resnet_layers=tuple(m.RESNET_LAYERS), resnet_width=m.RESNET_WIDTH,
         pos_embed_resize=m.POS_EMBED_RESIZE, zero_head=m.ZERO_HEAD)

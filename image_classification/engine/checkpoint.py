@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, bounded retention, exact resume, strict loading of weights.
+"""Checkpoints: atomic writes, bounded retention, exact resume.
 
 Layout in the output folder (PaddleViT's names, so `-resume` and
 `-pretrained` take the same paths as there):
@@ -6,6 +6,7 @@ Layout in the output folder (PaddleViT's names, so `-resume` and
     <NAME>-Epoch-<e>.pdparams      model weights
     <NAME>-Epoch-<e>-EMA.pdparams  EMA weights (when TRAIN.MODEL_EMA)
     <NAME>-Epoch-<e>.pdopt         optimizer + schedule + loss scaler + epoch + EMA update count
+    (`<NAME>-Iter-<i>.*` instead for iteration-based runs: CheckpointManager(unit='Iter'))
     <NAME>-Best.pdparams           best validation top-1 so far (+ -Best-EMA)
     latest.txt                     prefix of the newest complete checkpoint
 
@@ -45,15 +46,8 @@ import numpy as np
 import paddle
 
 from .errors import UserError
-from .weights_io import load_paddle, load_state_dict
-
-
-class KeyMismatchError(UserError, ValueError):
-    """Keys or shapes of a state dict do not line up with the model; the message lists them."""
-
-
-class NonFiniteWeightsError(UserError, ValueError):
-    """A weights file holds NaN or infinite values; the message names the keys."""
+from .weights import KeyMismatchError, describe_keys, describe_non_finite, load_weights, non_finite_keys
+from .weights_io import load_paddle
 
 
 class NonFiniteCheckpointError(UserError, FloatingPointError):
@@ -70,135 +64,6 @@ class OutputFolderInUseError(UserError):
 
 class CheckpointNotFoundError(UserError, FileNotFoundError):
     """`-resume` names no complete checkpoint, or one lacks a file the run needs."""
-
-
-def _limited(keys, limit=40):
-    keys = sorted(keys)
-    text = ', '.join(keys[:limit])
-    return text + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
-
-
-def check_state(expected_shapes, state, source='checkpoint', ignore=()):
-    """Raise KeyMismatchError unless `state` has exactly the keys and shapes expected.
-
-    `expected_shapes`: `{name: shape}` of the model; `ignore`: names allowed to
-    be absent from `state` (a classifier head dropped on purpose).
-    """
-    missing = [k for k in expected_shapes if k not in state and k not in ignore]
-    unexpected = [k for k in state if k not in expected_shapes]
-    wrong = [f'{k}: {tuple(np.shape(state[k]))} in {source}, {tuple(expected_shapes[k])} in model'
-             for k in expected_shapes
-             if k in state and tuple(np.shape(state[k])) != tuple(expected_shapes[k])]
-    problems = []
-    if missing:
-        problems.append(f'{len(missing)} missing key(s): {_limited(missing)}')
-    if unexpected:
-        problems.append(f'{len(unexpected)} unexpected key(s): {_limited(unexpected)}')
-    if wrong:
-        problems.append(f'{len(wrong)} shape mismatch(es): {_limited(wrong, 20)}')
-    if problems:
-        raise KeyMismatchError(
-            f'{source} does not fit the model: ' + '; '.join(problems) +
-            '. Is it a checkpoint of this architecture and variant (MODEL.NAME, image size, classes)?')
-
-
-def model_shapes(model):
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def non_finite_keys(state):
-    """`{key: count of NaN/inf values}` of a state dict (numpy arrays or Paddle tensors).
-
-    Integer entries cannot hold NaN and are skipped.  Paddle tensors are
-    checked where they live (one small read-back per tensor), so a GPU model
-    is not copied to the host for it.
-    """
-    bad = {}
-    for key, value in state.items():
-        if isinstance(value, paddle.Tensor):
-            if not paddle.is_floating_point(value):
-                continue
-            count = int((~paddle.isfinite(value)).astype('int64').sum().item())
-        else:
-            value = np.asarray(value)
-            if not np.issubdtype(value.dtype, np.floating):
-                continue
-            count = int(value.size - np.count_nonzero(np.isfinite(value)))
-        if count:
-            bad[key] = count
-    return bad
-
-
-def _describe_non_finite(bad, limit=10):
-    keys = sorted(bad)
-    text = ', '.join(f'{k} ({bad[k]} value{"s" if bad[k] > 1 else ""})' for k in keys[:limit])
-    return text + (f', ... ({len(keys) - limit} more tensors)' if len(keys) > limit else '')
-
-
-def check_finite_weights(state, source):
-    """Raise NonFiniteWeightsError naming the keys of `state` that hold NaN or inf."""
-    bad = non_finite_keys(state)
-    if bad:
-        raise NonFiniteWeightsError(
-            f'{source}: {len(bad)} tensor(s) hold NaN or infinite values: {_describe_non_finite(bad)}. '
-            f'These weights are broken (saved from a diverged run, or a damaged file) and would only '
-            f'produce NaN outputs; use an earlier checkpoint.')
-
-
-def _load_params(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'weights file not found: {path}')
-    return dict(load_state_dict(path))   # restricted reader: a hostile file cannot run code
-
-
-def _set_state_strict(model, state, source, ignore=()):
-    check_state(model_shapes(model), state, source=source, ignore=ignore)
-    full = dict(model.state_dict())   # keys in `ignore` keep the model's own values
-    full.update({k: paddle.to_tensor(v) for k, v in state.items()})
-    model.set_state_dict(full)
-
-
-def _is_classifier_key(model, key):
-    prefixes = getattr(model, 'CLASSIFIER', ('head',))
-    return any(key == p or key.startswith(p + '.') for p in prefixes)
-
-
-def load_pretrained(model, path, log=print, drop_mismatched_head=True):
-    """Load `.pdparams` weights, refusing anything that does not fit or is not finite.
-
-    Image-size-dependent tensors are resized by the model's `adapt_state_dict`
-    (logged).  For fine-tuning (`drop_mismatched_head=True`), classifier-head
-    parameters whose shape differs (another NUM_CLASSES) are dropped on purpose
-    and left freshly initialised (logged).  To evaluate or predict
-    (`drop_mismatched_head=False`, what `-eval` uses) a random head would turn
-    an error into a meaningless accuracy, so a head of another class count is
-    an error naming the key and both shapes.  Any other missing, unexpected or
-    mis-shaped key, and any NaN/inf in what is loaded, is an error too.
-    """
-    if not path.endswith('.pdparams'):
-        path += '.pdparams'
-    state = _load_params(path)
-    if hasattr(model, 'adapt_state_dict'):
-        for message in model.adapt_state_dict(state):
-            log(f'pretrained: {message}')
-    expected = model_shapes(model)
-    mismatched = [k for k in expected if _is_classifier_key(model, k) and k in state
-                  and tuple(state[k].shape) != expected[k]]
-    if mismatched and not drop_mismatched_head:
-        shapes = '; '.join(f'{k}: {tuple(state[k].shape)} in {path}, {expected[k]} in the model'
-                           for k in mismatched)
-        raise KeyMismatchError(
-            f'the classifier head of {path} does not fit the model ({shapes}): the weights were trained '
-            f'for another number of classes than MODEL.NUM_CLASSES. To evaluate them, set -num_classes '
-            f'to their class count (and use labels of that dataset); dropping the head is done only '
-            f'when fine-tuning, never for evaluation, where a random head would give a meaningless accuracy.')
-    for key in mismatched:
-        log(f'pretrained: dropped classifier {key} {tuple(state[key].shape)} '
-            f'(model has {expected[key]}): it starts from its initialisation')
-        del state[key]
-    check_finite_weights(state, path)
-    _set_state_strict(model, state, path, ignore=mismatched)
-    log(f'pretrained: loaded {len(state)} tensors from {path}')
 
 
 def _size(nbytes):
@@ -327,7 +192,7 @@ def retained_epochs(epochs, current, keep, save_freq):
             if e > current or e in newest or (save_freq > 0 and e % save_freq == 0)}
 
 
-_COMPLETE = re.compile(r'(?P<name>.+)-Epoch-(?P<epoch>\d+)\.pdopt')
+_COMPLETE = re.compile(r'(?P<name>.+)-(?P<unit>Epoch|Iter)-(?P<epoch>\d+)\.pdopt')
 
 
 def check_output_folder(output_dir, resume_prefix=None, overwrite=False):
@@ -350,7 +215,7 @@ def check_output_folder(output_dir, resume_prefix=None, overwrite=False):
     if found:
         started = (f'a run resumed from {resume_prefix}' if resume_prefix else 'a new run')
         raise OutputFolderInUseError(
-            f'-output {output_dir} holds the checkpoints of another run ({_limited(found, 6)}); '
+            f'-output {output_dir} holds the checkpoints of another run ({describe_keys(found, 6)}); '
             f'{started} would write over them. To continue that run, pass -resume {output_dir}; '
             f'to keep it, choose another -output; to start over in this folder, pass -overwrite '
             f'(config OVERWRITE True): nothing is deleted up front, the new checkpoints replace '
@@ -386,7 +251,7 @@ def _framework_optimizer_state(model, saved):
         else:
             out[key] = value
     if unknown:
-        raise KeyMismatchError(f'optimizer state names parameters the model lacks: {_limited(set(unknown))}')
+        raise KeyMismatchError(f'optimizer state names parameters the model lacks: {describe_keys(set(unknown))}')
     return out
 
 
@@ -400,7 +265,7 @@ class CheckpointManager:
     resumed from); error messages point to it.
     """
 
-    def __init__(self, output_dir, model_name, save_freq=10, keep=2, log=None):
+    def __init__(self, output_dir, model_name, save_freq=10, keep=2, log=None, unit='Epoch'):
         from .config import ConfigError
         for key, value, least in (('SAVE_FREQ', save_freq, 0), ('SAVE_KEEP', keep, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -412,6 +277,7 @@ class CheckpointManager:
         self.keep = keep
         self.log = log or (lambda message: None)
         self.last_good = None
+        self.unit = unit   # what the counter counts: 'Epoch', or 'Iter' for iteration-based runs
 
     def prefix(self, tag):
         return os.path.join(self.output_dir, f'{self.model_name}-{tag}')
@@ -440,7 +306,7 @@ class CheckpointManager:
                 bad = non_finite_keys(module.state_dict())
                 if bad:
                     raise self.diverged(epoch, f'the {label} hold NaN or infinite values in '
-                                               f'{_describe_non_finite(bad, limit=5)}')
+                                               f'{describe_non_finite(bad, limit=5)}')
 
     # ----- writing -----
 
@@ -472,7 +338,7 @@ class CheckpointManager:
         by default `optimizer`'s own.
         """
         self.check_finite(epoch, model, ema, val_loss)
-        prefix = self.prefix(f'Epoch-{epoch}')
+        prefix = self.prefix(f'{self.unit}-{epoch}')
         if optimizer_state is None:
             optimizer_state = _structured_optimizer_state(model, optimizer.state_dict())
         state = {
@@ -515,7 +381,7 @@ class CheckpointManager:
         found = {}
         for name in os.listdir(self.output_dir):
             match = _COMPLETE.fullmatch(name)
-            if match and match['name'] == self.model_name:
+            if match and match['name'] == self.model_name and match['unit'] == self.unit:
                 found[int(match['epoch'])] = os.path.join(self.output_dir, name[:-len('.pdopt')])
         return found
 
@@ -561,22 +427,18 @@ def resolve_resume(path):
 def resume(prefix, model, optimizer, scheduler, scaler=None, ema=None, load_optimizer=None):
     """Restore everything `CheckpointManager.save` wrote; returns (epoch, extra).
 
-    Weights holding NaN/inf are refused (NonFiniteWeightsError), as `-pretrained` does.
+    The model's and the EMA's weights load through `engine.weights.load_weights`, strictly
+    (no resize, no head dropped); weights holding NaN/inf are refused (NonFiniteWeightsError).
     `load_optimizer(state)`: takes the full optimizer state (structured names) instead
     of `optimizer.set_state_dict` (a stage-3 sharded run sets its slices after wrapping).
     """
-    params = _load_params(prefix + '.pdparams')
-    check_finite_weights(params, prefix + '.pdparams')
-    _set_state_strict(model, params, prefix + '.pdparams')
+    load_weights(model, prefix + '.pdparams', what='resume', log=None)
     if ema is not None:
         ema_path = prefix + '-EMA.pdparams'
         if not os.path.isfile(ema_path):
             raise CheckpointNotFoundError(f'TRAIN.MODEL_EMA is on but {ema_path} is missing: '
                                     f'resuming would restart the EMA from scratch')
-        ema_state = _load_params(ema_path)
-        check_finite_weights(ema_state, ema_path)
-        check_state(model_shapes(ema.module), ema_state, source=ema_path)
-        ema.set_state_dict({k: paddle.to_tensor(v) for k, v in ema_state.items()})
+        load_weights(ema.module, ema_path, what='resume EMA', log=None)
     state = load_paddle(prefix + '.pdopt', tensors=True)   # restricted reader, paddle.load's result
     if load_optimizer is not None:
         load_optimizer(state['optimizer'])

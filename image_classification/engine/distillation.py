@@ -37,10 +37,9 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .checkpoint import check_state
 from .config import ConfigError
 from .families import ROOT, build_from_config
-from .weights_io import load_state_dict
+from .weights import load_weights
 
 __all__ = ['DistillationLoss', 'build_teacher', 'soft_distillation_loss', 'hard_distillation_loss',
            'DISTILLATION_TYPES']
@@ -84,9 +83,7 @@ def build_teacher(config, log=print):
     cfg_file = _resolve_teacher_config(config.TRAIN.TEACHER_CONFIG)
     teacher_config, teacher = build_from_config(
         cfg_file, opts=['MODEL.NUM_CLASSES', str(config.MODEL.NUM_CLASSES)])
-    state = load_state_dict(weights)   # restricted reader: a hostile file cannot run code
-    check_state({k: tuple(v.shape) for k, v in teacher.state_dict().items()}, state, source=weights)
-    teacher.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+    load_weights(teacher, weights, what='teacher', log=None)   # exactly: no resize, no head dropped
     teacher.eval()
     for p in teacher.parameters():
         p.stop_gradient = True

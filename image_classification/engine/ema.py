@@ -49,6 +49,3 @@ class ModelEMA:
 
     def state_dict(self):
         return self.module.state_dict()
-
-    def set_state_dict(self, state):
-        self.module.set_state_dict(state)

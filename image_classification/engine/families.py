@@ -15,7 +15,6 @@ file path under unique names (`_family_<type>_<module>`) instead of through
 `sys.path`.
 """
 import fnmatch
-import importlib
 import importlib.util
 import os
 import sys
@@ -81,12 +80,6 @@ class Family:
         from .launcher import main
         return main(self.get_config, self.build_model, distributed=distributed, hooks=self.make_hooks(),
                     argv=argv)
-
-    def port_module(self):
-        """`port_weights.<porter>`, the official-key map of this family."""
-        if not self.porter:
-            raise ConfigError(f'MODEL.TYPE {self.name!r} has no weight-port key map in engine/families.py')
-        return importlib.import_module(f'port_weights.{self.porter}')
 
     def variants(self):
         """{model name: config file} from `configs/*.yaml`, sorted by name."""

@@ -23,7 +23,7 @@ import paddle
 from . import distributed as dist
 from . import runtime
 from . import sharding
-from .checkpoint import CheckpointManager, check_output_folder, load_pretrained, resolve_resume, resume
+from .checkpoint import CheckpointManager, check_output_folder, resolve_resume, resume
 from .config import ConfigError
 from .errors import USER_ERROR_EXIT_CODE, UserError, exit_on_user_error
 from .ema import ModelEMA
@@ -33,6 +33,7 @@ from .metrics_log import MetricsLog
 from .optim import build_optimizer, build_scheduler, scaled_lrs, total_epochs
 from .trainer import (NonFiniteLossError, NonFiniteOutputError, TrainState, describe_count, evaluate,
                       train_one_epoch)
+from .weights import load_weights
 
 
 
@@ -213,7 +214,8 @@ def run(config, build_model, hooks, args, distributed):
     logger.info(f'model {config.MODEL.NAME} ({config.MODEL.TYPE}): {params:,} trainable parameters')
     if config.MODEL.PRETRAINED:
         # -eval keeps the head: one of another class count is an error, not a random head
-        load_pretrained(model, config.MODEL.PRETRAINED, log=logger.info, drop_mismatched_head=not config.EVAL)
+        load_weights(model, config.MODEL.PRETRAINED, what='pretrained', resize=True, drop_head=not config.EVAL,
+                     log=logger.info)
 
     amp, use_scaler = _amp_settings(config, device.startswith('gpu'))
     val_dataset = hooks.build_dataset(config, 'val') or data.build_dataset(config, 'val', log=logger.info)

@@ -189,8 +189,8 @@ def torch_default_init(layer):
     weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform, a=sqrt(5))."""
     if isinstance(layer, nn.Linear):
         fan_in = layer.weight.shape[0]                        # Paddle Linear weight: [in, out]
-    elif isinstance(layer, nn.Conv2D):
-        fan_in = int(np.prod(layer.weight.shape[1:]))         # [out, in / groups, kh, kw]
+    elif isinstance(layer, (nn.Conv2D, nn.Conv2DTranspose)):
+        fan_in = int(np.prod(layer.weight.shape[1:]))         # [out, in / groups, kh, kw]; transposed [in, out / groups, ...]
     else:
         return
     bound = 1.0 / math.sqrt(fan_in)

@@ -141,7 +141,7 @@ def _codecs_encode(text, encoding='utf-8'):
 
 
 # How NumPy pickles arrays, dtypes and scalars (1.x writes numpy.core, 2.x numpy._core), and how
-# pickle protocol 2 writes bytes.  Shared with port_weights' reader of torch files.
+# pickle protocol 2 writes bytes.  Shared with the reader of torch files (`engine.torch_reader`).
 NUMPY_GLOBALS = {
     ('numpy', 'ndarray'): _NDARRAY,
     ('numpy', 'dtype'): _numpy_dtype,

@@ -11,9 +11,8 @@
 Modules: `dataset` (list parsing, ImageListDataset, errors), `image_folder`
 (torchvision's train/<class>/ val/<class>/ layout, read without lists), `decode` (bytes ->
 RGB array), `transforms` (train / eval pipelines), `autoaugment` (RandAugment,
-AutoAugment), `mixup`, `loader` (samplers, DataLoader), `baseline` (the
-PaddleViT-style PIL pipeline, for speed comparison and as the reference of the
-tests), `benchmark` (loader img/s).
+AutoAugment), `mixup`, `loader` (samplers, DataLoader).  The loader's speed benchmark and the
+PaddleViT-style PIL pipeline it compares against live in `tools/benchmarking/`.
 
 Importing this package sets OpenCV to one thread in this process (see
 `decode`): the loader workers are the parallelism, and an OpenCV thread pool
@@ -29,13 +28,12 @@ from .loader import EvalBatchSampler, SeededBatchSampler, build_dataloader, coll
 from .mixup import Mixup, build_mixup, smooth_one_hot
 from .transforms import (EvalTransform, TrainTransform, build_transform, describe_eval_transform,
                          eval_resize_size)
-from .benchmark import benchmark_baseline_loader, benchmark_loader
 from .image_folder import ImageFolderDataset, has_class_folders, scan_split, write_labels
 
 logger = logging.getLogger(__name__)
 
 __all__ = ['build_dataset', 'data_layout', 'build_dataloader', 'build_mixup', 'build_transform',
-           'describe_eval_transform', 'skipped_report', 'benchmark_loader', 'benchmark_baseline_loader',
+           'describe_eval_transform', 'skipped_report',
            'ImageListDataset', 'parse_list_file', 'decode_image', 'Mixup', 'smooth_one_hot',
            'TrainTransform', 'EvalTransform', 'eval_resize_size', 'SeededBatchSampler',
            'EvalBatchSampler', 'shared_memory_ok', 'DataError', 'ListFileError', 'MissingImageError',

@@ -24,7 +24,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-__all__ = ['Mixup', 'build_mixup', 'smooth_one_hot']
+__all__ = ['Mixup', 'build_mixup', 'smooth_one_hot', 'mix_with_flipped']
 
 
 def smooth_one_hot(labels, num_classes, smoothing=0.0):
@@ -32,6 +32,12 @@ def smooth_one_hot(labels, num_classes, smoothing=0.0):
     labels = labels.reshape([-1]).astype('int64')
     off = smoothing / num_classes
     return F.one_hot(labels, num_classes) * (1.0 - smoothing) + off
+
+
+def mix_with_flipped(x, lam):
+    """lam * x + (1 - lam) * x with its batch flipped (row i with row B-1-i): how images (Mixup)
+    and every kind of target are mixed.  lam is a float or a tensor broadcasting against x."""
+    return x * lam + x.flip(0) * (1.0 - lam)
 
 
 class Mixup:
@@ -98,11 +104,36 @@ class Mixup:
             lam = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
         return (y0, y1, x0, x1), lam
 
+    def draw_batch(self, height, width):
+        """The draw of 'batch' mode for a batch of height x width images: (lam, box).
+
+        box is CutMix's (y0, y1, x0, x1) in pixels, with lam corrected to its area, or None
+        (Mixup, or no mixing: lam 1.0).  Token labeling mixes its label maps with this same
+        draw, so both make the same random draws in the same order.
+        """
+        lam, use_cutmix = self.draw(1)
+        lam, use_cutmix = float(lam[0]), bool(use_cutmix[0])
+        if lam == 1.0 or not use_cutmix:
+            return lam, None
+        (y0, y1, x0, x1), lam = self.boxes(height, width, np.array([lam]))
+        return float(lam[0]), (int(y0[0]), int(y1[0]), int(x0[0]), int(x1[0]))
+
     # ------------------------------------------------------------------ tensor ops (device)
+    @staticmethod
+    def mix_images(images, lam, box):
+        """A batch [B, C, H, W] mixed by a `draw_batch` result: the box pasted from the flipped
+        batch (CutMix), or the flipped batch blended in by lam (Mixup)."""
+        if box is None:
+            return images if lam == 1.0 else mix_with_flipped(images, lam)
+        y0, y1, x0, x1 = box
+        mixed = images.clone()
+        if y1 > y0 and x1 > x0:
+            mixed[:, :, y0:y1, x0:x1] = images.flip(0)[:, :, y0:y1, x0:x1]
+        return mixed
+
     def targets(self, labels, lam):
         """Soft targets [B, num_classes]; lam is a float or a [B, 1] tensor."""
-        y = smooth_one_hot(labels, self.num_classes, self.smoothing)
-        return y * lam + y.flip(0) * (1.0 - lam)
+        return mix_with_flipped(smooth_one_hot(labels, self.num_classes, self.smoothing), lam)
 
     def __call__(self, images, labels):
         if self.mode == 'batch':
@@ -110,20 +141,8 @@ class Mixup:
         return self._mix_elementwise(images, labels)
 
     def _mix_batch(self, images, labels):
-        lam, use_cutmix = self.draw(1)
-        lam, use_cutmix = float(lam[0]), bool(use_cutmix[0])
-        if lam == 1.0:
-            return images, self.targets(labels, 1.0)
-        flipped = images.flip(0)
-        if use_cutmix:
-            (y0, y1, x0, x1), lam = self.boxes(images.shape[-2], images.shape[-1], np.array([lam]))
-            y0, y1, x0, x1, lam = int(y0[0]), int(y1[0]), int(x0[0]), int(x1[0]), float(lam[0])
-            mixed = images.clone()
-            if y1 > y0 and x1 > x0:
-                mixed[:, :, y0:y1, x0:x1] = flipped[:, :, y0:y1, x0:x1]
-        else:
-            mixed = images * lam + flipped * (1.0 - lam)
-        return mixed, self.targets(labels, lam)
+        lam, box = self.draw_batch(images.shape[-2], images.shape[-1])
+        return self.mix_images(images, lam, box), self.targets(labels, lam)
 
     def _mix_elementwise(self, images, labels):
         batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]

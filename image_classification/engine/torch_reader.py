@@ -1,4 +1,9 @@
-"""Read PyTorch, safetensors and NumPy checkpoints into `{name: np.ndarray}`, without torch.
+"""Read PyTorch `.pth` / `.pt` files into NumPy arrays and plain containers, without torch.
+
+It lives in the engine because both sides need it: the engine reads official
+TokenLabeling label maps (`.pt`) and weights files through `engine.weights`,
+and `port_weights` (which imports the engine, never the reverse) reads the
+official checkpoints it converts.
 
 A `.pth` is a pickle whose tensors point at raw storages stored beside it.  The
 unpickler here (the engine's `RestrictedUnpickler`, shared with the `.pdparams`
@@ -32,10 +37,9 @@ import zipfile
 
 import numpy as np
 
-from engine.weights_io import NUMPY_GLOBALS, RestrictedUnpickler, UnsafePickleError, WeightsFileError, \
-    load_state_dict as load_paddle_state_dict
+from .weights_io import NUMPY_GLOBALS, RestrictedUnpickler, UnsafePickleError, WeightsFileError
 
-__all__ = ['UnsafeCheckpointError', 'WeightsFileError', 'load_checkpoint', 'load_torch', 'unwrap_state_dict']
+__all__ = ['UnsafeCheckpointError', 'WeightsFileError', 'load_torch', 'unwrap_state_dict']
 
 
 class UnsafeCheckpointError(UnsafePickleError):
@@ -364,18 +368,3 @@ def unwrap_state_dict(obj, source='checkpoint'):
         state[name] = value
     return state
 
-
-def load_checkpoint(path):
-    """`{name: np.ndarray}` from a .pth/.pt/.bin, .safetensors, .npz or .pdparams file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
-    ext = os.path.splitext(path)[1].lower()
-    if ext == '.safetensors':
-        from safetensors.numpy import load_file
-        return collections.OrderedDict(load_file(path))
-    if ext == '.npz':
-        with np.load(path, allow_pickle=False) as data:
-            return collections.OrderedDict((k, data[k]) for k in data.files)
-    if ext == '.pdparams':
-        return load_paddle_state_dict(path)   # the engine's restricted reader of paddle.save files
-    return unwrap_state_dict(load_torch(path), source=path)

@@ -1,9 +1,9 @@
 """The pipeline as PaddleViT builds it: PIL decoding and PIL ops + paddle.vision.transforms.
 
-Two uses: the speed baseline of `benchmark_baseline_loader` (and
-`tools/benchmark.py --loader`), and the reference the tests compare the array
-operations of `autoaugment` / `transforms` / `decode` against.  Not used for
-training.
+Two uses: the speed baseline of `loader_speed.benchmark_baseline_loader`
+(`tools/benchmark.py --loader`), and the reference tests/test_data.py compares
+the array operations of `engine.data`'s `autoaugment` / `transforms` / `decode`
+against.  Not used for training, hence not part of the engine.
 """
 import os
 
@@ -11,8 +11,8 @@ import numpy as np
 import paddle
 from PIL import Image, ImageEnhance, ImageOps
 
-from . import autoaugment
-from .dataset import parse_list_file
+from engine.data import autoaugment
+from engine.data.dataset import parse_list_file
 
 __all__ = ['PIL_OPS', 'PilRandAugment', 'paddlevit_transform', 'PaddleViTListDataset']
 
