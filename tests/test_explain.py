@@ -8,7 +8,6 @@ plain Paddle ops whose attention matrices are explicit tensors (no hooks, no
 engine rule), with the rules again by autograd.
 """
 import os
-import sys
 
 import numpy as np
 import paddle
@@ -21,11 +20,9 @@ from engine import attention_dispatch as dispatch
 from engine.explain import ExplainError, aggregate, explain, lrp_rules as rules, supported_methods
 from engine.explain.capture import Recorder, attention_layer_names, recording
 from engine.families import build_from_config
-from test_api import paddlevit  # noqa: F401  (fixture: `import paddlevit` without an install)
 
-sys.path.insert(0, os.path.join(REPO, 'tools'))
-import make_explain_figures as figures  # noqa: E402
-from explain import main as tool_main  # noqa: E402
+from tools import make_explain_figures as figures
+from tools.explain import main as tool_main
 
 IC = os.path.join(REPO, 'image_classification')
 VIT_DEMO = os.path.join(IC, 'ViT', 'configs', 'vit_demo_digits_32.yaml')
@@ -319,7 +316,7 @@ def test_class_slot_embedding():
 
 # ----------------------------------------------------------------- every family
 @pytest.mark.parametrize('family', sorted(figures.TOYS))
-def test_every_family_runs_its_methods(paddlevit, family):
+def test_every_family_runs_its_methods(family):
     model = figures.build_toy(family)
     images, _, _ = figures.synthetic_images(np.random.default_rng(1), 1, size=model.config.DATA.IMAGE_SIZE,
                                             with_object=True)
@@ -335,7 +332,7 @@ def test_every_family_runs_its_methods(paddlevit, family):
             explain(model, x, 'lrp')
 
 
-def test_spvit_explains_the_eval_logit_or_the_class_head(paddlevit):
+def test_spvit_explains_the_eval_logit_or_the_class_head():
     model = figures.build_toy('SPViT')
     assert model.local_up_to_layer == 1 and len(attention_layer_names(model)) == 3
     model.aux_head.weight.set_value(model.aux_head.weight * 50)     # a token-label head that matters
@@ -347,7 +344,7 @@ def test_spvit_explains_the_eval_logit_or_the_class_head(paddlevit):
 
 
 @pytest.mark.slow
-def test_the_map_of_a_trained_toy_falls_on_the_object(paddlevit):
+def test_the_map_of_a_trained_toy_falls_on_the_object():
     """A 2-block ViT learns the colour of the one object in 150 batches; on 12 held-out
     pictures the class-specific maps put most of their mass on the object's tokens (about 11%
     of the tokens) and peak there (measured: gradient 0.63 and 12 of 12, lrp 0.59 and 11 of 12)."""
@@ -397,7 +394,7 @@ def test_tool_refuses_what_it_cannot_do(tmp_path):
 
 # ----------------------------------------------------------------- SP-ViT's own layers, against their definitions
 @pytest.fixture()
-def spvit_record(paddlevit):
+def spvit_record():
     """(toy SP-ViT with perturbed weights and a token-label head that matters, its LRP walker, a recording)."""
     from engine.explain.lrp import TransformerLRP
     model = figures.build_toy('SPViT')

@@ -123,7 +123,10 @@ def main(argv=None):
     parser.add_argument('--steps', type=int, default=300)
     args = parser.parse_args(argv)
     from engine.explain import explain
-    from explain import save_figure
+    try:
+        from .explain import save_figure     # imported as tools.make_explain_figures
+    except ImportError:
+        from explain import save_figure      # run as a script: tools/explain.py beside it
     os.makedirs(args.out, exist_ok=True)
     from PIL import Image
     picture, _, mask = synthetic_images(np.random.default_rng(1234), 1, size=128, with_object=True)
@@ -144,5 +147,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))     # tools/explain.py's figure
     sys.exit(main())
