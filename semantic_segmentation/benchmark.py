@@ -2,15 +2,14 @@
 
     python benchmark.py -cfg configs/upernet_lvvit_s_512x512_160k_ade20k.yaml [-repeats 3]
 
-FLOPs are counted by tools/flops.py (one multiply-accumulate = one FLOP, on a
-1 x 3 x S x S image, S = DATA.IMAGE_SIZE).  Latency, eval mode, batch 1, on
+FLOPs are counted by engine/flops.py, as tools/flops.py counts them (one
+multiply-accumulate = one FLOP, on a 1 x 3 x S x S image, S = DATA.IMAGE_SIZE).  Latency, eval mode, batch 1, on
 this process's threads: one forward at S x S (to the logits at stride 4), and
 the evaluation of one ADE20K-sized image (S x round(S * 4 / 3), the usual
 aspect after the keep-ratio resize) in the config's SEG.TEST mode.  The median
 of `-repeats` runs after one warm-up run is printed.
 """
 import argparse
-import importlib.util
 import os
 import time
 
@@ -18,17 +17,10 @@ import engine  # noqa: F401  (sets the environment before paddle is imported)
 import numpy as np
 import paddle
 
+from engine.flops import count_flops, count_params
 from semantic_segmentation.config import get_config
 from semantic_segmentation.segmentor import build_segmentor
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _flops_module():
-    spec = importlib.util.spec_from_file_location('_tools_flops', os.path.join(REPO, 'tools', 'flops.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def median_seconds(function, repeats):
@@ -51,9 +43,8 @@ def main(argv=None):
     model, _ = build_segmentor(config)
     model.eval()
     size, test = config.DATA.IMAGE_SIZE, config.SEG.TEST
-    flops = _flops_module()
-    print(f'{config.MODEL.NAME}: {flops.count_params(model) / 1e6:.2f}M parameters, '
-          f'{flops.count_flops(model, size) / 1e9:.1f}G FLOPs at {size}x{size}')
+    print(f'{config.MODEL.NAME}: {count_params(model) / 1e6:.2f}M parameters, '
+          f'{count_flops(model, size) / 1e9:.1f}G FLOPs at {size}x{size}')
     square = paddle.randn([1, 3, size, size])
     wide = paddle.randn([1, 3, size, round(size * 4 / 3)])
     with paddle.no_grad():

@@ -1,4 +1,4 @@
-"""tools/flops.py: MACs counted by hand, the published ViT figures, parameters as PyTorch counts them."""
+"""engine/flops.py and tools/flops.py: MACs counted by hand, the published ViT figures, parameters as PyTorch counts them."""
 import os
 
 import numpy as np
@@ -9,7 +9,8 @@ import pytest
 
 from conftest import FIXTURES, REPO
 from engine.layers import Mlp, multi_head_attention
-from tools import flops
+from engine import flops
+from tools import flops as flops_tool
 
 TINY_DIR = os.path.join(FIXTURES, 'tiny_family')
 
@@ -202,7 +203,7 @@ def tiny_cfg():
 def test_cli_prints_params_and_flops(tiny_cfg, capsys):
     from engine.families import build_from_config
     _, model = build_from_config(tiny_cfg)
-    flops.main(['-cfg', tiny_cfg, '-image_size', '64'])
+    flops_tool.main(['-cfg', tiny_cfg, '-image_size', '64'])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith('tinynet_32  image 64  ')
     assert f'params {flops.count_params(model):,} ' in line
@@ -236,5 +237,5 @@ def test_family_config_matches_published(cfg, convention, gflops):
     if cfg not in _TRACED:        # one trace per config for both conventions
         config, model = build_from_config(path)
         _TRACED[cfg] = flops.op_costs(model, config.DATA.IMAGE_SIZE)
-    count = sum(flops._by_op(_TRACED[cfg], layers_only=(convention == 'layers')).values())
+    count = sum(flops.by_op(_TRACED[cfg], layers_only=(convention == 'layers')).values())
     assert abs(count / 1e9 - gflops) <= 0.06, f'{cfg}: {count / 1e9:.3f}G, published {gflops}G'

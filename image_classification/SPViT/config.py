@@ -20,6 +20,8 @@ def _defaults(c):
     c.MODEL.SKIP_LAM = 2.0             # residual branches are divided by this
     c.MODEL.LOCAL_UP_TO_LAYER = 14     # the class token joins at this block; blocks before it...
     c.MODEL.SP_ATTENTION = True        # ...use spatial-prior attention (False: official SP-ViT-L)
+    c.MODEL.POS_CONV = True            # depthwise 3x3 position conv after every block (SP-ViT; LV-ViT has none)
+    c.MODEL.NORM_EPS = 1e-5            # LayerNorm epsilon (torch's default, SP-ViT; LV-ViT's segmentation 1e-6)
 
     # Token Labeling (engine/token_labeling.py): dense per-token targets from label maps
     c.TRAIN.TOKEN_LABEL = CN()
@@ -43,6 +45,7 @@ RULES = {
     'MODEL.PATCH_EMBED': (one_of('4_2', '4_2_128'),),
     'MODEL.SKIP_LAM': (greater_than(0),),
     'MODEL.LOCAL_UP_TO_LAYER': (at_least(0),),
+    'MODEL.NORM_EPS': (greater_than(0),),
     'TRAIN.TOKEN_LABEL.DENSE_WEIGHT': (at_least(0),),
     'TRAIN.TOKEN_LABEL.CLS_WEIGHT': (at_least(0),),
     'TRAIN.TOKEN_LABEL.MIX_TOKEN_BETA': (greater_than(0),),

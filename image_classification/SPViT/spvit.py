@@ -180,21 +180,23 @@ class PosConv(nn.Layer):
 
 
 class PosConvBlock(Block):
-    """LV-ViT's block: the engine's pre-norm block (residual branches divided by `skip_lam`),
-    with spatial-prior attention when `spatial_prior`, then PosConv on the patch tokens."""
+    """SP-ViT's block: the engine's pre-norm block (residual branches divided by `skip_lam`, as
+    LV-ViT's), with spatial-prior attention when `spatial_prior`, then PosConv on the patch tokens
+    when `pos_conv` (LV-ViT's own block has no PosConv)."""
 
     def __init__(self, dim, num_heads, grid, mlp_ratio=3., qkv_bias=False, qk_scale=None, drop=0., attn_drop=0.,
-                 drop_path=0., skip_lam=1., spatial_prior=False, norm_layer=LayerNorm):
+                 drop_path=0., skip_lam=1., spatial_prior=False, norm_layer=LayerNorm, pos_conv=True):
         attn_layer = functools.partial(SpatialPriorAttention, grid=grid, qk_scale=qk_scale) if spatial_prior \
             else Attention
         super().__init__(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop, attn_drop=attn_drop,
                          drop_path=drop_path, norm_layer=norm_layer, attn_layer=attn_layer, skip_lam=skip_lam)
-        self.pos_block = PosConv(dim)
+        self.pos_block = PosConv(dim) if pos_conv else None
 
     def forward(self, x, grid, has_cls):
         if isinstance(self.attn, SpatialPriorAttention):
             self.attn.input_grid = tuple(grid)   # the engine's Block calls attn(x) alone
-        return self.pos_block(super().forward(x), grid, has_cls)
+        x = super().forward(x)
+        return x if self.pos_block is None else self.pos_block(x, grid, has_cls)
 
 
 class SPViT(GradCheckpointing, nn.Layer):
@@ -209,6 +211,7 @@ class SPViT(GradCheckpointing, nn.Layer):
         sp_attention: SP attention in the blocks before `local_up_to_layer`.
         dense_training: training forward returns `DenseOutput` for token labeling.
         mix_token: MixToken in token space during dense training.
+        pos_conv: PosConv after every block (SP-ViT); False gives LV-ViT's blocks.
     """
 
     CLASSIFIER = ('head', 'aux_head')
@@ -216,7 +219,7 @@ class SPViT(GradCheckpointing, nn.Layer):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=384, depth=16,
                  num_heads=6, mlp_ratio=3., qkv_bias=False, qk_scale=None, drop_rate=0., attn_drop_rate=0.,
                  drop_path_rate=0., norm_layer=LayerNorm, stem_dim=64, skip_lam=2., local_up_to_layer=0,
-                 sp_attention=True, dense_training=True, mix_token=True, mix_token_beta=1.0):
+                 sp_attention=True, dense_training=True, mix_token=True, mix_token_beta=1.0, pos_conv=True):
         super().__init__()
         if qk_scale is not None and qk_scale != (embed_dim // num_heads) ** -0.5:
             raise ValueError('qk_scale other than head_dim ** -0.5 is not supported')
@@ -244,7 +247,7 @@ class SPViT(GradCheckpointing, nn.Layer):
         self.blocks = nn.LayerList([
             PosConvBlock(embed_dim, num_heads, self.grid, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate,
                          dpr[i], skip_lam, spatial_prior=sp_attention and i < local_up_to_layer,
-                         norm_layer=norm_layer)
+                         norm_layer=norm_layer, pos_conv=pos_conv)
             for i in range(depth)])
         # every block's output is a feature (timm's per-block semantics); the stem's
         # 7x7 conv has stride 2 and the projection patch/2, so the grid is at stride `patch_size`
@@ -387,4 +390,5 @@ def build_spvit(config):
                  drop_path_rate=m.DROPPATH, stem_dim=PATCH_EMBED_STEMS[m.PATCH_EMBED], skip_lam=m.SKIP_LAM,
                  local_up_to_layer=m.LOCAL_UP_TO_LAYER, sp_attention=m.SP_ATTENTION,
                  dense_training=token_label.ENABLE, mix_token=token_label.MIX_TOKEN,
-                 mix_token_beta=token_label.MIX_TOKEN_BETA)
+                 mix_token_beta=token_label.MIX_TOKEN_BETA, pos_conv=m.POS_CONV,
+                 norm_layer=functools.partial(LayerNorm, epsilon=m.NORM_EPS))
