@@ -6,9 +6,9 @@
         -pretrained vit_base_patch16_224.pdparams --method gradient --image photos/
 
 The model is named (`-model`, see `paddlevit.list_models()`) or given by its config
-(`-cfg`); `-pretrained` loads its weights strictly (a hostile or mis-fitting file is
-refused).  `--image` is one image or a folder of them (without it, a generated
-picture).  For each image, in `-output`: `<stem>_<method>.png` with the input, the
+(`-cfg`), built by `paddlevit.create_model` (tools/model_args.py); `-pretrained` loads
+its weights strictly (a hostile or mis-fitting file is refused).  `--image` is one
+image or a folder of them (without it, a generated picture).  For each image, in `-output`: `<stem>_<method>.png` with the input, the
 map over it, the explained class's name and probability, and `<stem>_<method>.npy`,
 the raw map on the token grid.
 
@@ -36,6 +36,11 @@ from PIL import Image, UnidentifiedImageError
 from engine.errors import UserError
 from engine.explain import HEADS, METHODS, explain
 
+try:
+    from .model_args import add_model_arguments, create_model, model_sources  # imported as tools.explain
+except ImportError:
+    from model_args import add_model_arguments, create_model, model_sources   # run as a script
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
@@ -52,24 +57,6 @@ def demo_image(size=384):
     square = (abs(x - 0.72) < 0.1) & (abs(y - 0.7) < 0.1)
     img[square] = (0.95, 0.85, 0.2)
     return Image.fromarray((img * 255).clip(0, 255).astype(np.uint8))
-
-
-def load_model(model_name=None, cfg=None, pretrained=None, opts=None):
-    """(config, model in eval mode): by name through `paddlevit.create_model`, or from a config file."""
-    if model_name:
-        import paddlevit
-        import yaml
-        # KEY VALUE pairs as -cfg's -opts reads them: the value parsed as YAML (5 -> int)
-        overrides = {key: yaml.safe_load(value) for key, value in zip(opts[::2], opts[1::2])} if opts else {}
-        model = paddlevit.create_model(model_name, pretrained=pretrained, **overrides)
-        return model.config, model
-    from engine.checkpoint import load_pretrained
-    from engine.families import build_from_config
-    config, model = build_from_config(cfg, opts)
-    if pretrained:
-        load_pretrained(model, pretrained, log=lambda message: None, drop_mismatched_head=False)
-    model.eval()
-    return config, model
 
 
 def preprocess(image, config):
@@ -145,9 +132,7 @@ def class_names(path, num_classes):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument('-model', help='model name (paddlevit.list_models())')
-    which.add_argument('-cfg', help='model config (YAML)')
+    add_model_arguments(parser)
     parser.add_argument('-pretrained', default=None, help='.pdparams with the weights')
     parser.add_argument('-method', '--method', default='gradient', choices=METHODS)
     parser.add_argument('-image', '--image', default=None, help='an image or a folder (default: a generated picture)')
@@ -157,13 +142,13 @@ def parse_args(argv=None):
                         help="SP-ViT: explain the evaluation logit (eval) or the class head alone (class)")
     parser.add_argument('-output', default='explain_out', help='folder for the .png and .npy files')
     parser.add_argument('-class_names', default=None, help='text file, one class name per line')
-    parser.add_argument('-opts', nargs='+', default=None, help='config overrides: KEY VALUE ...')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    config, model = load_model(args.model, args.cfg, args.pretrained, args.opts)
+    model = create_model(model_sources(args), args.opts, pretrained=args.pretrained)
+    config = model.config
     names = class_names(args.class_names, config.MODEL.NUM_CLASSES)
     os.makedirs(args.output, exist_ok=True)
     for stem, image in images(args.image):
