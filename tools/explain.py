@@ -8,9 +8,9 @@
 The model is named (`-model`, see `paddlevit.list_models()`) or given by its config
 (`-cfg`), built by `paddlevit.create_model` (tools/model_args.py); `-pretrained` loads
 its weights strictly (a hostile or mis-fitting file is refused).  `--image` is one
-image or a folder of them (without it, a generated picture).  For each image, in `-output`: `<stem>_<method>.png` with the input, the
-map over it, the explained class's name and probability, and `<stem>_<method>.npy`,
-the raw map on the token grid.
+image or a folder of them (without it, a generated picture).  For each image, in
+`-output`: `<stem>_<method>.png` with the input, the map over it, the explained
+class's name and probability, and `<stem>_<method>.npy`, the raw map on the token grid.
 
 Methods (`--method`, see engine/explain/methods.py for the details and the why):
   gradient   Chefer et al. ICCV 2021, class-specific      ViT / DeiT, SP-ViT
