@@ -69,7 +69,7 @@ class Attention(nn.Layer):
             self.attention = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
             x = paddle.matmul(self.attn_drop(self.attention), v).transpose([0, 2, 1, 3])
         else:
-            x = multi_head_attention(qkv, self.attn_drop.p, self.training)
+            x = multi_head_attention(qkv, self.attn_drop, self.training)   # A passes it on the plain path
         return self.proj_drop(self.proj(x.reshape([0, 0, self.dim])))
 
 
