@@ -69,28 +69,30 @@ def test_every_block_is_the_engine_block_and_its_attention_goes_through_the_disp
 
 @pytest.mark.parametrize('family', sorted(MODELS))
 def test_explicit_path_gives_the_probabilities_and_the_same_output(family):
-    """`kept_attention` switches every engine Attention to the explicit path: the logits stay those
-    of the dispatched kernels, each map is a [B, heads, N, N] row-stochastic matrix, a pre-hook on
-    `attn_drop` sees the same tensor, and on exit nothing is kept."""
+    """Within `explicit_attention()` every engine Attention forms its probabilities and passes them
+    through `attn_drop`: the logits stay those of the dispatched kernels, a pre-hook on `attn_drop`
+    sees one [B, heads, N, N] row-stochastic matrix per block, and outside it the kernels run again
+    (the hook sees nothing on the CPU kernel path)."""
     model = _mini(family)
     x = _x()
+    layers = [layer for layer in model.sublayers() if type(layer) is blocks.Attention]
     seen = []
     handles = [layer.attn_drop.register_forward_pre_hook(lambda layer, inputs: seen.append(inputs[0]))
-               for layer in model.sublayers() if type(layer) is blocks.Attention]
+               for layer in layers]
     with paddle.no_grad():
         plain = model(x).numpy()
-        with blocks.kept_attention(model) as layers:
+        assert not seen
+        with attention_dispatch.explicit_attention():
             explicit = model(x).numpy()
-            maps = [layer.attention for layer in layers]
+        maps = list(seen)
+        model(x)
     for handle in handles:
         handle.remove()
     np.testing.assert_allclose(explicit, plain, rtol=1e-5, atol=1e-5)
-    assert len(maps) == BLOCKS[family][1] and len(seen) == len(maps)
-    for m, layer, hooked in zip(maps, layers, seen):
+    assert len(maps) == BLOCKS[family][1] == len(layers) and len(seen) == len(maps)
+    for m, layer in zip(maps, layers):
         assert m.shape[:2] == [2, layer.num_heads] and m.shape[2] == m.shape[3]
         np.testing.assert_allclose(m.numpy().sum(-1), 1, atol=1e-5)
-        assert hooked is m
-    assert all(not layer.keep_attention and layer.attention is None for layer in layers)
 
 
 def test_vit_honours_image_channels():

@@ -1,7 +1,7 @@
 """Every entry point that reads a user's weights refuses a hostile pickle before it runs (issue #19).
 
 For each one (training -pretrained, -teacher_model_path, -resume by folder and through a latest.txt
-pointing elsewhere, a hostile .pdopt or EMA file, export_model, visualize_attention, generate_label,
+pointing elsewhere, a hostile .pdopt or EMA file, export_model, explain, generate_label,
 port.py --src, PerViT's visualize.py) the hostile file would create a marker file if it were
 unpickled without restriction; the test checks that the marker is not created and that the error
 names the file and the refused global.
@@ -112,10 +112,10 @@ def test_export_model(tmp_path, evil):
              path, marker)
 
 
-def test_visualize_attention(tmp_path, evil):
+def test_explain(tmp_path, evil):
     write, marker = evil
     path = write(tmp_path / 'evil.pdparams')
-    tool = _load(os.path.join(REPO, 'tools', 'visualize_attention.py'), '_safe_visualize_attention')
+    from tools import explain as tool     # a package module: it imports tools/model_args.py
     _refused(lambda: tool.main(['-cfg', VIT_DEMO, '-pretrained', path, '-output', str(tmp_path / 'a.png')]),
              path, marker)
 

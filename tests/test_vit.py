@@ -1,5 +1,5 @@
 """ViT: parameter counts, parity with the official code (.pth and Google .npz), position
-embedding resizing, attention maps and the attention visualisation tool.
+embedding resizing and attention maps (the relevance-map tool: tests/test_explain.py).
 
 Reference data (tests/fixtures/):
   vit_mini, vit_r50_mini   golden data made by running ViT-pytorch's VisionTransformer
@@ -16,7 +16,6 @@ import warnings
 import numpy as np
 import paddle
 import pytest
-from PIL import Image
 
 from conftest import FIXTURES, REPO
 from engine.families import build_from_config, load_family
@@ -345,53 +344,4 @@ def test_forward_attention_is_opt_in_and_exact():
     np.testing.assert_allclose(logits.numpy(), plain, atol=1e-5)
     assert len(maps) == 2 and maps[0].shape == [2, 2, 17, 17]
     np.testing.assert_allclose(maps[1].numpy().sum(-1), 1, atol=1e-5)
-    assert all(not b.attn.keep_attention and b.attn.attention is None for b in model.blocks)
-
-
-# ----------------------------------------------------------- attention rollout tool
-def test_rollout_of_identity_attention():
-    from tools.visualize_attention import attention_rollout, cls_attention_maps
-    eye = np.broadcast_to(np.eye(17), (1, 2, 17, 17))
-    np.testing.assert_allclose(attention_rollout([eye, eye, eye])[0], np.eye(17))
-    rollout, last = cls_attention_maps([eye, eye], (4, 4))
-    assert rollout.shape == (4, 4) and not rollout.any() and not last.any()   # [CLS] looks only at itself
-
-
-def test_rollout_of_a_model_with_uniform_attention():
-    """Zero query and key weights make every attention row uniform (1/N): with the
-    residual identity, each layer is (U + I) / 2 and L layers give
-    2^-L (I + (2^L - 1) U), so [CLS] attends to each patch with 2^-L (2^L - 1) / N."""
-    from tools.visualize_attention import cls_attention_maps
-    _, model = _mini()
-    model.eval()
-    for block in model.blocks:
-        w, b = block.attn.qkv.weight.numpy(), block.attn.qkv.bias.numpy()
-        w[:, :64], b[:64] = 0, 0                     # query and key parts of [in, q|k|v]
-        block.attn.qkv.weight.set_value(w)
-        block.attn.qkv.bias.set_value(b)
-    with paddle.no_grad():
-        _, maps = model.forward_attention(paddle.randn([1, 3, 64, 64]))
-    maps = [m.numpy() for m in maps]
-    np.testing.assert_allclose(maps[0], 1 / 17, atol=1e-6)
-    rollout, last = cls_attention_maps(maps, (4, 4))
-    np.testing.assert_allclose(rollout, 0.25 * 3 / 17, atol=1e-6)
-    np.testing.assert_allclose(last, 1 / 17, atol=1e-6)
-
-
-def test_visualize_attention_writes_a_picture(tmp_path):
-    from tools import visualize_attention as tool
-    folder = os.path.join(FIXTURES, 'vit_mini')
-    weights = tmp_path / 'vit_mini.pdparams'
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        assert port_cli.main(['--src', os.path.join(folder, 'model.pth'), '--config',
-                              os.path.join(folder, 'vit_mini.yaml'), '--dst', str(weights)]) == 0
-    image = tmp_path / 'photo.jpg'
-    tool.demo_image(200).resize((300, 200)).save(image)
-    for extra in ([], ['-image', str(image)]):
-        out = tmp_path / f'attention{len(extra)}.png'
-        assert tool.main(['-cfg', os.path.join(folder, 'vit_mini.yaml'), '-pretrained', str(weights),
-                          '-output', str(out)] + extra) == 0
-        with Image.open(out) as picture:
-            assert picture.format == 'PNG' and picture.size[0] > 600 and picture.size[1] > 200
-            assert np.asarray(picture.convert('L')).std() > 10     # not a blank canvas
+    assert all(not b.attn.attn_drop._forward_post_hooks for b in model.blocks)   # nothing left hooked

@@ -17,7 +17,7 @@ none in value:
 
 The blocks are `engine.blocks.Block` (shared with PiT and SP-ViT).  Attention
 probabilities are not kept during a normal forward; `forward_attention`
-recomputes them explicitly (softmax(q k^T / sqrt(d))) for visualisation.
+reads them on the plain attention path (`engine.explain.capture`) for visualisation.
 """
 import functools
 import math
@@ -28,7 +28,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from engine import features as feat
-from engine.blocks import Block, init_weights, kept_attention
+from engine.blocks import Block, init_weights
 from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
 from engine.layers import Conv2D, LayerNorm, Linear, add_position_embedding, to_2tuple
@@ -256,12 +256,14 @@ class VisionTransformer(GradCheckpointing, nn.Layer):
     def forward_attention(self, x):
         """(logits, [attention of each block, [B, heads, N, N]]), N = 1 + patches.
 
-        The probabilities are recomputed explicitly for this call only; the logits
-        equal `forward(x)`'s.
+        The probabilities are formed explicitly for this call only (the plain attention
+        path); the logits equal `forward(x)`'s.
         """
-        with kept_attention(self) as attns:
+        from engine.explain.capture import attention_layer_names, recording
+        names = attention_layer_names(self)
+        with recording(self, names) as recorder:
             logits = self.forward(x)
-            return logits, [attn.attention for attn in attns]
+        return logits, [recorder[name][1] for name in names]
 
     def adapt_state_dict(self, state):
         """Fit an image-size-dependent `state` to this model, in place; one message per change.

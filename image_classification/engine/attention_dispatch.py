@@ -24,6 +24,9 @@ Backends:
                 dtype on every device; the softmax runs in float32.
 
 Rules (each one names where it comes from):
+  * Inside `explicit_attention()` -> MATH on every device: the caller (an explanation
+    method, `engine/explain/`) needs the probability matrix A formed as a tensor in the
+    graph, passed through the attention's dropout layer where a hook can read it.
   * CPU, float32, dygraph, fused kernels built -> CPU_KERNELS.  Any other CPU case,
     and any device that is neither CPU nor CUDA GPU (XPU, custom devices) -> MATH.
   * A Paddle version outside 3.0 - 3.3 (the sources these rules were read from) ->
@@ -51,6 +54,7 @@ The probes (`_device_type`, `_capability`, `_paddle_version`, `_kernel_registere
 are module functions so the tests can drive every case on a CPU machine.
 """
 import collections
+import contextlib
 import functools
 import logging
 import re
@@ -72,8 +76,27 @@ MEM_EFFICIENT_SM = ((5, 0), (12, 1))
 # device: 'cpu' | 'gpu' | 'other'; dtype: 'float32' | 'float16' | 'bfloat16' | ...;
 # capability: (major, minor) on GPU else None; paddle_version: (major, minor);
 # needs_grad: autograd will differentiate q; dropout: the attention dropout applied;
-# cpu_kernels: our fused CPU kernels are usable now (float32, CPU, dygraph, built).
-Case = collections.namedtuple('Case', 'device dtype capability head_dim paddle_version needs_grad dropout cpu_kernels')
+# cpu_kernels: our fused CPU kernels are usable now (float32, CPU, dygraph, built);
+# explicit: inside `explicit_attention()`.
+Case = collections.namedtuple('Case', 'device dtype capability head_dim paddle_version needs_grad dropout cpu_kernels '
+                              'explicit', defaults=(False,))
+
+_explicit_depth = 0
+
+
+@contextlib.contextmanager
+def explicit_attention():
+    """Within this block every attention dispatched here runs the plain path (MATH), which
+    forms softmax(q k^T / sqrt(d)) as a tensor and passes it through the attention's dropout
+    layer, so a forward hook on that layer sees the probabilities and gradients reach them.
+    The fused kernels never hold A; explanation methods need it.  Nests; not thread-local
+    (dygraph models run in one thread)."""
+    global _explicit_depth
+    _explicit_depth += 1
+    try:
+        yield
+    finally:
+        _explicit_depth -= 1
 
 
 def _device_type(x):
@@ -122,7 +145,8 @@ def describe(q, dropout):
     return Case(device=device, dtype=str(q.dtype).replace('paddle.', ''),
                 capability=_capability() if device == 'gpu' else None, head_dim=int(q.shape[-1]),
                 paddle_version=_paddle_version(), needs_grad=bool(paddle.is_grad_enabled() and not q.stop_gradient),
-                dropout=float(dropout), cpu_kernels=device == 'cpu' and cpu.wanted(q))
+                dropout=float(dropout), cpu_kernels=device == 'cpu' and cpu.wanted(q),
+                explicit=_explicit_depth > 0)
 
 
 def _flash_ok(case):
@@ -165,6 +189,8 @@ def _mem_efficient_ok(case):
 @paddle.jit.not_to_static
 def choose(case):
     """(backend, reason) for `case`: the kernel to run and why, by the rules of the module docstring."""
+    if case.explicit:
+        return MATH, 'explicit attention requested: plain ops, the probabilities formed as a tensor'
     if case.device == 'cpu':
         if case.cpu_kernels:
             return CPU_KERNELS, 'float32 on CPU in dygraph: the fused CPU kernels'
@@ -194,14 +220,23 @@ def _log_once(case, backend, reason):
                     f' SM {case.capability[0]}.{case.capability[1]}' if case.capability else '', backend, reason)
 
 
+def _rate(dropout):
+    """The attention dropout rate of `dropout`: a rate, or the dropout layer applying it."""
+    return dropout.p if isinstance(dropout, paddle.nn.Dropout) else dropout
+
+
 def math_attention(q, k, v, dropout=0., training=False):
     """softmax(q k^T / sqrt(d)) v with plain ops, q, k, v [B, N, heads, d] -> [B, N, heads, d].
     The softmax runs in float32 whatever the input dtype (as flash attention does
-    internally), so float16 scores cannot overflow to inf in its exponent sums."""
+    internally), so float16 scores cannot overflow to inf in its exponent sums.
+    `dropout` is a rate, or the attention's `nn.Dropout` layer: then the probabilities
+    [B, heads, N, N] always pass through it (identity in eval), where a hook can read them."""
     q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))          # [B, heads, N, d]
     scores = paddle.matmul(q, k, transpose_y=True) * (q.shape[-1] ** -0.5)
     attn = F.softmax(scores.astype('float32'), axis=-1).astype(q.dtype)
-    if dropout > 0. and training:
+    if isinstance(dropout, paddle.nn.Dropout):
+        attn = dropout(attn)
+    elif dropout > 0. and training:
         attn = F.dropout(attn, dropout, training=True)
     return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
 
@@ -221,8 +256,9 @@ def cpu_kernels_attention(qkv, dropout=0.):
 
 def attention(qkv, attn_drop=0., training=False):
     """Attention of a packed qkv [B, N, 3, heads, d] -> [B, N, heads, d], on the backend
-    `choose` picks for it (logged once per distinct case)."""
-    dropout = attn_drop if training else 0.
+    `choose` picks for it (logged once per distinct case).  `attn_drop`: the dropout rate,
+    or the attention's `nn.Dropout` layer, which the plain path applies to the probabilities."""
+    dropout = _rate(attn_drop) if training else 0.
     q, k, v = qkv.unbind(axis=2)
     case = describe(q, dropout)
     backend, reason = choose(case)
@@ -235,4 +271,4 @@ def attention(qkv, attn_drop=0., training=False):
     if backend == MEM_EFFICIENT:
         from paddle.incubate.nn.memory_efficient_attention import memory_efficient_attention
         return memory_efficient_attention(q, k, v, p=dropout, training=training)
-    return math_attention(q, k, v, dropout, training)
+    return math_attention(q, k, v, attn_drop if isinstance(attn_drop, paddle.nn.Dropout) else dropout, training)

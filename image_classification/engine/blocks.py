@@ -20,15 +20,11 @@ PerViT's peripheral attention (no softmax: content x position, L1-normalised)
 and VVT's vicinity attention (linear attention with feature reduction) are
 different functions and keep their own layers.
 """
-import contextlib
-
-import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 
 from .layers import DropPath, LayerNorm, Linear, Mlp, init_vit_weights, multi_head_attention, torch_default_init
 
-__all__ = ['Attention', 'Block', 'init_weights', 'kept_attention']
+__all__ = ['Attention', 'Block', 'init_weights']
 
 
 class Attention(nn.Layer):
@@ -38,15 +34,13 @@ class Attention(nn.Layer):
     case (fused CPU kernels, flash / memory-efficient attention on GPU, plain
     ops elsewhere) and keeps nothing.
 
-    With `keep_attention = True` it computes the probabilities explicitly,
-    softmax(q k^T / sqrt(d)) as [B, heads, N, N], stores them in `attention`
-    and passes them through the `attn_drop` sub-layer (a Dropout) before
-    multiplying with v; the output is the same.  So there are two ways to
-    obtain a block's attention probabilities, e.g. for an explainability map:
-    read `attention` after the forward (`kept_attention(model)` switches every
-    such layer of a model on and off again), or register a forward pre-hook on
-    `attn_drop` (its input is the probabilities, with their autograd graph) or,
-    in eval mode where the Dropout is the identity, a forward post-hook.
+    The attention probabilities softmax(q k^T / sqrt(d)), [B, heads, N, N], are
+    there to read on the plain path: within
+    `engine.attention_dispatch.explicit_attention()` every attention takes it and
+    passes them through its `attn_drop` sub-layer (a Dropout), where a forward
+    pre-hook sees them with their autograd graph (or a post-hook in eval mode,
+    where the Dropout is the identity).  `engine.explain.capture` does this for
+    a whole model; no model keeps them otherwise.
     """
 
     def __init__(self, dim, num_heads=8, qkv_bias=True, attn_drop=0., proj_drop=0.):
@@ -59,32 +53,11 @@ class Attention(nn.Layer):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.keep_attention = False
-        self.attention = None
 
     def forward(self, x):
         qkv = self.qkv(x).reshape([0, 0, 3, self.num_heads, self.head_dim])
-        if self.keep_attention:
-            q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(axis=0)       # each [B, heads, N, d]
-            self.attention = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
-            x = paddle.matmul(self.attn_drop(self.attention), v).transpose([0, 2, 1, 3])
-        else:
-            x = multi_head_attention(qkv, self.attn_drop.p, self.training)
+        x = multi_head_attention(qkv, self.attn_drop, self.training)   # A passes attn_drop on the plain path
         return self.proj_drop(self.proj(x.reshape([0, 0, self.dim])))
-
-
-@contextlib.contextmanager
-def kept_attention(model):
-    """Within the block, every `Attention` of `model` keeps its probabilities (see `Attention`);
-    yields those layers in network order.  On exit they are switched off and their maps dropped."""
-    layers = [layer for layer in model.sublayers() if isinstance(layer, Attention)]
-    for layer in layers:
-        layer.keep_attention = True
-    try:
-        yield layers
-    finally:
-        for layer in layers:
-            layer.keep_attention, layer.attention = False, None
 
 
 class Block(nn.Layer):
