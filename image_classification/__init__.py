@@ -12,10 +12,14 @@ family folders (`PiT/`, `ViT/`, ...) with their configs, `main_*.py` and
 installed as the top-level package `engine`, which the family code imports.
 Families, their variants and builders come from the one registry,
 `engine/families.py`.
+
+Importing it changes nothing in the process.  `create_model` applies the settings of a CPU
+run (threads, allocator, Paddle flags: `engine.cpu.settings.configure`) when Paddle runs on
+the CPU, so a model is fast there by default.  Programs that want Paddle's static-graph log
+lines silenced call `engine.prepare_process()` before they import Paddle.
 """
 import difflib
 
-import engine  # noqa: F401  (first: sets the process environment before paddle is imported)
 from engine.families import all_variants, load_family
 
 __all__ = ['list_models', 'create_model', 'create_transform', 'model_config', 'data_config']
@@ -91,7 +95,9 @@ def create_model(name, pretrained=None, num_classes=None, image_size=None, **opt
     num_classes / image_size: MODEL.NUM_CLASSES / DATA.IMAGE_SIZE.
     **opts: any other config key, e.g. `**{'MODEL.DEPTH': 2}` or `model__depth=2`.
     """
+    from engine.cpu.settings import configure as configure_cpu
     config = model_config(name, num_classes=num_classes, image_size=image_size, **opts)
+    configure_cpu()   # on the CPU only: threads, allocator, Paddle flags
     model = load_family(config.MODEL.TYPE).build_model(config)
     if pretrained:
         from engine.weights import load_weights

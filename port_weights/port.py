@@ -23,12 +23,16 @@ import importlib
 import os
 import sys
 
-import engine  # noqa: F401  (first: sets the environment before paddle)
-import numpy as np
+import engine
 
-from engine.config import ConfigError
-from engine.families import family_for_config, load_family
-from engine.weights import MissingEMAError, load_checkpoint, load_weights
+if __name__ == '__main__':
+    engine.prepare_process()   # run as a program: before paddle is imported
+
+import numpy as np  # noqa: E402
+
+from engine.config import ConfigError  # noqa: E402
+from engine.families import family_for_config, load_family  # noqa: E402
+from engine.weights import MissingEMAError, load_checkpoint, load_weights  # noqa: E402
 
 
 def porter_for(family_name):
@@ -101,5 +105,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    from engine.cpu.settings import configure as configure_cpu
     from engine.errors import cli
+    configure_cpu()   # the comparison runs both models: threads, allocator, Paddle flags of a CPU run
     sys.exit(cli(main))

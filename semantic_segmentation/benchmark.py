@@ -13,13 +13,18 @@ import argparse
 import os
 import time
 
-import engine  # noqa: F401  (sets the environment before paddle is imported)
-import numpy as np
-import paddle
+import engine
 
-from engine.flops import count_flops, count_params
-from semantic_segmentation.config import get_config
-from semantic_segmentation.segmentor import build_segmentor
+if __name__ == '__main__':
+    engine.prepare_process()   # run as a program: before paddle is imported
+
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+
+from engine.cpu.settings import configure as configure_cpu  # noqa: E402
+from engine.flops import count_flops, count_params  # noqa: E402
+from semantic_segmentation.config import get_config  # noqa: E402
+from semantic_segmentation.segmentor import build_segmentor  # noqa: E402
 
 
 
@@ -40,6 +45,7 @@ def main(argv=None):
     parser.add_argument('-opts', nargs='+', default=None)
     args = parser.parse_args(argv)
     config = get_config(args.cfg, opts=args.opts)
+    configure_cpu()
     model, _ = build_segmentor(config)
     model.eval()
     size, test = config.DATA.IMAGE_SIZE, config.SEG.TEST

@@ -1,5 +1,7 @@
 """Train or evaluate a segmentor in one process (the GPU when Paddle has CUDA, else the CPU) (see train.py)."""
-from semantic_segmentation.train import main
+import engine
+engine.prepare_process()   # first: the environment Paddle reads when it is imported
+from semantic_segmentation.train import main  # noqa: E402
 
 if __name__ == '__main__':
     main(distributed=False)

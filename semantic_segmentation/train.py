@@ -26,6 +26,7 @@ import paddle
 from engine import distributed as dist
 from engine.checkpoint import CheckpointManager, check_output_folder, resolve_resume, resume
 from engine.config import ConfigError
+from engine.cpu import settings as cpu_settings
 from engine.errors import exit_on_user_error, UserError
 from engine.hooks import FamilyHooks
 from engine.launcher import build_parser
@@ -119,6 +120,7 @@ def run(config, distributed=False):
     rank, world = dist.init(distributed)
     device = dist.device()
     paddle.set_device(device)
+    cpu_settings.configure()   # threads, allocator, Paddle flags: on the CPU only
     resume_prefix = None
     if not config.EVAL:
         resume_prefix = resolve_resume(config.MODEL.RESUME) if config.MODEL.RESUME else None

@@ -25,7 +25,10 @@ os.environ['PYTHONPATH'] = os.pathsep.join(
     [REPO, os.path.join(REPO, 'image_classification')] + _ALIAS
     + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])
 
-import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
+import engine  # noqa: E402
+engine.prepare_process()   # before paddle is imported, as the entry points do
+from engine.cpu import settings as _cpu_settings  # noqa: E402
+_cpu_settings.configure()   # the settings of a CPU run, as the launcher applies them
 
 
 # ---- the fast lane: `bash run_tests.sh -m "not slow"` must stay under a minute on 2 cores --------

@@ -52,7 +52,8 @@ def resolve_all():
 if __name__ == '__main__':
     for path in (REPO, os.path.join(REPO, 'image_classification')):
         sys.path.insert(0, path)
-    import engine  # noqa: F401  (sets the environment before paddle is imported)
+    import engine
+    engine.prepare_process()   # before paddle is imported
     with open(FIXTURE, 'w') as f:
         json.dump(resolve_all(), f, indent=1, sort_keys=True)
         f.write('\n')

@@ -98,8 +98,8 @@ def test_o2_casts_weights_and_keeps_float32_masters(dtype):
     assert model.norm.weight.dtype == (paddle.float32 if dtype == 'float16' else low)
     assert optimizer._multi_precision
     # our fused CPU kernels refuse half tensors (they would be wrong): the O2 model never reaches them
-    from engine import fused_ops
-    assert not fused_ops.wanted(paddle.ones([2, 8]).astype(dtype), model.norm.weight, model.norm.bias)
+    from engine.cpu import dispatch
+    assert not dispatch.wanted(paddle.ones([2, 8]).astype(dtype), model.norm.weight, model.norm.bias)
 
 
 def test_loss_scaling_kernels_find_inf_and_lower_the_scale():

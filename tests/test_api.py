@@ -222,5 +222,5 @@ def test_pip_install_gives_a_working_package(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[0] == str(len(_config_stems()))
-    assert os.path.isfile(target / 'engine' / 'csrc' / 'fused_cpu_ops.cc')
+    assert os.path.isfile(target / 'engine' / 'cpu' / 'csrc' / 'fused_cpu_ops.cc')
     assert os.path.isfile(target / 'paddlevit' / 'PiT' / 'run_train_multi.sh')

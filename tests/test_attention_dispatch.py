@@ -13,7 +13,8 @@ import paddle.nn.functional as F
 import pytest
 
 from engine import attention_dispatch as dispatch
-from engine import fused_ops
+from engine.cpu import dispatch as cpu
+from engine.cpu import kernels
 from engine.layers import multi_head_attention
 
 FLASH, MEM, MATH, CPU = dispatch.FLASH, dispatch.MEM_EFFICIENT, dispatch.MATH, dispatch.CPU_KERNELS
@@ -141,7 +142,7 @@ def test_multi_head_attention_runs_the_chosen_backend(monkeypatch):
     called = []
     monkeypatch.setattr(dispatch, 'math_attention', lambda *a, **k: called.append(MATH) or a[0])
     monkeypatch.setattr(dispatch, 'cpu_kernels_attention', lambda *a, **k: called.append(CPU) or a[0])
-    monkeypatch.setattr(fused_ops, 'attention', lambda *a: pytest.fail('fused CPU kernel reached on GPU'))
+    monkeypatch.setattr(kernels, 'attention', lambda *a: pytest.fail('fused CPU kernel reached on GPU'))
     monkeypatch.setattr(dispatch, '_device_type', lambda x: 'gpu')
     monkeypatch.setattr(dispatch, '_capability', lambda: (7, 0))
     monkeypatch.setattr(dispatch, '_kernel_registered', lambda op, dtype: False)
@@ -158,8 +159,8 @@ def test_fused_cpu_kernels_never_run_on_gpu_tensors():
         dtype = paddle.float32
         place = FakePlace()
 
-    assert not fused_ops.wanted(FakeGpuTensor())
-    assert not fused_ops.wanted(FakeGpuTensor(), FakeGpuTensor())
+    assert not cpu.wanted(FakeGpuTensor())
+    assert not cpu.wanted(FakeGpuTensor(), FakeGpuTensor())
 
 
 def test_choice_logged_once_per_case(monkeypatch, caplog):

@@ -123,7 +123,7 @@ def test_sigkill_while_saving_keeps_previous_checkpoint(tmp_path):
     script = textwrap.dedent(f'''
         import os, sys, time
         sys.path[:0] = {[TESTS, os.path.join(REPO, 'image_classification'), REPO]!r}
-        import engine, paddle
+        import paddle
         from engine import checkpoint
         from test_checkpoint import _Net, _train_parts
         model = _Net(); opt, sched = _train_parts(model)

@@ -576,7 +576,6 @@ import os, signal, sys
 sys.path[:0] = {[os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'image_classification'),
                  os.path.dirname(os.path.abspath(__file__))]!r}
-import engine
 from engine import data
 from test_data import make_config
 config = make_config({str(tmp_path)!r}, **{{'DATA.NUM_WORKERS': 2}})

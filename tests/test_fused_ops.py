@@ -1,7 +1,8 @@
-"""The fused CPU kernels (engine/fused_ops.py) give Paddle's results, values and gradients,
-are used where they should be and nowhere else, and fall back cleanly."""
+"""The fused CPU kernels (engine/cpu/) give Paddle's results, values and gradients, are used
+where they should be and nowhere else, fall back cleanly, and are built for this CPU and Paddle."""
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
-from engine import fused_ops
+from engine.cpu import build, dispatch, settings
+from engine.cpu import kernels as fused
 from engine.families import build_from_config
 from engine.layers import GELU, Conv2D, LayerNorm, conv_tokens, multi_head_attention
 
@@ -24,16 +26,16 @@ CONFIGS = os.path.join(REPO, 'image_classification')
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the calls of each fused op (they still run)."""
-    fused_ops.available()       # built (and smoke-tested) before counting starts
+    fused.available()       # built (and smoke-tested) before counting starts
     counts = {}
     for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_',
                  'linear', 'depthwise_conv_image', 'attention', 'conv_inference'):
-        original = getattr(fused_ops, name)
+        original = getattr(fused, name)
 
         def counted(*args, _name=name, _original=original):
             counts[_name] = counts.get(_name, 0) + 1
             return _original(*args)
-        monkeypatch.setattr(fused_ops, name, counted)
+        monkeypatch.setattr(fused, name, counted)
     return counts
 
 
@@ -52,17 +54,17 @@ def _tensors(*arrays):
 
 def test_kernels_build_here():
     """CI has a C++ compiler: the kernels must build (a silent fallback would hide a broken build)."""
-    assert fused_ops.available()
-    assert os.path.exists(os.path.join(fused_ops.build_directory(), 'complete'))
+    assert fused.available()
+    assert build.built_for(build.build_directory(), build.build_key())
 
 
 def test_kernels_run_on_paddles_openmp_runtime():
     """Where Paddle ships Intel's libiomp5, the kernels link to it and not to GCC's
     libgomp: two thread pools on the same cores slowed a LayerNorm backward 3x."""
-    if fused_ops.openmp_link_flags() == ['-fopenmp']:
+    if build.openmp_link_flags() == ['-fopenmp']:
         pytest.skip('this Paddle ships no libiomp5')
-    assert fused_ops.available()
-    library = os.path.join(fused_ops.build_directory(), fused_ops.LIBRARY, fused_ops.LIBRARY + '.so')
+    assert fused.available()
+    library = build.library_path(build.build_directory())
     with open(library, 'rb') as f:
         binary = f.read()
     assert b'libiomp5.so' in binary and b'libgomp.so' not in binary
@@ -151,7 +153,7 @@ def test_peripheral_attention_matches_the_composite(position_scale, scale):     
     dots = (rng.standard_normal((3, 2, 7, 7)) * 4).astype('float32')
     position = (1 / (1 + np.exp(-3 * rng.standard_normal((1, 2, 7, 7)))) * position_scale).astype('float32')
     grad = paddle.to_tensor(rng.standard_normal((3, 2, 7, 7)).astype('float32'))
-    ours = _grads(lambda d, p: fused_ops.peripheral_attention(d, p, scale), _tensors(dots, position), grad)
+    ours = _grads(lambda d, p: fused.peripheral_attention(d, p, scale), _tensors(dots, position), grad)
     stock = _grads(lambda d, p: _peripheral_stock(d, p, scale), _tensors(dots, position), grad)
     for a, b in zip(ours, stock):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * np.abs(b).max())
@@ -162,12 +164,12 @@ def test_scaled_softmax_matches_paddle_and_writes_over_its_input(shape, scale):
     rng = np.random.default_rng(2)
     x = (rng.standard_normal(shape) * 6).astype('float32')
     grad = paddle.to_tensor(rng.standard_normal(shape).astype('float32'))
-    ours = _grads(lambda t: fused_ops.scaled_softmax_(t * 1.0, scale), _tensors(x), grad)
+    ours = _grads(lambda t: fused.scaled_softmax_(t * 1.0, scale), _tensors(x), grad)
     stock = _grads(lambda t: F.softmax(t * scale), _tensors(x), grad)
     for a, b in zip(ours, stock):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * np.abs(b).max())
     product = paddle.to_tensor(x)
-    result = fused_ops.scaled_softmax_(product, scale)
+    result = fused.scaled_softmax_(product, scale)
     assert result.data_ptr() == product.data_ptr()
     np.testing.assert_array_equal(product.numpy(), result.numpy())
 
@@ -177,7 +179,7 @@ def _sdpa(qkv):
 
 
 def _needs_gemm_kernels():
-    if not fused_ops.gemm_kernels_available():
+    if not fused.gemm_kernels_available():
         pytest.skip('this Paddle ships no BLAS to build the GEMM kernels against')
 
 
@@ -218,11 +220,11 @@ def test_attention_dropout_in_training_takes_the_softmax_kernel(calls):
 
 
 def test_gemm_kernels_link_to_the_wheels_blas():
-    compile_flags, _ = fused_ops.blas_flags()
+    compile_flags, _ = build.blas_flags()
     if not compile_flags:
         pytest.skip('this Paddle ships no BLAS')
-    assert fused_ops.gemm_kernels_available()
-    library = os.path.join(fused_ops.build_directory(), fused_ops.LIBRARY, fused_ops.LIBRARY + '.so')
+    assert fused.gemm_kernels_available()
+    library = build.library_path(build.build_directory())
     with open(library, 'rb') as f:
         assert b'libmklml_intel.so' in f.read()
 
@@ -230,7 +232,7 @@ def test_gemm_kernels_link_to_the_wheels_blas():
 def _without_gemm_kernels_where_unavailable(kernels):
     """The kernels a model takes where the wheel ships no BLAS: Paddle's dense conv, and
     attention's softmax kernel in place of the whole attention."""
-    if fused_ops.gemm_kernels_available():
+    if fused.gemm_kernels_available():
         return kernels
     return {'scaled_softmax_' if k == 'attention' else k for k in kernels} - {'conv_inference'}
 
@@ -313,14 +315,14 @@ def test_switched_off_or_failed_build_falls_back_with_one_warning(monkeypatch, c
     x = paddle.randn([2, 4])
     x.stop_gradient = False
     monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', '0')
-    assert not fused_ops.wanted(x)
+    assert not dispatch.wanted(x)
     monkeypatch.delenv('PADDLEVIT_FUSED_CPU_OPS')
 
     def broken_build():
         raise RuntimeError('g++: command not found')
-    monkeypatch.setattr(fused_ops, '_build_and_register', broken_build)
-    monkeypatch.setitem(fused_ops._state, 'loaded', None)
-    with caplog.at_level(logging.WARNING, logger='engine.fused_ops'):
+    monkeypatch.setattr(build, 'load_library', broken_build)
+    monkeypatch.setitem(fused._state, 'loaded', None)
+    with caplog.at_level(logging.WARNING, logger='engine.cpu.kernels'):
         layer = LayerNorm(4)
         for _ in range(2):
             layer(x).sum().backward()
@@ -329,14 +331,27 @@ def test_switched_off_or_failed_build_falls_back_with_one_warning(monkeypatch, c
     assert len(warnings) == 1 and 'g++: command not found' in warnings[0].getMessage()
 
 
+def test_windows_runs_paddles_ops_without_a_build_or_a_warning(monkeypatch, caplog, calls):
+    """No `fcntl` for the build's lock, no -march=native compiler: the kernels are not tried."""
+    monkeypatch.setattr(dispatch, 'POSIX', False)
+    monkeypatch.setitem(fused._state, 'loaded', None)
+    monkeypatch.setattr(build, 'load_library', lambda: pytest.fail('a build was tried'))
+    x = paddle.randn([2, 4])
+    layer = LayerNorm(4)
+    with caplog.at_level(logging.WARNING):
+        out = layer(x)
+    np.testing.assert_allclose(out.numpy(), F.layer_norm(x, 4, layer.weight, layer.bias).numpy(), rtol=1e-6)
+    assert calls == {} and not caplog.records
+
+
 def test_a_moved_custom_op_entry_point_falls_back_with_one_warning(monkeypatch, caplog):
     """The kernels are called through Paddle's private `_C_ops._run_custom_op`; if a
     release moves it, the first use warns once and Paddle's ops run instead."""
     monkeypatch.delattr(paddle._C_ops, '_run_custom_op')
-    monkeypatch.setitem(fused_ops._state, 'loaded', None)
+    monkeypatch.setitem(fused._state, 'loaded', None)
     x = paddle.randn([3, 4])
     x.stop_gradient = False
-    with caplog.at_level(logging.WARNING, logger='engine.fused_ops'):
+    with caplog.at_level(logging.WARNING, logger='engine.cpu.kernels'):
         layer = LayerNorm(4)
         for _ in range(2):
             out = layer(x)
@@ -353,9 +368,9 @@ def test_cold_build_by_two_processes_at_once(tmp_path):
     # logging is set up after `import paddle`: Paddle 3.0's import sets the root logger to
     # WARNING (its distributed get_logger), which hid the 'compiling' line of both ranks
     script = ('import logging, sys; sys.path.insert(0, %r)\n'
-              'import engine; from engine import fused_ops\n'
+              'from engine.cpu import kernels\n'
               'logging.basicConfig(level=logging.INFO, force=True)\n'
-              'assert fused_ops.available(), "fell back"\n' % os.path.join(REPO, 'image_classification'))
+              'assert kernels.available(), "fell back"\n' % os.path.join(REPO, 'image_classification'))
     env = dict(os.environ, PADDLEVIT_KERNEL_DIR=str(tmp_path))
     ranks = [subprocess.Popen([sys.executable, '-c', script], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
@@ -363,7 +378,7 @@ def test_cold_build_by_two_processes_at_once(tmp_path):
     assert [rank.returncode for rank in ranks] == [0, 0], logs
     assert sum('compiling the fused CPU kernels' in log for log in logs) == 1, logs
     builds = [d for d in os.listdir(tmp_path) if os.path.isdir(tmp_path / d)]
-    assert len(builds) == 1 and os.path.exists(tmp_path / builds[0] / 'complete')
+    assert len(builds) == 1 and build.built_for(str(tmp_path / builds[0]), build.build_key())
 
 
 def test_cache_key_tells_paddle_builds_python_abis_and_cpus_apart(monkeypatch, tmp_path):
@@ -372,22 +387,23 @@ def test_cache_key_tells_paddle_builds_python_abis_and_cpus_apart(monkeypatch, t
     (version, commit: the CPU and GPU wheels of one release share a version; CUDA), Python
     ABI and CPU instruction set (-march=native) has its own build directory."""
     monkeypatch.setenv('PADDLEVIT_KERNEL_DIR', str(tmp_path))
-    base = fused_ops.build_directory()
-    assert fused_ops.build_directory() == base and os.path.dirname(base) == str(tmp_path)
-    real_config_var = fused_ops.sysconfig.get_config_var
+    base = build.build_directory()
+    assert build.build_directory() == base and os.path.dirname(base) == str(tmp_path)
+    real_config_var = build.sysconfig.get_config_var
     changes = {
         'paddle version': lambda m: m.setattr(paddle, '__version__', paddle.__version__ + '.post1'),
         'paddle commit': lambda m: m.setattr(paddle.version, 'commit', 'f' * 40),
         'paddle cuda': lambda m: m.setattr(paddle.version, 'cuda', lambda: '12.6'),
-        'python abi': lambda m: m.setattr(fused_ops.sysconfig, 'get_config_var', lambda name: (
+        'python abi': lambda m: m.setattr(build.sysconfig, 'get_config_var', lambda name: (
             '.cpython-311t-x86_64-linux-gnu.so' if name == 'EXT_SUFFIX' else real_config_var(name))),
-        'cpu flags': lambda m: m.setattr(fused_ops, '_cpu_identity', lambda: 'flags\t: fpu sse2 avx2'),
+        'cpu flags': lambda m: m.setattr(build, 'cpu_identity', lambda: 'flags\t: fpu sse2 avx2'),
+        'compiler flags': lambda m: m.setattr(build, 'CXX_FLAGS', build.CXX_FLAGS + ['-DNDEBUG']),
     }
     for what, change in changes.items():
         with monkeypatch.context() as m:
             change(m)
-            assert fused_ops.build_directory() != base, what
-    assert fused_ops.build_directory() == base
+            assert build.build_directory() != base, what
+    assert build.build_directory() == base
 
 
 def test_cpu_identity_names_the_instruction_set_on_x86_and_arm(tmp_path):
@@ -397,9 +413,73 @@ def test_cpu_identity_names_the_instruction_set_on_x86_and_arm(tmp_path):
     for name, text in {'x86': x86, 'x86 without avx512': x86.replace(' avx512f', ''),
                        'arm': arm, 'arm without sve': arm.replace(' sve', '')}.items():
         (tmp_path / name).write_text(text)
-        identities[name] = fused_ops._cpu_identity(str(tmp_path / name))
+        identities[name] = build.cpu_identity(str(tmp_path / name))
     assert len(set(identities.values())) == 4
     assert 'bogomips' not in identities['x86'] and 'BogoMIPS' not in identities['arm']   # varies at run time
+
+
+@pytest.fixture
+def fake_compiler(monkeypatch, tmp_path):
+    """`load_library` on a faked CPU (`cpu`), with Paddle's compiler and registration faked:
+    a "library" holds the CPU identity it was built for; returns the lists of what was
+    compiled and what was registered (the identity each library read holds)."""
+    monkeypatch.setenv('PADDLEVIT_KERNEL_DIR', str(tmp_path))
+    cpu = {'identity': 'model name\t: Xeon\nflags\t\t: fpu sse2 avx2 avx512f'}
+    compiled, registered = [], []
+
+    def load(name, sources, extra_cxx_cflags, extra_ldflags, build_directory):
+        os.makedirs(os.path.join(build_directory, name), exist_ok=True)
+        with open(os.path.join(build_directory, name, name + '.so'), 'w') as f:
+            f.write(cpu['identity'])
+        compiled.append(cpu['identity'])
+
+    def register(library):
+        with open(library) as f:
+            registered.append(f.read())
+    from paddle.utils import cpp_extension
+    monkeypatch.setattr(cpp_extension, 'load', load)
+    monkeypatch.setattr(build, 'register', register)
+    monkeypatch.setattr(build, 'cpu_identity', lambda: cpu['identity'])
+    return cpu, compiled, registered
+
+
+def test_a_cached_library_is_verified_before_it_is_loaded(fake_compiler):
+    """Built once, then loaded from the cache; a library changed after its build (half
+    written, replaced) does not match its manifest and is rebuilt, not loaded."""
+    cpu, compiled, registered = fake_compiler
+    build.load_library()
+    build.load_library()
+    assert compiled == registered[:1] and registered == [cpu['identity']] * 2
+    with open(build.library_path(build.build_directory()), 'a') as f:
+        f.write('x')
+    build.load_library()
+    assert len(compiled) == 2 and registered[-1] == cpu['identity']
+
+
+def test_a_library_built_for_another_cpu_is_rebuilt_not_loaded(fake_compiler):
+    """Nodes that share a home folder share the cache.  A library built with -march=native on
+    an AVX-512 node, found by an AVX2 node under its own key (a copied cache, a build of an
+    older version of this module without a manifest), is rebuilt for the AVX2 node."""
+    cpu, compiled, registered = fake_compiler
+    build.load_library()
+    avx512 = build.build_directory()
+    cpu['identity'] = cpu['identity'].replace(' avx512f', '')
+    avx2 = build.build_directory()
+    assert avx2 != avx512
+    shutil.copytree(avx512, avx2)                           # the AVX-512 binary, where the AVX2 node looks
+    build.load_library()
+    assert registered == compiled == [compiled[0], cpu['identity']]
+    os.remove(os.path.join(avx2, build.MANIFEST))           # an older build: a library without a manifest
+    build.load_library()
+    assert len(compiled) == 3 and registered[-1] == cpu['identity']
+
+
+def test_paddles_private_entry_points_still_serve():
+    """The kernels are registered and run through two private Paddle entry points (see
+    `build.register` and `kernels._run`); with no fallback in the way, a Paddle release
+    that moves either fails here, loudly."""
+    build.load_library()
+    fused._smoke_test()
 
 
 @pytest.mark.slow
@@ -409,10 +489,10 @@ def test_a_wheel_without_blas_builds_the_other_kernels_and_falls_back(tmp_path):
     script = textwrap.dedent('''
         import sys; sys.path.insert(0, %r)
         import numpy as np, paddle, paddle.nn.functional as F
-        from engine import fused_ops
+        from engine.cpu import build, kernels
         from engine.layers import Conv2D, multi_head_attention
-        fused_ops.blas_flags = lambda: ([], [])
-        assert fused_ops.available() and not fused_ops.gemm_kernels_available()
+        build.blas_flags = lambda: ([], [])
+        assert kernels.available() and not kernels.gemm_kernels_available()
         qkv = paddle.randn([2, 70, 3, 2, 8])
         conv = Conv2D(3, 6, 4, stride=2, padding=1)
         x = paddle.randn([2, 3, 12, 12])
@@ -434,8 +514,8 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
     w, b = np.ones(96, 'float32'), np.zeros(96, 'float32')
     results = []
     for threads in (1, 3):
-        monkeypatch.setattr(fused_ops.runtime, 'threads', threads)
-        results.append(_grads(lambda x_, w_, b_: fused_ops.layer_norm(x_, w_, b_, 1e-6),
+        monkeypatch.setattr(settings, 'threads', threads)
+        results.append(_grads(lambda x_, w_, b_: fused.layer_norm(x_, w_, b_, 1e-6),
                               _tensors(x, w, b), paddle.to_tensor(x)))
     for a, b_ in zip(*results):
         np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-5)

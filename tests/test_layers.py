@@ -13,13 +13,13 @@ from engine.layers import Linear, gemm_bias_wanted, linear
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('kernels', ['1', '0'])          # the fused kernel; the bias by GEMM
+@pytest.mark.parametrize('switch', ['1', '0'])           # the fused kernel; the bias by GEMM
 @pytest.mark.parametrize('shape', [(5, 7), (2, 3, 7), (2, 2, 3, 7)])
-def test_cpu_linear_matches_f_linear_values_and_gradients(shape, kernels, monkeypatch):
-    from engine import fused_ops
-    monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', kernels)
+def test_cpu_linear_matches_f_linear_values_and_gradients(shape, switch, monkeypatch):
+    from engine.cpu import kernels
+    monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', switch)
     used = []
-    monkeypatch.setattr(fused_ops, 'linear', lambda *a, _f=fused_ops.linear: used.append(1) or _f(*a))
+    monkeypatch.setattr(kernels, 'linear', lambda *a, _f=kernels.linear: used.append(1) or _f(*a))
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal(shape).astype('float32')
     w_np = rng.standard_normal((7, 4)).astype('float32')
@@ -32,7 +32,7 @@ def test_cpu_linear_matches_f_linear_values_and_gradients(shape, kernels, monkey
         out = fn(x, w, b)
         grads = paddle.grad([out], [x, w, b], [paddle.to_tensor(grad_np)])
         results.append([out.numpy()] + [g.numpy() for g in grads])
-    assert len(used) == (kernels == '1')
+    assert len(used) == (switch == '1')
     assert results[1][0].shape == shape[:-1] + (4,)
     for ours, stock in zip(results[1], results[0]):
         np.testing.assert_allclose(ours, stock, rtol=1e-5, atol=1e-5)
@@ -72,8 +72,11 @@ def test_linear_trains_under_to_static_with_a_dynamic_batch():
 _PAGE_FAULT_PROBE = '''
 import resource, sys
 sys.path[:0] = [{ic!r}]
-import engine, paddle
-from engine import runtime
+import engine
+engine.prepare_process()
+import paddle
+from engine.cpu import settings
+settings.configure()
 print('stride', paddle.get_flags(['FLAGS_use_stride_kernel'])['FLAGS_use_stride_kernel'])
 x = paddle.ones([64, 1024, 1024])           # 256 MB, far above glibc's mmap threshold
 for _ in range(8):                          # the first rounds grow the heap (3 here; more under load)
@@ -94,8 +97,8 @@ def _probe(env):
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt')
 @pytest.mark.slow
-def test_runtime_recycles_freed_memory_and_uses_dense_kernels():
-    """Importing the engine stops large temporaries costing page faults on every op.
+def test_cpu_settings_recycle_freed_memory_and_use_dense_kernels():
+    """The settings of a CPU run stop large temporaries costing page faults on every op.
 
     A 256 MB temporary is 65,536 pages: without `keep_freed_memory` each of the three
     is mapped and faulted in afresh.  Exporting MALLOC_MMAP_MAX_ keeps glibc's behaviour.
@@ -114,11 +117,11 @@ def test_runtime_recycles_freed_memory_and_uses_dense_kernels():
     (dict(stride=(2, 3), padding=(1, 2), groups=4), True), (dict(padding='SAME', groups=4), False)])
 def test_cpu_conv_matches_stock_conv_values_and_gradients(kwargs, depthwise, monkeypatch):
     """The bias by GEMM, or the fused depthwise kernel (groups = input channels, here x2 outputs)."""
-    from engine import fused_ops
+    from engine.cpu import kernels
     from engine.layers import Conv2D
     used = []
-    monkeypatch.setattr(fused_ops, 'depthwise_conv_image',
-                        lambda *a, _f=fused_ops.depthwise_conv_image: used.append(1) or _f(*a))
+    monkeypatch.setattr(kernels, 'depthwise_conv_image',
+                        lambda *a, _f=kernels.depthwise_conv_image: used.append(1) or _f(*a))
     paddle.seed(0)
     ours = Conv2D(4, 8, 3, **kwargs)
     stock = paddle.nn.Conv2D(4, 8, 3, **kwargs)
@@ -145,13 +148,13 @@ def test_cpu_conv_matches_stock_conv_values_and_gradients(kwargs, depthwise, mon
 def test_cpu_conv_without_gradients_matches_stock_conv(batch, channels, size, kwargs, monkeypatch):
     """Evaluation runs dense convs through the unfold + GEMM kernel, depthwise ones
     through theirs, with or without a bias."""
-    from engine import fused_ops
+    from engine.cpu import kernels
     from engine.layers import Conv2D
-    if not fused_ops.gemm_kernels_available():
+    if not kernels.gemm_kernels_available():
         pytest.skip('this Paddle ships no BLAS to build the kernel against')
     used = []
     for name in ('conv_inference', 'depthwise_conv_image'):
-        monkeypatch.setattr(fused_ops, name, lambda *a, _f=getattr(fused_ops, name), _n=name: used.append(_n) or _f(*a))
+        monkeypatch.setattr(kernels, name, lambda *a, _f=getattr(kernels, name), _n=name: used.append(_n) or _f(*a))
     paddle.seed(0)
     ours = Conv2D(channels, 2 * channels, **kwargs)
     stock = paddle.nn.Conv2D(channels, 2 * channels, **kwargs)

@@ -172,7 +172,6 @@ LOADER_SCRIPT = '''
 import sys
 sys.path[:0] = {paths!r}
 import numpy as np
-import engine
 from engine import data
 from engine.config import base_config
 from engine.data.dataset import ImageListDataset

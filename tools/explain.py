@@ -29,12 +29,13 @@ import argparse
 import os
 import sys
 
-import engine  # noqa: F401  (sets the environment before paddle is imported)
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+import engine
+engine.prepare_process()   # before paddle is imported
+import numpy as np  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from engine.errors import UserError
-from engine.explain import HEADS, METHODS, explain
+from engine.errors import UserError  # noqa: E402
+from engine.explain import HEADS, METHODS, explain  # noqa: E402
 
 try:
     from .model_args import add_model_arguments, create_model, model_sources  # imported as tools.explain

@@ -43,7 +43,8 @@ import warnings
 warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
+import engine  # noqa: E402
+engine.prepare_process()   # before paddle is imported
 import paddle  # noqa: E402
 from paddle.static import InputSpec  # noqa: E402
 

@@ -15,6 +15,8 @@ import warnings
 
 warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
 
+import engine  # noqa: E402
+engine.prepare_process()   # before paddle is imported
 from engine.flops import by_op, count_params, op_costs  # noqa: E402
 
 try:

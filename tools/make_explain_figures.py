@@ -18,8 +18,9 @@ import argparse
 import os
 import sys
 
-import engine  # noqa: F401  (sets the environment before paddle is imported)
-import numpy as np
+import engine
+engine.prepare_process()   # before paddle is imported
+import numpy as np  # noqa: E402
 
 COLOURS = {'red': (0.9, 0.15, 0.1), 'green': (0.1, 0.75, 0.2), 'blue': (0.15, 0.3, 0.95),
            'yellow': (0.95, 0.85, 0.1)}

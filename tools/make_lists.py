@@ -24,7 +24,8 @@ import warnings
 warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
+import engine  # noqa: E402
+engine.prepare_process()   # before paddle is imported
 from engine.data.image_folder import SPLITS, folder_classes, scan_split, write_labels  # noqa: E402
 from engine.errors import USER_ERROR_EXIT_CODE, UserError  # noqa: E402
 from engine.data.dataset import DataError  # noqa: E402

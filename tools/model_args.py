@@ -11,7 +11,7 @@ An unknown name ends the tool with one message listing the closest names, exit 2
 
 Paddle is imported only when a model or config is made, not with this module:
 `tools/benchmark.py` parses its arguments before it sets Paddle's thread count,
-which must come before `import paddle` (`import engine` imports it).
+which must come before `import paddle`.
 """
 
 __all__ = ['add_model_arguments', 'model_sources', 'overrides', 'create_model', 'model_config']

@@ -31,13 +31,14 @@ import warnings
 warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402,F401  (sets the environment before paddle is imported)
+import engine  # noqa: E402
+engine.prepare_process()   # before paddle is imported
 import numpy as np  # noqa: E402
 from paddle import inference  # noqa: E402
 
 import paddlevit  # noqa: E402
 from engine.data import DecodeError, decode_image, describe_eval_transform  # noqa: E402
-from engine.runtime import cpu_threads  # noqa: E402
+from engine.cpu.settings import configure as configure_cpu, cpu_threads  # noqa: E402
 
 try:
     from .model_args import add_model_arguments, model_config, model_sources  # imported as tools.predict
@@ -255,6 +256,8 @@ def main(argv=None):
     parser.add_argument('--no-onednn', action='store_true', help='CPU: plain kernels instead of oneDNN')
     args = parser.parse_args(argv)
 
+    if args.device == 'cpu':
+        configure_cpu()
     config = load_config(args.model_dir, model_sources(args), args.opts)
     classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=not args.no_onednn)
     print(f'preprocessing: {describe_eval_transform(config)}')

@@ -42,12 +42,12 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from engine import fused_ops
 from engine import features as feat
 from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
 from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_bias_last_axis, conv_tokens,
-                           gemm_bias_wanted, linear, torch_default_init, trunc_normal_, zeros_)
+                           gemm_bias_wanted, linear, peripheral_attention, torch_default_init, trunc_normal_,
+                           zeros_)
 
 __all__ = ['PerViT', 'build_pervit', 'peripheral_distances']
 
@@ -207,16 +207,7 @@ class MPA(nn.Layer):
             dots = dots.astype('float32')
         if position_attn.dtype != paddle.float32:
             position_attn = position_attn.astype('float32')
-        if fused_ops.wanted(dots, position_attn):
-            attn = fused_ops.peripheral_attention(dots, position_attn, self.scale)   # the same, in one CPU kernel
-        else:
-            dots = dots * self.scale
-            # The row max only keeps exp in range: the L1 normalisation below cancels it, so its exact
-            # gradient is zero and it is detached (Paddle's max backward cost 65% of a training step).
-            content = paddle.exp(dots - dots.max(axis=-1, keepdim=True).detach())
-            attn = content * position_attn
-            # F.normalize(p=1) of the official code; the terms are positive, so |.| is not needed
-            attn = attn / paddle.clip(attn.sum(axis=-1, keepdim=True), min=1e-12)
+        attn = peripheral_attention(dots, position_attn, self.scale)   # softmax-like, re-weighted, L1-normalised
         out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([B, N, C])
         out = self.proj_drop(self.proj(out))
         return (out, attn) if return_attention else out

@@ -228,7 +228,9 @@ def main(argv=None):
     parser.add_argument('-opts', nargs='+', default=None, help='config overrides: KEY VALUE ...')
     args = parser.parse_args(argv)
 
+    from engine.cpu.settings import configure as configure_cpu
     from engine.families import load_family   # imports PerViT's config.py / pervit.py by path
+    configure_cpu()
     family = load_family('PerViT')
     config = family.get_config(args.cfg, opts=args.opts)
     model = family.build_model(config)
@@ -242,6 +244,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    import engine  # noqa: F401  (sets the environment before paddle)
+    import engine
+    engine.prepare_process()   # before paddle is imported
     from engine.errors import cli
     sys.exit(cli(main))

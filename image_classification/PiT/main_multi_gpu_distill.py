@@ -4,7 +4,9 @@ Distillation is part of the config (TRAIN.DISTILLATION_TYPE / TEACHER_CONFIG / T
 `_distilled` configs, `-teacher_model_path` on the command line), so main_multi_gpu.py trains a
 distilled config with its teacher too; this file exists so the seed's commands keep working.
 """
-from engine.families import load_family  # first: importing `engine` sets the environment before paddle
+import engine
+engine.prepare_process()   # first: the environment Paddle reads when it is imported
+from engine.families import load_family  # noqa: E402
 
 FAMILY = load_family('PiT')   # at import: a spawned process re-imports this file to unpickle the builder
 

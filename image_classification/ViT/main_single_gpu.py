@@ -1,5 +1,7 @@
 """Train or evaluate ViT in one process (GPU when present, else CPU)."""
-from engine.families import load_family  # first: importing `engine` sets the environment before paddle
+import engine
+engine.prepare_process()   # first: the environment Paddle reads when it is imported
+from engine.families import load_family  # noqa: E402
 
 FAMILY = load_family('ViT')   # at import: a spawned process re-imports this file to unpickle the builder
 

@@ -14,8 +14,8 @@ to choose: `choose()` picks a backend from the case, by the rules below, and
 `attention()` calls that backend's kernel directly, on every Paddle version.
 
 Backends:
-  CPU_KERNELS   our fused CPU kernels (engine/fused_ops.py): float32 on the CPU in
-                dygraph only; `fused_ops.wanted` checks the same, so they are never
+  CPU_KERNELS   our fused CPU kernels (engine/cpu/): float32 on the CPU in
+                dygraph only; `engine.cpu.dispatch.wanted` checks the same, so they are never
                 reached for a GPU tensor.
   FLASH         `paddle.nn.functional.flash_attention.flash_attention` (kernel `flash_attn`).
   MEM_EFFICIENT `paddle.incubate.nn.memory_efficient_attention` (kernel
@@ -62,7 +62,7 @@ import re
 import paddle
 import paddle.nn.functional as F
 
-from . import fused_ops
+from .cpu import dispatch as cpu
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def describe(q, dropout):
     return Case(device=device, dtype=str(q.dtype).replace('paddle.', ''),
                 capability=_capability() if device == 'gpu' else None, head_dim=int(q.shape[-1]),
                 paddle_version=_paddle_version(), needs_grad=bool(paddle.is_grad_enabled() and not q.stop_gradient),
-                dropout=float(dropout), cpu_kernels=device == 'cpu' and fused_ops.wanted(q),
+                dropout=float(dropout), cpu_kernels=device == 'cpu' and cpu.wanted(q),
                 explicit=_explicit_depth > 0)
 
 
@@ -244,10 +244,11 @@ def math_attention(q, k, v, dropout=0., training=False):
 def cpu_kernels_attention(qkv, dropout=0.):
     """The fused CPU path (float32, CPU, dygraph): one kernel without dropout, else the
     fused in-place scaled softmax over the q k^T product."""
-    if dropout == 0. and fused_ops.gemm_kernels_available():
-        return fused_ops.attention(qkv)
+    kernels = cpu.kernels()
+    if dropout == 0. and cpu.gemm_kernels_available():
+        return kernels.attention(qkv)
     q, k, v = (t.transpose([0, 2, 1, 3]) for t in qkv.unbind(axis=2))       # each [B, heads, N, d]
-    attn = fused_ops.scaled_softmax_(paddle.matmul(q, k, transpose_y=True), q.shape[-1] ** -0.5)
+    attn = kernels.scaled_softmax_(paddle.matmul(q, k, transpose_y=True), q.shape[-1] ** -0.5)
     if dropout > 0.:
         attn = F.dropout(attn, dropout, training=True)
     return paddle.matmul(attn, v).transpose([0, 2, 1, 3])

@@ -21,9 +21,9 @@ import numpy as np
 import paddle
 
 from . import distributed as dist
-from . import runtime
 from . import sharding
 from .checkpoint import CheckpointManager, check_output_folder, resolve_resume, resume
+from .cpu import settings as cpu_settings
 from .config import ConfigError
 from .errors import USER_ERROR_EXIT_CODE, UserError, exit_on_user_error
 from .ema import ModelEMA
@@ -194,10 +194,11 @@ def run(config, build_model, hooks, args, distributed):
         resume_prefix = resolve_resume(config.MODEL.RESUME) if config.MODEL.RESUME else None
         check_output_folder(config.SAVE, resume_prefix, config.OVERWRITE)
     paddle.set_device(device)
+    cpu_settings.configure()   # threads, allocator, Paddle flags: on the CPU only
     logger = get_logger(config.SAVE, rank)
     logger.info(f'command: {" ".join(sys.argv)}', extra=FILE_ONLY)
     logger.info(f'process {rank}/{world} on {device}, '
-                f'paddle {paddle.__version__}, CPU threads {runtime.threads or os.environ.get("OMP_NUM_THREADS")}')
+                f'paddle {paddle.__version__}, CPU threads {cpu_settings.threads or os.environ.get("OMP_NUM_THREADS")}')
     if rank == 0:   # the console gets a short header; the log file the whole config
         logger.info(f'config:\n{config}', extra=FILE_ONLY)
         logger.info(f'full config and command: {os.path.join(config.SAVE, "log.txt")}')

@@ -14,7 +14,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from . import attention_dispatch, fused_ops
+from . import attention_dispatch
+from .cpu import dispatch as cpu
 
 trunc_normal_ = nn.initializer.TruncatedNormal(std=.02)
 zeros_ = nn.initializer.Constant(value=0.)
@@ -62,10 +63,10 @@ def add_bias_channels(out, bias):
 
 def linear(x, weight, bias=None):
     """`F.linear`: x @ weight [in, out] + bias over the last axis of `x`.  On CPU in
-    dygraph the bias is added in place by the fused kernel of `engine.fused_ops`
-    (float32), or by `add_bias_last_axis` where that is unavailable."""
-    if bias is not None and fused_ops.wanted(x, weight, bias):
-        return fused_ops.linear(x, weight, bias)
+    dygraph the bias is added in place by the fused kernel of `engine.cpu` (float32),
+    or by `add_bias_last_axis` where that is unavailable."""
+    if bias is not None and cpu.wanted(x, weight, bias):
+        return cpu.kernels().linear(x, weight, bias)
     if gemm_bias_wanted(bias):
         return add_bias_last_axis(paddle.matmul(x, weight), bias)
     return F.linear(x, weight, bias)
@@ -83,18 +84,19 @@ class Conv2D(nn.Conv2D):
     """`nn.Conv2D` (same parameters, same names) that runs faster on CPU: there, in
     dygraph and channels first, a depthwise conv (groups = input channels, any
     channel multiplier, stride and symmetric padding) runs a fused kernel of
-    `engine.fused_ops`, so does a dense one (groups 1) without gradients, and any
+    `engine.cpu`, so does a dense one (groups 1) without gradients, and any
     other adds its bias by GEMM (see above)."""
 
     def forward(self, x):
         if not paddle.in_dynamic_mode() or self._data_format != 'NCHW' or self._padding_mode != 'zeros':
             return super().forward(x)                  # traced graphs keep the plain op
         padding = _symmetric_padding(self)
-        if padding is not None and list(self._dilation) == [1, 1] and fused_ops.wanted(x, self.weight):
+        if padding is not None and list(self._dilation) == [1, 1] and cpu.wanted(x, self.weight):
             depthwise = 1 < self._groups == x.shape[1] and self.weight.shape[1] == 1
-            if depthwise or (self._groups == 1 and fused_ops.gemm_kernels_available()
-                             and not fused_ops.needs_gradient(x, self.weight, self.bias)):
-                kernel = fused_ops.depthwise_conv_image if depthwise else fused_ops.conv_inference
+            if depthwise or (self._groups == 1 and cpu.gemm_kernels_available()
+                             and not cpu.needs_gradient(x, self.weight, self.bias)):
+                kernels = cpu.kernels()
+                kernel = kernels.depthwise_conv_image if depthwise else kernels.conv_inference
                 bias = self.bias if self.bias is not None else paddle.zeros([self._out_channels], x.dtype)
                 return kernel(x, self.weight, bias, self._stride, padding)
         if not gemm_bias_wanted(self.bias):
@@ -106,35 +108,35 @@ class Conv2D(nn.Conv2D):
 
 class LayerNorm(nn.LayerNorm):
     """`nn.LayerNorm` (same parameters, same names) that runs faster on CPU: there,
-    in dygraph, it runs the fused kernel of `engine.fused_ops` (4x Paddle's with gradients)."""
+    in dygraph, it runs the fused kernel of `engine.cpu` (4x Paddle's with gradients)."""
 
     def forward(self, x):
-        if len(self._normalized_shape) == 1 and fused_ops.wanted(x, self.weight, self.bias):
-            return fused_ops.layer_norm(x, self.weight, self.bias, self._epsilon)
+        if len(self._normalized_shape) == 1 and cpu.wanted(x, self.weight, self.bias):
+            return cpu.kernels().layer_norm(x, self.weight, self.bias, self._epsilon)
         return super().forward(x)
 
 
 class GELU(nn.GELU):
     """`nn.GELU` that runs faster on CPU: there, in dygraph, the exact (erf) form runs
-    the fused kernel of `engine.fused_ops` (2x Paddle's forward: 13 against 25 ms on
+    the fused kernel of `engine.cpu` (2x Paddle's forward: 13 against 25 ms on
     PiT-S's stage-1 MLP, 7 against 15 on stage 2)."""
 
     def forward(self, x):
-        if not self._approximate and fused_ops.wanted(x):
-            return fused_ops.gelu(x)
+        if not self._approximate and cpu.wanted(x):
+            return cpu.kernels().gelu(x)
         return super().forward(x)
 
 
 def conv_tokens(conv, tokens, grid):
     """`conv` applied to tokens [B, H*W, C] seen as an image over `grid` (H, W), the
     result again as tokens.  A 'same' depthwise conv (stride 1, odd k, padding
-    k // 2, with bias) runs on the tokens directly on CPU (`engine.fused_ops`);
+    k // 2, with bias) runs on the tokens directly on CPU (`engine.cpu`);
     otherwise the tokens go to NCHW and back."""
     C = tokens.shape[-1]
     if (conv._groups == C == conv.weight.shape[0] and conv.bias is not None and conv._data_format == 'NCHW'
             and conv._padding_mode == 'zeros' and _is_same_conv(conv)
-            and fused_ops.wanted(tokens, conv.weight, conv.bias)):
-        return fused_ops.depthwise_conv_tokens(tokens, conv.weight, conv.bias, grid)
+            and cpu.wanted(tokens, conv.weight, conv.bias)):
+        return cpu.kernels().depthwise_conv_tokens(tokens, conv.weight, conv.bias, grid)
     image = tokens.transpose([0, 2, 1]).reshape([-1, C, grid[0], grid[1]])
     return conv(image).flatten(2).transpose([0, 2, 1])
 
@@ -262,6 +264,24 @@ def multi_head_attention(qkv, attn_drop=0., training=False):
     the plain math, whichever exists for the case.
     """
     return attention_dispatch.attention(qkv, attn_drop, training)
+
+
+def peripheral_attention(dots, position, scale):
+    """PerViT's attention weights from the content scores `dots` = q k^T [B, h, N, N] and the
+    peripheral position weights `position` [1, h, N, N] (both float32): the rows of
+    exp(scale * dots) * position, L1-normalised (F.normalize(p=1) of the official code; the
+    terms are positive, so |.| is not needed; the sum is clipped at 1e-12).
+
+    On CPU in dygraph one fused kernel computes it (16 ms against Paddle's 198 for a block,
+    with gradients); elsewhere the same with Paddle's ops.  The row max subtracted there
+    only keeps exp in range: the normalisation cancels it, so its exact gradient is zero and
+    it is detached (Paddle's max backward cost 65% of a training step).
+    """
+    if cpu.wanted(dots, position):
+        return cpu.kernels().peripheral_attention(dots, position, scale)
+    dots = dots * scale
+    attn = paddle.exp(dots - dots.max(axis=-1, keepdim=True).detach()) * position
+    return attn / paddle.clip(attn.sum(axis=-1, keepdim=True), min=1e-12)
 
 
 def resize_pos_embed(pos_embed, new_grid, num_prefix_tokens=1, mode='bicubic'):

@@ -25,7 +25,7 @@ FILE_ONLY = {'file_only': True}
 # - "amp_guard can only be enabled on CUDAPlace ...": every auto_cast on the CPU, i.e. every -amp
 #   batch there; the header says once that AMP does nothing on the CPU instead.
 _NOISY_WARNINGS = ('No ccache found', 'amp_guard can only be enabled on CUDAPlace')
-# Paddle's cpp_extension logs this at INFO when it registers our fused kernels (engine.fused_ops)
+# Paddle's cpp_extension logs this at INFO when it registers our fused kernels (engine.cpu.build)
 _NOISY_LOGGERS = ('utils.cpp_extension',)
 # Paddle's DataLoader thread logs this (root logger) when it finds its workers gone: during a run a
 # real fault, but after a run ended well it is the interpreter's shutdown killing idle workers.
@@ -34,9 +34,9 @@ _run_finished = False
 
 
 def silence_known_noise():
-    """Filter Paddle's known noise (see above).  Called by `import engine`, before Paddle is
-    imported, so that its import-time warning is caught too; the PIR interpreter's glog lines are
-    silenced there as well, by GLOG_minloglevel (engine.runtime)."""
+    """Filter Paddle's known noise (see above).  Called by `engine.prepare_process`, before Paddle
+    is imported, so that its import-time warning is caught too; the PIR interpreter's glog lines
+    are silenced there as well, by GLOG_minloglevel (engine.cpu.settings)."""
     for text in _NOISY_WARNINGS:
         warnings.filterwarnings('ignore', message=text + '.*', category=UserWarning)
     for name in _NOISY_LOGGERS:
@@ -51,7 +51,7 @@ def without_flags_banner():
     """Run the block with Paddle's "Modified FLAGS detected" banner removed from stderr.
 
     `paddle.distributed.init_parallel_env` writes that banner on every rank of every run, listing
-    the flags this engine sets on purpose (engine.runtime) and ones Paddle sets itself; anything
+    the flags this engine sets on purpose (engine.cpu.settings) and ones Paddle sets itself; anything
     else the block writes to stderr is passed on unchanged, after the block.
     """
     captured = io.StringIO()

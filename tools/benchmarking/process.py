@@ -6,7 +6,8 @@ def setup_paddle(threads):
     """`import paddle` with `threads` CPU threads and quiet logs, which must be set before the import."""
     os.environ['OMP_NUM_THREADS'] = str(threads)
     os.environ.setdefault('GLOG_minloglevel', '1')
-    import engine  # noqa: F401  (the remaining process defaults, e.g. MKL on AMD)
+    import engine
+    engine.prepare_process()   # the remaining process defaults, e.g. MKL on AMD
     import paddle
     paddle.base.core.set_num_threads(threads)
     return paddle

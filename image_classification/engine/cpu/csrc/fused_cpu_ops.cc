@@ -17,8 +17,9 @@
 // erf and exp are written as plain arithmetic so that the compiler vectorises the
 // loops (a libm call per element would keep them scalar; built with -fno-trapping-math).
 //
-// float32 only; engine/fused_ops.py compiles this file on first use and falls
-// back to Paddle's own ops for anything else (other dtypes, GPU, traced graphs).
+// float32 only; engine/cpu/build.py compiles this file on first use, and the
+// engine's layers fall back to Paddle's own ops for anything else (other dtypes,
+// GPU, traced graphs).
 #include <omp.h>
 
 #include <algorithm>
