@@ -8,7 +8,6 @@ consumes (checked through the existing `forward` with the head(s) replaced by
 identities); `indices` picks blocks / stages as timm does; class tokens never
 appear in a map.
 """
-import math
 import sys
 
 import numpy as np

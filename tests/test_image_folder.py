@@ -13,7 +13,6 @@ from PIL import Image
 
 from engine import data
 from engine.config import ConfigError, base_config, make_get_config
-from engine.data import image_folder
 from engine.errors import USER_ERROR_EXIT_CODE
 from engine.launcher import execute
 

@@ -127,7 +127,6 @@ SEGMENT = 30   # parameters with more values than this are sliced (Paddle's segm
 def _net_and_grads(seed=0):
     paddle.seed(seed)
     net = Net()
-    x = paddle.randn([5, 9])
     rng = np.random.default_rng(seed)
     grads = [{n: rng.standard_normal(p.shape).astype('float32') for n, p in net.named_parameters()}
              for _ in range(3)]

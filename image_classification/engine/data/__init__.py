@@ -24,7 +24,7 @@ import os
 from .dataset import (BadImageError, DataError, ImageListDataset, ListFileError, MissingImageError,
                       parse_list_file, skipped_report)
 from .decode import DecodeError, decode_image
-from .loader import EvalBatchSampler, SeededBatchSampler, build_dataloader, collate_skipping, shared_memory_ok
+from .loader import EvalBatchSampler, SeededBatchSampler, build_dataloader, shared_memory_ok
 from .mixup import Mixup, build_mixup, smooth_one_hot
 from .transforms import (EvalTransform, TrainTransform, build_transform, describe_eval_transform,
                          eval_resize_size)
