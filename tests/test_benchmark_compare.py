@@ -28,12 +28,13 @@ def fake_runs(speeds):
 
     def run(job, timeout, max_bytes, command=None, env=None):
         side = 'torch' if command else 'ours'
-        row = {'model': 'pit_s', 'image size': 224, 'mode': job['mode'], 'peak MB': 100.0,
+        row = {'model': 'pit_s', 'image size': 224, 'drop path': 0.1, 'mode': job['mode'], 'peak MB': 100.0,
                'img/s': next(calls[side, job['mode']])}
         if side == 'torch':
             row.update(repository='naver-ai/pit', torch='2.13.0')
             assert command[1:] == ['-m', 'tools.benchmarking.official'] and job['torch_src'] == '/nowhere'
             assert (job['batch_size'], job['warmup'], job['iters'], job['threads']) == (32, 1, 3, 2)
+            assert job['drop path'] == 0.1                # ours, for the official constructor
         return row
     return run
 
@@ -106,8 +107,8 @@ def checkout(tmp_path):
 
 
 def test_official_model_built_from_the_checkout(checkout):
-    model, repository = official.official_model('pit_s', str(checkout), 224)
-    assert model == ('pit_s', False, 48, {}) and repository == 'naver-ai/pit'
+    model, repository = official.official_model('pit_s', str(checkout), 224, drop_path=0.1)
+    assert model == ('pit_s', False, 48, {'drop_path_rate': 0.1}) and repository == 'naver-ai/pit'
 
 
 def test_unknown_model_and_wrong_checkout_are_named(checkout, tmp_path_factory):
@@ -154,7 +155,7 @@ def test_official_side_times_a_torch_model(tmp_path):
     try:
         for mode in ('eval', 'train'):
             row = official.measure_official({'model': 'pit_s', 'image size': 32, 'batch_size': 2,
-                                             'warmup': 1, 'iters': 2, 'threads': 1, 'mode': mode,
+                                             'warmup': 1, 'iters': 2, 'threads': 1, 'mode': mode, 'drop path': 0.0,
                                              'torch_src': str(tmp_path)})
             assert row['img/s'] > 0 and row['repository'] == 'naver-ai/pit' and row['mode'] == mode
     finally:

@@ -96,7 +96,8 @@ def compare(source, jobs, args, cores, load=os.getloadavg):
                 print(ours['error'], file=sys.stderr)
                 return 2
             theirs = {'error': 'ours failed'} if 'error' in ours else isolation.run_isolated(
-                {'model': ours['model'], 'image size': ours['image size'], 'batch_size': job['batch_size'],
+                {'model': ours['model'], 'image size': ours['image size'], 'drop path': ours['drop path'],
+                 'batch_size': job['batch_size'],
                  'warmup': job['warmup'], 'iters': job['iters'], 'threads': job['threads'],
                  'mode': job['mode'], 'torch_src': args.torch_src}, args.timeout, max_bytes, command, env)
             if theirs.get('user error'):        # no official model for ours, or a wrong checkout

@@ -31,8 +31,9 @@ __all__ = ['ADAPTERS', 'Adapter', 'OfficialModelError', 'official_model', 'measu
 
 class Adapter:
     """How one checkout builds our models: `file` (relative to the checkout) holds the official
-    constructors; `build(module, name, image_size)` returns the official model of our
-    MODEL.NAME `name`, for the names in `names`."""
+    constructors; `build(module, name, image_size, drop_path)` returns the official model of our
+    MODEL.NAME `name`, for the names in `names`, with our stochastic depth (MODEL.DROPPATH; the
+    official constructors default to none, which would make their training step cheaper)."""
 
     def __init__(self, repository, file, names, build):
         self.repository, self.file, self.names, self.build = repository, file, names, build
@@ -40,9 +41,9 @@ class Adapter:
 
 def _by_constructor(table, **fixed):
     """`build` of a module whose function `table[name][0]` takes `table[name][1]` as keywords."""
-    def build(module, name, image_size):
+    def build(module, name, image_size, drop_path):
         constructor, kwargs = table[name]
-        return getattr(module, constructor)(**fixed, **kwargs)
+        return getattr(module, constructor)(**fixed, **kwargs, drop_path_rate=drop_path)
     return build
 
 
@@ -60,7 +61,8 @@ _VVT = {f'vvt_{v}_{s}': (f'vvt_{v}', {'img_size': s})
 _VIT_PYTORCH_WIDTHS = {'tiny': (192, 768, 3), 'small': (384, 1536, 6)}   # hidden, MLP, heads
 
 
-def _vit_pytorch(module, name, image_size):
+def _vit_pytorch(module, name, image_size, drop_path):
+    """jeonsworld/ViT-pytorch has no stochastic depth (its dropout is its config's): `drop_path` unused."""
     size, patch = name.split('_')[1], name.split('_')[2][len('patch'):]
     base = 'B' if size in _VIT_PYTORCH_WIDTHS else size[0].upper()
     config = module.CONFIGS[f'ViT-{base}_{patch}'].copy_and_resolve_references()
@@ -108,22 +110,22 @@ def _import_from(src, file):
     return module
 
 
-def official_model(name, src, image_size):
+def official_model(name, src, image_size, drop_path=0.0):
     """(official model of our MODEL.NAME `name`, its repository), built from the checkout `src`."""
     src = os.path.abspath(src)
     adapter = _adapter(name, src)
-    return adapter.build(_import_from(src, adapter.file), name, image_size), adapter.repository
+    return adapter.build(_import_from(src, adapter.file), name, image_size, drop_path), adapter.repository
 
 
 def measure_official(job):
-    """Time the official model of `job` (our row's 'model' and 'image size', with the protocol's
-    'batch_size', 'warmup', 'iters', 'threads', 'mode', and 'torch_src'); returns its row."""
+    """Time the official model of `job` (our row's 'model', 'image size' and 'drop path', with the
+    protocol's 'batch_size', 'warmup', 'iters', 'threads', 'mode', and 'torch_src'); returns its row."""
     os.environ['OMP_NUM_THREADS'] = str(job['threads'])
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(job['threads'])
     torch.manual_seed(0)
-    model, repository = official_model(job['model'], job['torch_src'], job['image size'])
+    model, repository = official_model(job['model'], job['torch_src'], job['image size'], job['drop path'])
     batch, size = job['batch_size'], job['image size']
     images = torch.randn(batch, 3, size, size)
     labels = torch.randint(0, 1000, (batch,))
