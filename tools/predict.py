@@ -335,7 +335,7 @@ def main(argv=None):
     config = load_config(args.model_dir, model_sources(args), args.opts)
     labels = read_labels(args.labels, config.MODEL.NUM_CLASSES) if args.labels else None
     classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=not args.no_onednn)
-    datasets = input_datasets(args.images, config.MODEL.NUM_CLASSES, classifier.transform)
+    datasets = input_datasets(args.images, config, classifier.transform)
     print(f'preprocessing: {describe_eval_transform(config)}')
     csv_file = open(args.csv, 'w', newline='', encoding='utf-8') if args.csv else None
     table = csv.writer(csv_file) if csv_file else None

@@ -31,10 +31,10 @@ class PathsDataset(ImageListDataset):
     """An `ImageListDataset` of given samples [(path, label, position)] instead of a list file's:
     `source` names where they came from in messages (`source:position`)."""
 
-    def __init__(self, source, samples, transform):
+    def __init__(self, source, samples, transform, max_image_pixels):
         self._given = samples
         super().__init__('', source, num_classes=None, transform=transform, skip_bad_images=True,
-                         drop_skipped=True)
+                         drop_skipped=True, max_image_pixels=max_image_pixels)
 
     def _read_samples(self, list_file, num_classes):
         return self._given
@@ -55,13 +55,15 @@ def read_list(path, num_classes):
     return [(text, NO_LABEL, number) for number, text in lines]
 
 
-def input_datasets(inputs, num_classes, transform):
-    """One dataset per folder or list file of `inputs`, one for each run of image files."""
+def input_datasets(inputs, config, transform):
+    """One dataset per folder or list file of `inputs`, one for each run of image files; the
+    config gives MODEL.NUM_CLASSES (a labelled list's range) and DATA.MAX_IMAGE_PIXELS."""
+    num_classes, max_pixels = config.MODEL.NUM_CLASSES, config.DATA.MAX_IMAGE_PIXELS
     datasets, images = [], []
 
     def flush():
         if images:
-            datasets.append(PathsDataset('image arguments', list(images), transform))
+            datasets.append(PathsDataset('image arguments', list(images), transform, max_pixels))
             images.clear()
 
     for position, path in enumerate(inputs, 1):
@@ -71,14 +73,14 @@ def input_datasets(inputs, num_classes, transform):
             if not found:
                 raise UserError(f'{path}: no image in this folder (images end in {" ".join(IMAGE_EXTENSIONS)})')
             samples = [(os.path.join(path, rel), NO_LABEL, n) for n, rel in enumerate(found, 1)]
-            datasets.append(PathsDataset(path, samples, transform))
+            datasets.append(PathsDataset(path, samples, transform, max_pixels))
         elif path.lower().endswith(IMAGE_EXTENSIONS):
             images.append((path, NO_LABEL, position))
         elif os.path.isfile(path):
             flush()
             samples = read_list(path, num_classes)
             datasets.append(PathsDataset(path, [(os.path.join(os.path.dirname(path), p), label, line)
-                                                for p, label, line in samples], transform))
+                                                for p, label, line in samples], transform, max_pixels))
         else:
             raise UserError(f'{path}: no such image, folder or list file')
     flush()
