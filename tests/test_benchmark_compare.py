@@ -46,7 +46,7 @@ SPEEDS = {('ours', 'eval'): [12.0, 10.0], ('torch', 'eval'): [10.0, 10.0],
 def test_ratios_per_round_and_their_range(monkeypatch, capsys):
     monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
     loads = iter([(0.1, 0, 0), (2.3, 0, 0)])                 # after: the 2 measuring threads + 0.3
-    status = compare.compare('pit_s', [job('eval'), job('train')], argparse.Namespace(**ARGS), 2,
+    status = compare.compare([job('eval'), job('train')], argparse.Namespace(**ARGS), 2,
                              load=lambda: next(loads))
     out = capsys.readouterr().out
     assert status == 0
@@ -61,7 +61,7 @@ def test_ratios_per_round_and_their_range(monkeypatch, capsys):
 def test_busy_machine_gets_no_ratio(monkeypatch, capsys, before, after):
     monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
     loads = iter([(before, 0, 0), (after, 0, 0)])
-    status = compare.compare('pit_s', [job('eval'), job('train')], argparse.Namespace(**ARGS), 2,
+    status = compare.compare([job('eval'), job('train')], argparse.Namespace(**ARGS), 2,
                              load=lambda: next(loads))
     out = capsys.readouterr().out
     assert status == compare.BUSY_EXIT
@@ -72,7 +72,7 @@ def test_busy_machine_gets_no_ratio(monkeypatch, capsys, before, after):
     monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
     loads = iter([(before, 0, 0), (after, 0, 0)])
     accepting = argparse.Namespace(**{**ARGS, 'max_load': float('inf')})
-    assert compare.compare('pit_s', [job('eval')], accepting, 2, load=lambda: next(loads)) == 0
+    assert compare.compare([job('eval')], accepting, 2, load=lambda: next(loads)) == 0
 
 
 def test_busy_threshold_is_per_core():

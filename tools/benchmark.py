@@ -130,8 +130,8 @@ def main(argv=None):
         return 0
     if args.torch_src:
         modes = ['eval', 'train'] if args.mode == 'both' else [args.mode]
-        return max(compare(source, [make_job(source, args.image_size, mode, args) for mode in modes],
-                           args, cpu_count()) for source in sources)
+        return max(compare([make_job(source, args.image_size, mode, args) for mode in modes], args, cpu_count())
+                   for source in sources)
     return measure_all(args, sources)
 
 

@@ -80,9 +80,9 @@ def ratio_lines(pairs, ratios_shown=True):
     return lines
 
 
-def compare(source, jobs, args, cores, load=os.getloadavg):
-    """Run `jobs` (ours, one per mode, from `measure.make_job`) against the official model of
-    `source` for `args.rounds` rounds; print the report; return the exit status."""
+def compare(jobs, args, cores, load=os.getloadavg):
+    """Run `jobs` (ours, one per mode of one model, from `measure.make_job`) against the official
+    model for `args.rounds` rounds; print the report; return the exit status."""
     print(f'CPU: {cpu_description()}, {cores} cores; {args.threads} threads per side')
     command = [args.torch_python, '-m', 'tools.benchmarking.official']
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
