@@ -133,6 +133,7 @@ def test_a_module_found_elsewhere_is_refused(checkout, tmp_path_factory):
         sys.path.remove(str(other))
 
 
+@pytest.mark.slow           # resolves every config of the registry
 def test_every_adapter_names_our_models():
     """The table is keyed by MODEL.NAME, which a measurement's row carries."""
     import paddlevit
