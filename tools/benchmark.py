@@ -11,6 +11,11 @@
     # the train data loader alone (folder of JPEGs, N workers) vs PaddleViT's PIL pipeline
     python tools/benchmark.py --loader -model vit_small_patch16_224 [--data_path DIR] --workers 2 --batch_size 32
 
+    # against the official PyTorch model, same protocol, 2 alternating rounds (--inference: exported)
+    git clone https://github.com/naver-ai/pit /tmp/pit        # needs torch, timm, einops in that Python
+    python tools/benchmark.py -model pit_s_224 --torch-src /tmp/pit --torch_python /path/to/torch/python \\
+        --warmup 1 --iters 3 --threads 2
+
 Models are named by `-model` (names of `paddlevit.list_models()`) or `-cfg` (YAML
 files of any family) and built by `paddlevit.create_model`.
 
@@ -32,6 +37,9 @@ launcher trains and evaluates it; `--to_static` runs it through `paddle.jit.to_s
 deployment path of `tools/export_model.py` + `tools/predict.py` (`inference.py`).
 A model whose training output is not plain logits (a distilled (class, distillation)
 pair, token labeling's dense output) is trained on its class logits.
+`--torch-src DIR` times the official PyTorch model built from that checkout the same way,
+alternating rounds, and prints the ratios ours / PyTorch with the CPU and the load average;
+it refuses to report them (exit status 3) when the machine was busy (`compare.py`).
 `--loader` times the data pipeline instead (`loader_speed.py`); the table, the memory
 growth of a sweep, `--plot` and `--json` are `report.py`'s.
 """
@@ -43,11 +51,13 @@ import sys
 # none of these imports Paddle: a measurement sets its thread count first (benchmarking/process.py)
 try:                                                  # imported as tools.benchmark
     from .benchmarking import isolation, report
+    from .benchmarking.compare import compare
     from .benchmarking.loader_speed import benchmark_loaders
     from .benchmarking.measure import make_job, measure
     from .model_args import add_model_arguments, model_sources
 except ImportError:                                   # run as a script: its folder is sys.path[0]
     from benchmarking import isolation, report
+    from benchmarking.compare import compare
     from benchmarking.loader_speed import benchmark_loaders
     from benchmarking.measure import make_job, measure
     from model_args import add_model_arguments, model_sources
@@ -89,6 +99,15 @@ def parse_args(argv=None):
                    help='--loader: folder of images (default: 256 sample JPEGs of 500x375 in a temp folder)')
     p.add_argument('--workers', type=int, default=2, help='--loader: worker processes')
     p.add_argument('--batches', type=int, default=30, help='--loader: batches timed (after 2 untimed)')
+    p.add_argument('--torch-src', dest='torch_src', default=None,
+                   help='compare with the official PyTorch model built from this checkout of its repository '
+                        '(benchmarking/compare.py, official.py)')
+    p.add_argument('--torch_python', default=sys.executable,
+                   help='--torch-src: the Python that has torch and the official code\'s dependencies')
+    p.add_argument('--rounds', type=int, default=2, help='--torch-src: alternating rounds of ours and PyTorch')
+    p.add_argument('--max_load', type=float, default=0.25,
+                   help='--torch-src: refuse the ratios when other processes loaded the machine more than this, '
+                        'per core (1-minute load average; inf accepts any)')
     p.add_argument('--_worker', default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -109,6 +128,10 @@ def main(argv=None):
     if args.loader:
         benchmark_loaders(args)
         return 0
+    if args.torch_src:
+        modes = ['eval', 'train'] if args.mode == 'both' else [args.mode]
+        return max(compare([make_job(source, args.image_size, mode, args) for mode in modes], args, cpu_count())
+                   for source in sources)
     return measure_all(args, sources)
 
 

@@ -1,7 +1,19 @@
 """Classify images with a model exported by `tools/export_model.py`, through Paddle Inference.
 
-    python tools/predict.py --model_dir ./inference/pit_s_224 cat.jpg dog.png ... \\
-        [-model pit_s_224 | -cfg my_pit_s_224.yaml] [-opts KEY VALUE ...] [--labels names.txt] [--topk 5]
+    python tools/predict.py --model_dir ./inference/pit_s_224 cat.jpg dog.png photos/ val_list.txt ... \\
+        [-model pit_s_224 | -cfg my_pit_s_224.yaml] [-opts KEY VALUE ...] [--labels names.txt] [--topk 5] \\
+        [--batch_size 32] [--csv top5.csv] [--quiet]
+
+Inputs are image files, folders (every image below them, sorted) and list files
+(`path [label]` lines, paths relative to the list's folder): see
+`prediction_inputs.py`.  Images run in batches of `--batch_size`; a progress bar
+is drawn on stderr when it is a terminal (not with `--quiet`).  Without `--csv`
+the top-k of each image are printed; with it they go to the CSV file, one row per
+image: path, then class index, probability (and name, with `--labels`) of ranks
+1..k.  At the end: images scored, unreadable ones skipped (each named on its own
+line when met, never scored), throughput in images/s (reading, preprocessing and
+inference; the model load excluded), and with a labelled list the top-1 / top-5
+accuracy over its labelled images.
 
 Each image is preprocessed exactly as the config's evaluation does it
 (`paddlevit.create_transform` of the config's `data_config`, the engine's eval
@@ -22,10 +34,12 @@ one message naming the error; `--no-onednn` skips oneDNN.  `--device gpu`
 runs on the first GPU of a CUDA build of Paddle.
 """
 import argparse
+import csv
 import os
 import re
 import sys
 import tempfile
+import time
 import warnings
 
 warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
@@ -42,8 +56,10 @@ from engine.cpu.settings import configure as configure_cpu, cpu_threads  # noqa:
 
 try:
     from .model_args import add_model_arguments, model_config, model_sources  # imported as tools.predict
+    from .prediction_inputs import NO_LABEL, input_datasets
 except ImportError:
     from model_args import add_model_arguments, model_config, model_sources   # run as a script
+    from prediction_inputs import NO_LABEL, input_datasets
 
 __all__ = ['Classifier', 'InferenceModel', 'create_predictor', 'load_config', 'read_labels', 'run', 'softmax', 'topk']
 
@@ -242,34 +258,116 @@ def read_labels(path, num_classes=None):
     return names
 
 
+class Progress:
+    """A one-line text progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total, quiet=False, width=30):
+        self.total, self.width = total, width
+        self.shown = not quiet and sys.stderr.isatty()
+        self.start = time.perf_counter()
+
+    def draw(self, done):
+        if self.shown:
+            filled = self.width * done // max(self.total, 1)
+            rate = done / max(time.perf_counter() - self.start, 1e-9)
+            sys.stderr.write(f'\r[{"#" * filled}{"." * (self.width - filled)}] {done}/{self.total} '
+                             f'images, {rate:.1f} img/s')
+            sys.stderr.flush()
+
+    def clear(self):
+        if self.shown:
+            sys.stderr.write('\r' + ' ' * (self.width + 40) + '\r')
+            sys.stderr.flush()
+
+
+def batches(datasets, batch_size):
+    """(paths, [N, 3, S, S] images, labels) of the readable images of `datasets`, `batch_size` at a
+    time, and after each the count of images read so far (unreadable ones included)."""
+    paths, images, labels, read = [], [], [], 0
+    for dataset in datasets:
+        for index in range(len(dataset)):
+            sample = dataset[index]                 # None: unreadable, logged and counted by the dataset
+            read += 1
+            if sample is not None:
+                paths.append(dataset.path(index))
+                images.append(sample[0])
+                labels.append(sample[1])
+            if len(paths) == batch_size:
+                yield paths, np.stack(images), labels, read
+                paths, images, labels = [], [], []
+    if paths:
+        yield paths, np.stack(images), labels, read
+
+
+def write_results(paths, indices, probs, k, labels, table):
+    """The top-k of each image: a CSV row each with `table` (a csv.writer), else printed."""
+    for path, row_idx, row_prob in zip(paths, indices[:, :k], probs[:, :k]):
+        if table is not None:
+            table.writerow([path] + [cell for i, p in zip(row_idx, row_prob)
+                                     for cell in (int(i), f'{p:.6f}', *([labels[i]] if labels else []))])
+            continue
+        print(path)
+        for rank, (i, p) in enumerate(zip(row_idx, row_prob), 1):
+            name = f'  {labels[i]}' if labels else ''
+            print(f'  {rank}. class {i:>4d}  prob {p:.4f}{name}')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('images', nargs='+', help='image files')
+    parser.add_argument('images', nargs='+', help='image files, folders of images, list files')
     parser.add_argument('--model_dir', required=True, help='folder written by tools/export_model.py')
     add_model_arguments(parser, required=False, cfg_help='YAML config (default: MODEL_DIR/config.yaml)')
     parser.add_argument('--labels', default=None, help='class names, one per line')
     parser.add_argument('--topk', type=int, default=5)
-    parser.add_argument('--batch_size', type=int, default=16)
+    parser.add_argument('--batch_size', type=int, default=32)
+    parser.add_argument('--csv', default=None, help='write the top-k of each image to this CSV file')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: all cores)')
     parser.add_argument('--no-onednn', action='store_true', help='CPU: plain kernels instead of oneDNN')
     args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.topk < 1:
+        parser.error('--batch_size and --topk must be at least 1')
 
     if args.device == 'cpu':
         configure_cpu()
     config = load_config(args.model_dir, model_sources(args), args.opts)
-    classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=not args.no_onednn)
-    print(f'preprocessing: {describe_eval_transform(config)}')
     labels = read_labels(args.labels, config.MODEL.NUM_CLASSES) if args.labels else None
-    for start in range(0, len(args.images), args.batch_size):
-        paths = args.images[start:start + args.batch_size]
-        indices, probs = classifier.predict(paths, args.topk)
-        for path, row_idx, row_prob in zip(paths, indices, probs):
-            print(path)
-            for rank, (i, p) in enumerate(zip(row_idx, row_prob), 1):
-                name = f'  {labels[i]}' if labels else ''
-                print(f'  {rank}. class {i:>4d}  prob {p:.4f}{name}')
+    classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=not args.no_onednn)
+    datasets = input_datasets(args.images, config, classifier.transform)
+    print(f'preprocessing: {describe_eval_transform(config)}')
+    csv_file = open(args.csv, 'w', newline='', encoding='utf-8') if args.csv else None
+    table = csv.writer(csv_file) if csv_file else None
+    progress = Progress(sum(len(d) for d in datasets), args.quiet)
+    scored, hits, labelled = 0, np.zeros(2, np.int64), 0      # hits: top-1, top-5
+    start = time.perf_counter()
+    try:
+        for paths, images, targets, read in batches(datasets, args.batch_size):
+            indices, probs = topk(softmax(classifier.logits(images)), max(args.topk, 5))
+            progress.clear()
+            write_results(paths, indices, probs, args.topk, labels, table)
+            scored += len(paths)
+            targets = np.asarray(targets)
+            known = targets != NO_LABEL
+            labelled += int(known.sum())
+            hits += [(indices[known, :n] == targets[known, None]).any(axis=1).sum() for n in (1, 5)]
+            progress.draw(read)
+    finally:
+        if csv_file:
+            csv_file.close()
+    seconds = time.perf_counter() - start
+    progress.clear()
+    skipped = sum(d.num_missing + d.take_skipped() for d in datasets)
+    print(f'{scored} images in {seconds:.2f} s: {scored / seconds:.1f} images/s (reading, preprocessing and '
+          f'inference, batch {args.batch_size}; model load excluded)'
+          + (f'; skipped {skipped} unreadable image(s)' if skipped else '')
+          + (f'; top-k written to {args.csv}' if args.csv else ''))
+    if labelled:
+        print(f'accuracy over {labelled} labelled images: top-1 {100 * hits[0] / labelled:.2f}%, '
+              f'top-5 {100 * hits[1] / labelled:.2f}%')
+    return 0 if scored else 1
+
 
 if __name__ == '__main__':
     from engine.errors import cli

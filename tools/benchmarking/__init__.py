@@ -5,6 +5,8 @@
     inference     the eval step through Paddle Inference on the exported model (`--inference`)
     isolation     each measurement in a fresh interpreter, stopped at a time or memory limit
     report        the markdown table, how memory grows over a `--sweep`, the plot, `--json`
+    compare       ours against the official PyTorch model (`--torch-src`), rounds, ratios, busy-machine refusal
+    official      the official PyTorch model built from a user's checkout, timed the same way (torch side)
     loader_speed  the data pipeline's img/s against PaddleViT's PIL pipeline (`--loader`)
     baseline      that PIL pipeline, as PaddleViT builds it (also the reference of tests/test_data.py)
 

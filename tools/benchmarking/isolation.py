@@ -31,10 +31,11 @@ def default_memory_limit(max_memory_gb=None):
     return None
 
 
-def run_isolated(job, timeout, max_bytes):
-    """`measure(job)` in a fresh interpreter; a failure becomes {'error': ...}."""
-    cmd = [sys.executable, SCRIPT, '--_worker', json.dumps(job)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def run_isolated(job, timeout, max_bytes, command=None, env=None):
+    """`measure(job)` in a fresh interpreter; a failure becomes {'error': ...}.  `command` runs
+    another measurement (the JSON job is appended to it; `official.py`'s in a Python with torch)."""
+    cmd = (command or [sys.executable, SCRIPT, '--_worker']) + [json.dumps(job)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     killed = []
 
     def watch():   # keep a runaway measurement from taking the machine down
@@ -58,5 +59,6 @@ def run_isolated(job, timeout, max_bytes):
         if line.startswith('{'):
             return json.loads(line)
     reason = killed[0] if killed else (err.strip().splitlines() or [f'exit status {proc.returncode}'])[-1]
-    return {**job, 'model': os.path.basename(job['cfg']), 'image size': job['image_size'], 'error': reason,
+    named = {'model': os.path.basename(job['cfg']), 'image size': job['image_size']} if 'cfg' in job else {}
+    return {**job, **named, 'error': reason,
             'user error': not killed and proc.returncode == 2}   # a bad config or flag: see tools/benchmark.py

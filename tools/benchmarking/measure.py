@@ -118,4 +118,5 @@ def measure(job):
         'to_static': job['to_static'], 'inference': bool(job.get('inference')) and job['mode'] == 'eval',
         'onednn': onednn, 'seconds per iter': seconds / job['iters'],
         'warmup': job['warmup'], 'iters': job['iters'], 'recompute': bool(config.TRAIN.RECOMPUTE),
+        'drop path': config.MODEL.DROPPATH,
     }

@@ -1,0 +1,164 @@
+"""tools/benchmark.py --torch-src: ours against the official PyTorch model.
+
+torch is no requirement of this project: the adapter table, the module loading from a checkout,
+the ratios and the busy-machine refusal are tested without it, on stand-in "official
+repositories" written here and fake timings; the one test that times a PyTorch model is
+skipped, with a message, where torch is not installed.
+"""
+import argparse
+import importlib.util
+import sys
+
+import pytest
+
+from tools.benchmarking import compare, official
+
+ARGS = dict(threads=2, rounds=2, max_load=0.25, torch_python=sys.executable, torch_src='/nowhere',
+            timeout=60, max_memory_gb=None)
+
+
+def job(mode):
+    return {'cfg': 'pit_s', 'image_size': None, 'mode': mode, 'batch_size': 32, 'warmup': 1,
+            'iters': 3, 'threads': 2, 'inference': False}
+
+
+def fake_runs(speeds):
+    """A stand-in for isolation.run_isolated: img/s from `speeds[(side, mode)]`, one per call in turn."""
+    calls = {key: iter(values) for key, values in speeds.items()}
+
+    def run(job, timeout, max_bytes, command=None, env=None):
+        side = 'torch' if command else 'ours'
+        row = {'model': 'pit_s', 'image size': 224, 'drop path': 0.1, 'mode': job['mode'], 'peak MB': 100.0,
+               'img/s': next(calls[side, job['mode']])}
+        if side == 'torch':
+            row.update(repository='naver-ai/pit', torch='2.13.0')
+            assert command[1:] == ['-m', 'tools.benchmarking.official'] and job['torch_src'] == '/nowhere'
+            assert (job['batch_size'], job['warmup'], job['iters'], job['threads']) == (32, 1, 3, 2)
+            assert job['drop path'] == 0.1                # ours, for the official constructor
+        return row
+    return run
+
+
+SPEEDS = {('ours', 'eval'): [12.0, 10.0], ('torch', 'eval'): [10.0, 10.0],
+          ('ours', 'train'): [4.0, 4.5], ('torch', 'train'): [5.0, 5.0]}
+
+
+def test_ratios_per_round_and_their_range(monkeypatch, capsys):
+    monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
+    loads = iter([(0.1, 0, 0), (2.3, 0, 0)])                 # after: the 2 measuring threads + 0.3
+    status = compare.compare([job('eval'), job('train')], argparse.Namespace(**ARGS), 2,
+                             load=lambda: next(loads))
+    out = capsys.readouterr().out
+    assert status == 0
+    assert '| pit_s | eval | 1 | 12.00 | 10.00 | 1.20 |' in out
+    assert '| pit_s | train | 2 | 4.50 | 5.00 | 0.90 |' in out
+    assert 'ours / PyTorch, eval: 1.00-1.20 over 2 round(s)' in out
+    assert 'ours / PyTorch, train: 0.80-0.90 over 2 round(s)' in out
+    assert 'load average 0.10 before, 2.30 after' in out and out.startswith('CPU: ')
+
+
+@pytest.mark.parametrize('before, after', [(0.9, 1.0), (0.1, 2.9)])
+def test_busy_machine_gets_no_ratio(monkeypatch, capsys, before, after):
+    monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
+    loads = iter([(before, 0, 0), (after, 0, 0)])
+    status = compare.compare([job('eval'), job('train')], argparse.Namespace(**ARGS), 2,
+                             load=lambda: next(loads))
+    out = capsys.readouterr().out
+    assert status == compare.BUSY_EXIT
+    assert 'ours / PyTorch,' not in out and '1.20' not in out
+    assert '| pit_s | eval | 1 | 12.00 | 10.00 | not reported |' in out
+    assert 'no ratio reported: the machine was busy' in out and '--max_load 0.25 per core = 0.50' in out
+    # a user who accepts the load gets the ratios
+    monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
+    loads = iter([(before, 0, 0), (after, 0, 0)])
+    accepting = argparse.Namespace(**{**ARGS, 'max_load': float('inf')})
+    assert compare.compare([job('eval')], accepting, 2, load=lambda: next(loads)) == 0
+
+
+def test_busy_threshold_is_per_core():
+    assert compare.busy_reason(0.5, 2.5, threads=2, cores=2, max_load=0.25) is None
+    assert compare.busy_reason(0.6, 0.0, threads=2, cores=2, max_load=0.25) is not None
+    assert compare.busy_reason(0.6, 0.0, threads=2, cores=4, max_load=0.25) is None
+
+
+def test_cpu_model_and_vector_extensions(tmp_path):
+    info = tmp_path / 'cpuinfo'
+    info.write_text('processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse4_2 avx avx2 fma '
+                    'avx512f avx512bw\n\nprocessor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n')
+    assert compare.cpu_description(str(info)) == \
+        'Test CPU 9000 (vector extensions: sse4_2 avx avx2 fma avx512f avx512bw)'
+
+
+# ---- building the official model from a checkout (official.py) -----------------------------------
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A stand-in naver-ai/pit checkout: pit.py whose pit_s records how it was called, importing a
+    helper module of its own checkout as the official file imports its neighbours."""
+    (tmp_path / 'pit_helper.py').write_text('WIDTH = 48\n')
+    (tmp_path / 'pit.py').write_text(
+        'import pit_helper\n'
+        'def pit_s(pretrained, **kwargs):\n'
+        '    return ("pit_s", pretrained, pit_helper.WIDTH, kwargs)\n')
+    yield tmp_path
+    for name in ('pit', 'pit_helper'):
+        sys.modules.pop(name, None)
+    sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
+
+
+def test_official_model_built_from_the_checkout(checkout):
+    model, repository = official.official_model('pit_s', str(checkout), 224, drop_path=0.1)
+    assert model == ('pit_s', False, 48, {'drop_path_rate': 0.1}) and repository == 'naver-ai/pit'
+
+
+def test_unknown_model_and_wrong_checkout_are_named(checkout, tmp_path_factory):
+    with pytest.raises(official.OfficialModelError, match='no official PyTorch model is known for resnet50'):
+        official.official_model('resnet50', str(checkout), 224)
+    empty = tmp_path_factory.mktemp('empty')
+    with pytest.raises(official.OfficialModelError, match=r'has no pit.py \(a checkout of github.com/naver-ai/pit\)'):
+        official.official_model('pit_s', str(empty), 224)
+    with pytest.raises(official.OfficialModelError, match='models/modeling.py'):   # ViT's second adapter
+        official.official_model('vit_small_patch16_224', str(empty), 224)
+
+
+def test_a_module_found_elsewhere_is_refused(checkout, tmp_path_factory):
+    other = tmp_path_factory.mktemp('other')
+    (other / 'pit.py').write_text('def pit_s(pretrained): return "not the checkout\'s"\n')
+    sys.path.insert(0, str(other))
+    try:
+        __import__('pit')                     # an installed `pit` already imported wins over the checkout
+        with pytest.raises(official.OfficialModelError, match='found .*other.*/pit.py instead'):
+            official.official_model('pit_s', str(checkout), 224)
+    finally:
+        sys.path.remove(str(other))
+
+
+@pytest.mark.slow           # resolves every config of the registry
+def test_every_adapter_names_our_models():
+    """The table is keyed by MODEL.NAME, which a measurement's row carries."""
+    import paddlevit
+    from engine.families import FAMILIES
+    ours = {paddlevit.model_config(name).MODEL.NAME for name in paddlevit.list_models()}
+    for family, adapters in official.ADAPTERS.items():
+        assert family in FAMILIES
+        for adapter in adapters:
+            assert set(adapter.names) <= ours, (family, set(adapter.names) - ours)
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None,
+                    reason='torch is not installed (it is no requirement of this project): the PyTorch side '
+                           'of tools/benchmark.py --torch-src is not timed here')
+def test_official_side_times_a_torch_model(tmp_path):
+    (tmp_path / 'pit.py').write_text(
+        'import torch\n'
+        'def pit_s(pretrained, **kwargs):\n'
+        '    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 8, 8), torch.nn.Flatten(), torch.nn.LazyLinear(1000))\n')
+    try:
+        for mode in ('eval', 'train'):
+            row = official.measure_official({'model': 'pit_s', 'image size': 32, 'batch_size': 2,
+                                             'warmup': 1, 'iters': 2, 'threads': 1, 'mode': mode, 'drop path': 0.0,
+                                             'torch_src': str(tmp_path)})
+            assert row['img/s'] > 0 and row['repository'] == 'naver-ai/pit' and row['mode'] == mode
+    finally:
+        sys.modules.pop('pit', None)
+        sys.path[:] = [p for p in sys.path if p != str(tmp_path)]

@@ -1,0 +1,120 @@
+"""Ours against the official PyTorch model, same protocol, in alternating rounds (`--torch-src`).
+
+Each round measures ours, then the official model, for every mode, each in a fresh process
+(`isolation.py`; the PyTorch side is `official.py` run by `--torch_python`).  Alternating in
+rounds, instead of all of ours then all of theirs, spreads a slow spell of the machine over
+both sides; the ratio ours / PyTorch of each round is printed, and their range (not a mean:
+the spread is the measurement's honesty).  Alongside: the CPU model and its vector
+extensions (the hand-written kernels and oneDNN both depend on them), and the load average.
+
+A ratio measured while other processes ran is not a figure anyone can reproduce, so the
+comparison refuses to report ratios (exit status `BUSY_EXIT`, the timings still printed) when
+the machine was busy:  the load others put on it, estimated as the larger of the 1-minute load
+average before the first measurement and the one after the last minus the measurement's own
+threads, exceeds `--max_load` per core (default 0.25, i.e. half a core on two cores).  The
+estimate after is lenient: a 1-minute average has not yet risen to the measurement's own
+thread count after a short run.  `--max_load inf` accepts any load, for users who know.
+"""
+import os
+import sys
+
+from . import isolation
+
+__all__ = ['BUSY_EXIT', 'cpu_description', 'busy_reason', 'ratio_lines', 'compare']
+
+BUSY_EXIT = 3
+VECTOR_EXTENSIONS = ('sse4_2', 'avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni',
+                     'avx512_bf16', 'amx_tile', 'amx_bf16')
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cpu_description(cpuinfo='/proc/cpuinfo'):
+    """'MODEL NAME (vector extensions: avx2 fma avx512f ...)' from /proc/cpuinfo."""
+    model, flags = 'unknown CPU', set()
+    try:
+        with open(cpuinfo, encoding='utf-8', errors='replace') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name' and model == 'unknown CPU':
+                    model = value.strip()
+                elif key.strip() == 'flags' and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    present = [x for x in VECTOR_EXTENSIONS if x in flags]
+    return f'{model} (vector extensions: {" ".join(present) or "none of " + " ".join(VECTOR_EXTENSIONS)})'
+
+
+def busy_reason(load_before, load_after, threads, cores, max_load):
+    """Why the machine counts as busy (see the module docstring), or None."""
+    others = max(load_before, load_after - threads)
+    limit = max_load * cores
+    if others <= limit:
+        return None
+    return (f'the machine was busy: other processes put a load of about {others:.2f} on its {cores} cores '
+            f'(1-minute load average {load_before:.2f} before, {load_after:.2f} after, minus the '
+            f'{threads} measuring threads), over --max_load {max_load} per core = {limit:.2f}; '
+            f'rerun on a quiet machine, or pass --max_load inf to accept it')
+
+
+def ratio_lines(pairs, ratios_shown=True):
+    """Markdown rows (and a range line per mode) of [(mode, round, ours row, PyTorch row)];
+    without `ratios_shown`, the timings only."""
+    lines = ['| model | mode | round | ours img/s | PyTorch img/s | ours / PyTorch | ours peak MB | PyTorch peak MB |',
+             '|---|---|---|---|---|---|---|---|']
+    ratios = {}
+    for mode, number, ours, theirs in pairs:
+        if 'error' in ours or 'error' in theirs:
+            failed = ours.get('error') or theirs.get('error')
+            lines.append(f'| {ours["model"]} | {mode} | {number} | failed: {failed} | | | | |')
+            continue
+        ratio = ours['img/s'] / theirs['img/s']
+        ratios.setdefault(mode, []).append(ratio)
+        lines.append(f'| {ours["model"]} | {mode} | {number} | {ours["img/s"]:.2f} | {theirs["img/s"]:.2f} | '
+                     f'{f"{ratio:.2f}" if ratios_shown else "not reported"} | {ours["peak MB"]:.0f} | '
+                     f'{theirs["peak MB"]:.0f} |')
+    lines.append('')
+    for mode, values in ratios.items() if ratios_shown else ():
+        lines.append(f'ours / PyTorch, {mode}: {min(values):.2f}-{max(values):.2f} over {len(values)} round(s) '
+                     f'(> 1: ours is faster)')
+    return lines
+
+
+def compare(jobs, args, cores, load=os.getloadavg):
+    """Run `jobs` (ours, one per mode of one model, from `measure.make_job`) against the official
+    model for `args.rounds` rounds; print the report; return the exit status."""
+    print(f'CPU: {cpu_description()}, {cores} cores; {args.threads} threads per side')
+    command = [args.torch_python, '-m', 'tools.benchmarking.official']
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
+    max_bytes = isolation.default_memory_limit(args.max_memory_gb)
+    load_before = load()[0]
+    pairs = []
+    for number in range(1, args.rounds + 1):
+        for job in jobs:
+            ours = isolation.run_isolated(job, args.timeout, max_bytes)
+            if ours.get('user error'):
+                print(ours['error'], file=sys.stderr)
+                return 2
+            theirs = {'error': 'ours failed'} if 'error' in ours else isolation.run_isolated(
+                {'model': ours['model'], 'image size': ours['image size'], 'drop path': ours['drop path'],
+                 'batch_size': job['batch_size'],
+                 'warmup': job['warmup'], 'iters': job['iters'], 'threads': job['threads'],
+                 'mode': job['mode'], 'torch_src': args.torch_src}, args.timeout, max_bytes, command, env)
+            if theirs.get('user error'):        # no official model for ours, or a wrong checkout
+                print(theirs['error'], file=sys.stderr)
+                return 2
+            mode = 'exported' if job.get('inference') and job['mode'] == 'eval' else job['mode']
+            print(f'# round {number} {mode}: ours {ours.get("img/s", 0):.2f} img/s, '
+                  f'PyTorch {theirs.get("img/s", 0):.2f} img/s', file=sys.stderr, flush=True)
+            pairs.append((mode, number, ours, theirs))
+    load_after = load()[0]
+    first = next((t for _, _, _, t in pairs if 'error' not in t), {})
+    print(f'official model: {first.get("repository", "?")} under torch {first.get("torch", "?")}; '
+          f'batch {jobs[0]["batch_size"]}, {jobs[0]["warmup"]} warm-up + {jobs[0]["iters"]} timed steps')
+    print(f'load average {load_before:.2f} before, {load_after:.2f} after\n')
+    reason = busy_reason(load_before, load_after, args.threads, cores, args.max_load)
+    print('\n'.join(ratio_lines(pairs, ratios_shown=reason is None)))
+    if reason:
+        print(f'no ratio reported: {reason}')
+        return BUSY_EXIT
+    return 1 if any('error' in o or 'error' in t for _, _, o, t in pairs) else 0
