@@ -26,7 +26,10 @@ def resize(x, size):
 def mmcv_init(layer):
     """MMCV's ConvModule init for the convs of a head (module doc); BN keeps Paddle's 1 / 0."""
     if isinstance(layer, nn.Conv2D):
-        nn.initializer.KaimingNormal(mode='fan_out', nonlinearity='relu')(layer.weight)
+        # kaiming normal over fan_out (= out_channels x kernel area); Paddle < 3.1 has no `mode`,
+        # but takes the fan itself
+        out_channels, _, kh, kw = layer.weight.shape
+        nn.initializer.KaimingNormal(fan_in=out_channels * kh * kw, nonlinearity='relu')(layer.weight)
         if layer.bias is not None:
             nn.initializer.Constant(0.0)(layer.bias)
 

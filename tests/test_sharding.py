@@ -100,11 +100,18 @@ def test_launched_sharded_run_on_the_cpu_ends_with_the_message(tmp_path):
            '-output', str(tmp_path / 'out'), '-opts', 'TRAIN.SHARDING', 'os_g']
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=str(tmp_path), env=ENV)
     assert proc.returncode != 0
+    # Each rank refuses before joining the group; the launcher stops the other rank as soon as one
+    # exits, so that one may be terminated before it prints (Paddle 3.0's launcher is that quick).
+    refused = 0
     for rank in (0, 1):
         with open(tmp_path / 'launch' / f'workerlog.{rank}', encoding='utf-8', errors='replace') as f:
             lines = [line for line in f.read().splitlines() if line.strip()]
-        assert "TRAIN.SHARDING 'os_g' on cpu: Paddle implements sharding for GPU" in lines[-1], lines[-5:]
-        assert not any('Traceback' in line for line in lines)
+        # no Python traceback (a terminated rank ends with Paddle's own 'C++ Traceback' of the signal)
+        assert not any(line.startswith('Traceback (most recent call last)') for line in lines), lines[-5:]
+        said = "TRAIN.SHARDING 'os_g' on cpu: Paddle implements sharding for GPU" in lines[-1]
+        assert said or 'SIGTERM' in lines[-1], lines[-5:]
+        refused += said
+    assert refused >= 1
 
 
 # ----- state gathering with real optimizers standing in for the ranks -----
