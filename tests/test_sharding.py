@@ -101,16 +101,16 @@ def test_launched_sharded_run_on_the_cpu_ends_with_the_message(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=str(tmp_path), env=ENV)
     assert proc.returncode != 0
     # Each rank refuses before joining the group; the launcher stops the other rank as soon as one
-    # exits, so that one may be terminated before it prints (Paddle 3.0's launcher is that quick).
+    # exits (silently: engine.distributed.die_quietly_when_stopped), possibly before it prints.
+    message = "TRAIN.SHARDING 'os_g' on cpu: Paddle implements sharding for GPU"
     refused = 0
     for rank in (0, 1):
         with open(tmp_path / 'launch' / f'workerlog.{rank}', encoding='utf-8', errors='replace') as f:
             lines = [line for line in f.read().splitlines() if line.strip()]
-        # no Python traceback (a terminated rank ends with Paddle's own 'C++ Traceback' of the signal)
-        assert not any(line.startswith('Traceback (most recent call last)') for line in lines), lines[-5:]
-        said = "TRAIN.SHARDING 'os_g' on cpu: Paddle implements sharding for GPU" in lines[-1]
-        assert said or 'SIGTERM' in lines[-1], lines[-5:]
-        refused += said
+        assert not any('Traceback' in line for line in lines), lines[-5:]
+        if any(message in line for line in lines):
+            assert message in lines[-1], lines[-5:]
+            refused += 1
     assert refused >= 1
 
 

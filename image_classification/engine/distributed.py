@@ -4,6 +4,7 @@ Process groups are created by `paddle.distributed.launch` / `spawn` and
 `init_parallel_env`; nothing here talks to other processes on its own.
 """
 import os
+import signal
 
 import paddle
 import paddle.distributed as dist
@@ -14,6 +15,18 @@ from .logger import without_flags_banner
 def launched_by_paddle():
     """True inside a process started by `paddle.distributed.launch` or `spawn`."""
     return 'PADDLE_TRAINER_ID' in os.environ and int(os.environ.get('PADDLE_TRAINERS_NUM', '1')) > 1
+
+
+def die_quietly_when_stopped():
+    """Let SIGTERM end this process at once and silently.
+
+    When one rank stops (a user error, a crash), spawn and the launcher SIGTERM
+    the others; the handler `import paddle` installs then prints a "C++ Traceback"
+    block for the rank that did nothing wrong, right where the user looks for the
+    real cause.  It must be replaced after paddle is imported (it is installed by
+    the import).  Crash signals (SIGSEGV, ...) keep Paddle's handler.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def launched_world_size(distributed):

@@ -12,7 +12,6 @@ import argparse
 import glob
 import os
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -91,7 +90,7 @@ def execute(get_config, build_model, distributed=False, hooks=None, argv=None):
     parser = build_parser(hooks)
     args = parser.parse_args(argv)
     if distributed and dist.launched_by_paddle():
-        _die_quietly_when_stopped()
+        dist.die_quietly_when_stopped()   # again: `main` may be called without prepare_process
     return _main(get_config, build_model, distributed, hooks, args)
 
 
@@ -136,20 +135,9 @@ def _spawn(config, build_model, hooks, args, nprocs):
                 raise UserError(f.read()) from None
 
 
-def _die_quietly_when_stopped():
-    """Let SIGTERM end this rank at once and silently.
-
-    When one rank stops (a user error, a crash), spawn and the launcher SIGTERM
-    the others; Paddle's C++ handler then prints a "C++ Traceback" block for the
-    rank that did nothing wrong, right where the user looks for the real cause.
-    Crash signals (SIGSEGV, ...) keep Paddle's handler.
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def _spawned_run(config, build_model, hooks, args, message_dir):
     """One spawned rank: `run`, and on a UserError its message to `message_dir`, exit status 2."""
-    _die_quietly_when_stopped()
+    dist.die_quietly_when_stopped()
     try:
         return run(config, build_model, hooks, args, True)
     except UserError as error:
