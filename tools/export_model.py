@@ -38,12 +38,8 @@ paddle2onnx, `--onnx` prints how to install it and the Paddle export stands.
 import argparse
 import os
 import sys
-import warnings
 
-warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402
+import engine
 engine.prepare_process()   # before paddle is imported
 import paddle  # noqa: E402
 from paddle.static import InputSpec  # noqa: E402

@@ -11,11 +11,8 @@ ptflops, PaddleViT's and PerViT's tables).  What is counted and how:
 """
 import argparse
 import sys
-import warnings
 
-warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
-
-import engine  # noqa: E402
+import engine
 engine.prepare_process()   # before paddle is imported
 from engine.flops import by_op, count_params, op_costs  # noqa: E402
 

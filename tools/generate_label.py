@@ -35,8 +35,7 @@ import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402
+import engine
 engine.prepare_process()   # before paddle is imported
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402

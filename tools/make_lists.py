@@ -19,12 +19,8 @@ a tree that cannot be used.
 import argparse
 import os
 import sys
-import warnings
 
-warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402
+import engine
 engine.prepare_process()   # before paddle is imported
 from engine.data.image_folder import SPLITS, folder_classes, scan_split, write_labels  # noqa: E402
 from engine.errors import USER_ERROR_EXIT_CODE, UserError  # noqa: E402

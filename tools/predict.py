@@ -40,12 +40,8 @@ import re
 import sys
 import tempfile
 import time
-import warnings
 
-warnings.filterwarnings('ignore', message='No ccache found')   # printed by every paddle import
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import engine  # noqa: E402
+import engine
 engine.prepare_process()   # before paddle is imported
 import numpy as np  # noqa: E402
 from paddle import inference  # noqa: E402
