@@ -54,3 +54,14 @@ def pytest_terminal_summary(terminalreporter, config):
                                     f'(see pytest.ini) or make them cheaper')
         for seconds, nodeid in over:
             terminalreporter.write_line(f'{seconds:7.2f}s  {nodeid}')
+
+
+def python_traceback_free(log):
+    """A rank's log (text) has no Python traceback.  A rank that `paddle.distributed.launch`
+    terminated while it was still importing paddle (the other rank failed first; after the
+    import `engine.prepare_process` lets SIGTERM end it silently) ends with Paddle's own signal
+    report, a "C++ Traceback" block naming SIGTERM: that is the launcher's doing, not an error."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    if any(line.startswith('Traceback (most recent call last)') for line in lines):
+        return False
+    return 'C++ Traceback' not in log or 'SIGTERM' in lines[-1]
