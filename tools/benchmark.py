@@ -33,13 +33,18 @@ The model is built for each image size (`DATA.IMAGE_SIZE`), so position embeddin
 other size-dependent tensors are right.  By default the model runs in dygraph, as the
 launcher trains and evaluates it; `--to_static` runs it through `paddle.jit.to_static`
 (on this CPU it sped inference up by 0-5% and slowed training down by 20-50%).
-`--inference` measures eval through Paddle Inference on the exported model, the
-deployment path of `tools/export_model.py` + `tools/predict.py` (`inference.py`).
+`--mode exported` (or `--inference`) measures eval through Paddle Inference on the exported
+model, the deployment path of `tools/export_model.py` + `tools/predict.py` (`inference.py`);
+`--mode all` measures eval, train and exported.  `--flop_rate` adds, to eval and exported, the
+GFLOP/s achieved and its share of the machine's sgemm rate measured in the same process
+(`flop_rate.py`).  `--isa avx2` holds every side to AVX2, as on CPUs without AVX-512.
 A model whose training output is not plain logits (a distilled (class, distillation)
 pair, token labeling's dense output) is trained on its class logits.
 `--torch-src DIR` times the official PyTorch model built from that checkout the same way,
 alternating rounds, and prints the ratios ours / PyTorch with the CPU and the load average;
-it refuses to report them (exit status 3) when the machine was busy (`compare.py`).
+it refuses to report them (exit status 3) when the machine was busy (`compare.py`).  Its
+`--json` files, given together to `--load_json`, make the speed table of the README:
+one row per model, a column per path x batch size x instruction set (`speed_table.py`).
 `--loader` times the data pipeline instead (`loader_speed.py`); the table, the memory
 growth of a sweep, `--plot` and `--json` are `report.py`'s.
 """
@@ -54,12 +59,14 @@ try:                                                  # imported as tools.benchm
     from .benchmarking.compare import compare
     from .benchmarking.loader_speed import benchmark_loaders
     from .benchmarking.measure import make_job, measure
+    from .benchmarking.speed_table import speed_table
     from .model_args import add_model_arguments, model_sources
 except ImportError:                                   # run as a script: its folder is sys.path[0]
     from benchmarking import isolation, report
     from benchmarking.compare import compare
     from benchmarking.loader_speed import benchmark_loaders
     from benchmarking.measure import make_job, measure
+    from benchmarking.speed_table import speed_table
     from model_args import add_model_arguments, model_sources
 
 
@@ -70,12 +77,27 @@ def cpu_count():
         return os.cpu_count() or 1
 
 
+MODES = {'eval': ['eval'], 'train': ['train'], 'exported': ['exported'], 'both': ['eval', 'train'],
+         'all': ['eval', 'train', 'exported']}
+# --isa: what each choice exports for every measuring process (ours and PyTorch's alike)
+ISA_ENVIRONMENT = {'native': {},
+                   'avx2': {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'MKL_ENABLE_INSTRUCTIONS': 'AVX2',
+                            'PADDLEVIT_KERNEL_ISA': 'avx2'}}
+
+
+def modes_of(args):
+    """The measured paths of --mode, with --inference turning eval into exported."""
+    return ['exported' if args.inference and m == 'eval' else m for m in MODES[args.mode]]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, several=True, required=False, cfg_help='YAML config(s) of any family')
     p.add_argument('--batch_size', type=int, default=32)
     p.add_argument('--image_size', type=int, default=None, help='default: the config\'s DATA.IMAGE_SIZE')
-    p.add_argument('--mode', choices=['eval', 'train', 'both'], default='both')
+    p.add_argument('--mode', choices=list(MODES), default='both',
+                   help='eval (dygraph), train (one optimizer step), exported (eval through Paddle Inference, '
+                        'as tools/predict.py runs it), both = eval + train, all = the three')
     p.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
     p.add_argument('--iters', type=int, default=10, help='timed iterations')
     p.add_argument('--threads', type=int, default=cpu_count(), help='CPU threads (default: all cores)')
@@ -85,12 +107,20 @@ def parse_args(argv=None):
     p.add_argument('--device', choices=['auto', 'cpu', 'gpu'], default='auto')
     p.add_argument('--inference', action='store_true',
                    help='eval through Paddle Inference on the exported model (oneDNN on CPU), '
-                        'as tools/predict.py runs it')
+                        'as tools/predict.py runs it: the eval of --mode becomes exported')
+    p.add_argument('--isa', choices=list(ISA_ENVIRONMENT), default='native',
+                   help='the instruction set every side may use: native (all the CPU has), or avx2, which '
+                        'holds oneDNN, MKL (Paddle\'s and PyTorch\'s) and our fused kernels to AVX2 as on '
+                        'older CPUs (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, PADDLEVIT_KERNEL_ISA)')
+    p.add_argument('--flop_rate', action='store_true',
+                   help='eval and exported: the achieved GFLOP/s and its share of the sgemm rate measured '
+                        'in the same process (benchmarking/flop_rate.py)')
     p.add_argument('--sweep', default=None, help='comma-separated image sizes, e.g. 224,384,512,768,1024')
     p.add_argument('--plot', default=None, help='PNG of img/s and memory per image size (with --sweep)')
     p.add_argument('--json', default=None, help='write the measurements to this JSON file')
-    p.add_argument('--load_json', default=None,
-                   help='print the table (and --plot) of a --json file instead of measuring')
+    p.add_argument('--load_json', nargs='+', default=None,
+                   help='print the table (and --plot) of --json file(s) instead of measuring; files of '
+                        '--torch-src comparisons give the speed table of them all (benchmarking/speed_table.py)')
     p.add_argument('--timeout', type=float, default=900, help='seconds allowed per measurement')
     p.add_argument('--max_memory_gb', type=float, default=None,
                    help='stop a measurement whose process grows past this RSS (default: 80%% of available)')
@@ -118,10 +148,16 @@ def main(argv=None):
         print(json.dumps(measure(json.loads(args._worker))), flush=True)
         return 0
     if args.load_json:
-        with open(args.load_json, encoding='utf-8') as f:
-            results = json.load(f)
+        results = []
+        for path in args.load_json:
+            with open(path, encoding='utf-8') as f:
+                results += json.load(f)
+        if results and all('ratio' in r for r in results):     # comparisons: the speed table
+            print(speed_table(results))
+            return 0
         report.report(results, args, sweep=len({r['image size'] for r in results}) > 1)
         return 0
+    os.environ.update(ISA_ENVIRONMENT[args.isa])     # every measuring process inherits it
     sources = model_sources(args)
     if not sources:
         raise SystemExit('-model / -cfg: give at least one model name or config')
@@ -129,15 +165,14 @@ def main(argv=None):
         benchmark_loaders(args)
         return 0
     if args.torch_src:
-        modes = ['eval', 'train'] if args.mode == 'both' else [args.mode]
-        return max(compare([make_job(source, args.image_size, mode, args) for mode in modes], args, cpu_count())
-                   for source in sources)
+        return max(compare([make_job(source, args.image_size, mode, args) for mode in modes_of(args)], args,
+                           cpu_count()) for source in sources)
     return measure_all(args, sources)
 
 
 def measure_all(args, sources):
     """Every model x image size x mode, each in its own process; then the report."""
-    modes = ['eval', 'train'] if args.mode == 'both' else [args.mode]
+    modes = modes_of(args)
     sizes = [int(s) for s in args.sweep.split(',')] if args.sweep else [args.image_size]
     max_bytes = isolation.default_memory_limit(args.max_memory_gb)
     results = []

@@ -16,11 +16,16 @@ def prepare_process():
     (`engine.logger.silence_known_noise`; its import warns) and set the environment its
     libraries read once, when they load (`engine.cpu.settings.set_process_environment`).
     In a rank of `paddle.distributed.launch` it then imports paddle and lets SIGTERM end the
-    rank silently (`engine.distributed.die_quietly_when_stopped`)."""
-    from . import logger
+    rank silently (`engine.distributed.die_quietly_when_stopped`).  A PADDLEVIT_KERNEL_ISA the
+    kernels cannot be built for ends the process here, with its message and status 2."""
+    from . import errors, logger
     from .cpu import settings
     logger.silence_known_noise()
     settings.set_process_environment()
+    try:
+        settings.kernel_isa()
+    except settings.KernelIsaError as error:
+        errors.exit_on_user_error(error)
     if 'PADDLE_TRAINER_ID' in os.environ:   # a rank of paddle.distributed.launch: paddle is imported now
         from . import distributed            # (it installs its signal handlers) to quiet a rank the
         if distributed.launched_by_paddle():  # launcher stops, as early as that can be done

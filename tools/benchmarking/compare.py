@@ -15,12 +15,13 @@ threads, exceeds `--max_load` per core (default 0.25, i.e. half a core on two co
 estimate after is lenient: a 1-minute average has not yet risen to the measurement's own
 thread count after a short run.  `--max_load inf` accepts any load, for users who know.
 """
+import json
 import os
 import sys
 
 from . import isolation
 
-__all__ = ['BUSY_EXIT', 'cpu_description', 'busy_reason', 'ratio_lines', 'compare']
+__all__ = ['BUSY_EXIT', 'cpu_description', 'busy_reason', 'ratio_lines', 'comparison_rows', 'compare']
 
 BUSY_EXIT = 3
 VECTOR_EXTENSIONS = ('sse4_2', 'avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni',
@@ -80,10 +81,37 @@ def ratio_lines(pairs, ratios_shown=True):
     return lines
 
 
+def comparison_rows(pairs, isa, ratios_shown=True):
+    """The JSON rows of a comparison (`--json`, read back by `speed_table`): per round and path, both
+    sides' img/s and peak MB, the ratio (None where the machine was busy), the CPU and the --isa."""
+    cpu = cpu_description()
+    rows = []
+    for mode, number, ours, theirs in pairs:
+        failed = ours.get('error') or theirs.get('error')
+        row = {'model': ours['model'], 'mode': mode, 'round': number, 'batch': ours.get('batch'),
+               'image size': ours.get('image size'), 'isa': isa, 'cpu': cpu, 'error': failed,
+               'ours img/s': None if failed else ours['img/s'], 'PyTorch img/s': None if failed else theirs['img/s'],
+               'ratio': None if failed or not ratios_shown else ours['img/s'] / theirs['img/s'],
+               'ours peak MB': ours.get('peak MB'), 'PyTorch peak MB': theirs.get('peak MB'),
+               'repository': theirs.get('repository'), 'torch': theirs.get('torch')}
+        row.update({k: ours[k] for k in ('GFLOPs', 'GFLOP/s', 'sgemm GFLOP/s', '% of sgemm') if k in ours})
+        rows.append(row)
+    return rows
+
+
+def _flop_rate_lines(pairs):
+    lines = [f'{ours["model"]} {mode} round {number}: {ours["GFLOPs"]:.2f} GFLOPs per image, '
+             f'{ours["GFLOP/s"]:.1f} GFLOP/s = {ours["% of sgemm"]:.0f}% of sgemm ({ours["sgemm GFLOP/s"]:.0f} GFLOP/s '
+             f'in the same process)' for mode, number, ours, _ in pairs if 'GFLOP/s' in ours]
+    return [''] + lines if lines else []
+
+
 def compare(jobs, args, cores, load=os.getloadavg):
     """Run `jobs` (ours, one per mode of one model, from `measure.make_job`) against the official
     model for `args.rounds` rounds; print the report; return the exit status."""
-    print(f'CPU: {cpu_description()}, {cores} cores; {args.threads} threads per side')
+    isa = getattr(args, 'isa', 'native')
+    print(f'CPU: {cpu_description()}, {cores} cores; {args.threads} threads per side; instruction set: '
+          f'{"all the CPU has" if isa == "native" else isa + " on both sides"}')
     command = [args.torch_python, '-m', 'tools.benchmarking.official']
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
     max_bytes = isolation.default_memory_limit(args.max_memory_gb)
@@ -113,7 +141,10 @@ def compare(jobs, args, cores, load=os.getloadavg):
           f'batch {jobs[0]["batch_size"]}, {jobs[0]["warmup"]} warm-up + {jobs[0]["iters"]} timed steps')
     print(f'load average {load_before:.2f} before, {load_after:.2f} after\n')
     reason = busy_reason(load_before, load_after, args.threads, cores, args.max_load)
-    print('\n'.join(ratio_lines(pairs, ratios_shown=reason is None)))
+    print('\n'.join(ratio_lines(pairs, ratios_shown=reason is None) + _flop_rate_lines(pairs)))
+    if getattr(args, 'json', None):
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump(comparison_rows(pairs, isa, ratios_shown=reason is None), f, indent=1)
     if reason:
         print(f'no ratio reported: {reason}')
         return BUSY_EXIT

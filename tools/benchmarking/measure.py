@@ -28,12 +28,13 @@ __all__ = ['make_job', 'measure', 'class_logits']
 
 def make_job(source, image_size, mode, args):
     """The JSON-able description of one measurement, which `measure` runs.  `source` is a model
-    name or a config file (kept under 'cfg', the key of saved measurements); `args` the
-    benchmark's parsed flags."""
-    return {'cfg': source, 'opts': list(args.opts or []), 'image_size': image_size, 'mode': mode,
+    name or a config file (kept under 'cfg', the key of saved measurements); `mode` eval, train or
+    exported (eval through Paddle Inference); `args` the benchmark's parsed flags."""
+    return {'cfg': source, 'opts': list(args.opts or []), 'image_size': image_size,
+            'mode': 'train' if mode == 'train' else 'eval', 'inference': mode == 'exported',
             'batch_size': args.batch_size, 'warmup': args.warmup, 'iters': args.iters,
             'threads': args.threads, 'to_static': args.to_static, 'device': args.device,
-            'inference': args.inference}
+            'flop_rate': bool(getattr(args, 'flop_rate', False)) and mode != 'train'}
 
 
 def class_logits(out):
@@ -110,13 +111,20 @@ def measure(job):
     sync()
     seconds = time.perf_counter() - start
     peak = paddle.device.cuda.max_memory_allocated() if on_gpu else peak_rss_bytes()
-    return {
+    exported = bool(job.get('inference')) and job['mode'] == 'eval'
+    row = {
         'model': config.MODEL.NAME, 'cfg': job['cfg'], 'image size': size, 'batch': batch,
-        'mode': job['mode'], 'img/s': batch * job['iters'] / seconds,
+        'mode': 'exported' if exported else job['mode'], 'img/s': batch * job['iters'] / seconds,
         'peak MB': peak / 2 ** 20, 'work MB': (peak - base) / 2 ** 20,
         'params (M)': params / 1e6, 'threads': job['threads'], 'device': device,
-        'to_static': job['to_static'], 'inference': bool(job.get('inference')) and job['mode'] == 'eval',
+        'to_static': job['to_static'], 'inference': exported,
         'onednn': onednn, 'seconds per iter': seconds / job['iters'],
         'warmup': job['warmup'], 'iters': job['iters'], 'recompute': bool(config.TRAIN.RECOMPUTE),
         'drop path': config.MODEL.DROPPATH,
     }
+    if job.get('flop_rate') and job['mode'] == 'eval':   # after the figures above: tracing costs memory
+        from .flop_rate import model_gflops, sgemm_gflops
+        row['GFLOPs'], row['GFLOP/s'] = model_gflops(model, size, row['img/s'])
+        row['sgemm GFLOP/s'] = max(sgemm_gflops(paddle).values())
+        row['% of sgemm'] = 100 * row['GFLOP/s'] / row['sgemm GFLOP/s']
+    return row

@@ -17,6 +17,7 @@ mode, cross-entropy on random labels (of the class logits, `measure.class_logits
 AdamW (lr 1e-4, weight decay 0.05) step, zero_grad; the same threads (OMP_NUM_THREADS and
 `torch.set_num_threads`), and peak memory as the process's peak resident set size.
 """
+import contextlib
 import importlib
 import json
 import os
@@ -57,6 +58,30 @@ _SPVIT = {f'spvit_{v}_{s}': (f'lvvit_{v}', {'local_up_to_layer': layer, 'img_siz
 _VVT = {f'vvt_{v}_{s}': (f'vvt_{v}', {'img_size': s})
         for v in ('tiny', 'small', 'medium', 'large') for s in (224, 384)}
 
+@contextlib.contextmanager
+def _cuda_placements_on_cpu():
+    """juhongm999/pervit builds constant tensors with `.cuda()` / `.to('cuda')` in its constructors
+    (`model/pervit.py`, `model/utils.py`), which a CPU-only torch refuses; while it is built, those
+    two calls leave a tensor where it is.  Its forward pass places nothing."""
+    import torch
+    cuda, to = torch.Tensor.cuda, torch.Tensor.to
+
+    def stay(tensor, *args, **kwargs):
+        if args and str(args[0]).startswith('cuda') or str(kwargs.get('device', '')).startswith('cuda'):
+            return tensor
+        return to(tensor, *args, **kwargs)
+    torch.Tensor.cuda, torch.Tensor.to = lambda tensor, *args, **kwargs: tensor, stay
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, torch.Tensor.to = cuda, to
+
+
+def _pervit(module, name, image_size, drop_path):
+    with _cuda_placements_on_cpu():
+        return _by_constructor(_PERVIT)(module, name, image_size, drop_path)
+
+
 # jeonsworld/ViT-pytorch's CONFIGS has B, L, H; Ti and S are B/16 with the DeiT widths
 _VIT_PYTORCH_WIDTHS = {'tiny': (192, 768, 3), 'small': (384, 1536, 6)}   # hidden, MLP, heads
 
@@ -76,7 +101,7 @@ ADAPTERS = {
     'ViT': [Adapter('huggingface/pytorch-image-models', 'timm/models/vision_transformer.py', _VIT,
                     _by_constructor(_VIT, pretrained=False)),
             Adapter('jeonsworld/ViT-pytorch', 'models/modeling.py', _VIT, _vit_pytorch)],
-    'PerViT': [Adapter('juhongm999/pervit', 'model/models.py', _PERVIT, _by_constructor(_PERVIT))],
+    'PerViT': [Adapter('juhongm999/pervit', 'model/models.py', _PERVIT, _pervit)],
     'SPViT': [Adapter('ZhouYuxuanYX/SP-ViT', 'tlt/models/spvit.py', _SPVIT, _by_constructor(_SPVIT))],
     'VVT': [Adapter('OpenNLPLab/Vicinity-Vision-Transformer', 'classification/vvt.py', _VVT,
                     _by_constructor(_VVT))],

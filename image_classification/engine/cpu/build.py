@@ -15,7 +15,12 @@ others wait and load its result.  The lock uses `fcntl`, imported by `load_libra
 so this module imports on every platform; on Windows, which has no `fcntl`,
 `engine.cpu.dispatch` never asks for the kernels and Paddle's ops run.
 
-PADDLEVIT_KERNEL_DIR moves the cache (default ~/.cache/paddlevit_kernels).
+PADDLEVIT_KERNEL_DIR moves the cache (default ~/.cache/paddlevit_kernels).  PADDLEVIT_KERNEL_ISA
+picks the instruction set the kernels are compiled for (`settings.kernel_isa`): `native` (the default, the
+building CPU's), or `avx2` (AVX2 + FMA, no AVX-512, as on CPUs before Skylake-SP and Zen 4): the
+switch that holds the kernels to what older CPUs have, as `ONEDNN_MAX_CPU_ISA=AVX2` and
+`MKL_ENABLE_INSTRUCTIONS=AVX2` hold oneDNN and MKL (tools/benchmark.py --isa avx2 sets all three).
+Each choice is a build of its own in the cache (the flags are part of the key).
 """
 import contextlib
 import functools
@@ -31,10 +36,14 @@ import sysconfig
 
 import paddle
 
+from . import settings
+
 logger = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'fused_cpu_ops.cc')
-CXX_FLAGS = ['-O3', '-march=native', '-fopenmp', '-fno-trapping-math']
+CXX_FLAGS = ['-O3', '-fopenmp', '-fno-trapping-math']
+# settings.kernel_isa() -> the compiler's target; haswell = AVX2, FMA, F16C, BMI2 and nothing newer
+MARCH = {'native': '-march=native', 'avx2': '-march=haswell'}
 LIBRARY = 'paddlevit_fused_cpu_ops'
 MANIFEST = 'manifest.json'
 
@@ -77,7 +86,7 @@ def blas_flags():
 
 
 def _compile_flags():
-    return CXX_FLAGS + blas_flags()[0]
+    return CXX_FLAGS + [MARCH[settings.kernel_isa()]] + blas_flags()[0]
 
 
 def _link_flags():

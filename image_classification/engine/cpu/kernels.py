@@ -52,6 +52,8 @@ def available():
             build.load_library()
             _smoke_test()
             _state['loaded'] = True
+        except settings.KernelIsaError:   # the user's setting, not a build problem: say so
+            raise
         except Exception as err:   # noqa: BLE001 - any build problem means: use Paddle's ops
             _state['loaded'] = False
             logger.warning('fused CPU kernels unavailable, using Paddle\'s LayerNorm and GELU '

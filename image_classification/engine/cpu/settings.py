@@ -33,7 +33,11 @@ import logging
 import os
 import sys
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
+
+KERNEL_ISAS = ('native', 'avx2')   # PADDLEVIT_KERNEL_ISA: what the fused kernels are compiled for (build.MARCH)
 
 threads = None   # CPU threads given to Paddle by `configure` (None: not configured, OpenMP's default)
 
@@ -60,6 +64,21 @@ def cpu_threads():
     except AttributeError:
         cores = os.cpu_count() or 1
     return max(1, cores // _local_world_size())
+
+
+class KernelIsaError(UserError):
+    """PADDLEVIT_KERNEL_ISA names no instruction set of `KERNEL_ISAS`."""
+
+
+def kernel_isa():
+    """The instruction set the fused CPU kernels are built for: PADDLEVIT_KERNEL_ISA, `native`
+    (the building CPU's, the default) or `avx2` (held to AVX2 + FMA as on older CPUs)."""
+    value = os.environ.get('PADDLEVIT_KERNEL_ISA', '')
+    isa = value.strip().lower() or 'native'
+    if isa not in KERNEL_ISAS:
+        raise KernelIsaError(f'PADDLEVIT_KERNEL_ISA={value!r} names no instruction set the fused CPU kernels '
+                             f'can be built for; allowed: {", ".join(KERNEL_ISAS)} (unset: native)')
+    return isa
 
 
 def set_process_environment():

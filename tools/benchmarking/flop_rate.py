@@ -1,0 +1,41 @@
+"""The FLOP rate of an eval measurement, and the sgemm rate it is held against (`--flop_rate`).
+
+A model's eval speed in FLOP/s says how much of the machine it uses: its FLOPs per image
+(`engine.flops.count_flops`: every product of one forward pass, attention's included, one
+multiply-accumulate counted once as the papers count them) times 2 (a multiply-accumulate is two
+floating-point operations, as a GEMM's 2·M·N·K) times its img/s.  The ceiling is what a single
+large fp32 matrix product (sgemm) reaches on the same cores, measured in the same process right
+after the model: the better of Paddle's own (`paddle.matmul`, the BLAS its kernels call) and
+numpy's BLAS, so the percentage is never flattered by a slow BLAS.
+"""
+import time
+
+import numpy as np
+
+__all__ = ['SGEMM_SIZE', 'sgemm_gflops', 'model_gflops']
+
+SGEMM_SIZE = 2048          # square, large enough to reach a BLAS's peak on a few cores
+
+
+def _rate(matmul, a, b, seconds=0.5):
+    matmul(a, b)                                   # warm-up: threads started, pages touched
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        matmul(a, b)
+        calls += 1
+    return 2 * SGEMM_SIZE ** 3 * calls / (time.perf_counter() - start) / 1e9
+
+
+def sgemm_gflops(paddle):
+    """{'paddle': GFLOP/s, 'numpy': GFLOP/s} of a SGEMM_SIZE-square fp32 product on this process's threads."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((SGEMM_SIZE, SGEMM_SIZE), dtype=np.float32) for _ in range(2))
+    ours = _rate(lambda x, y: paddle.matmul(x, y).numpy(), paddle.to_tensor(a), paddle.to_tensor(b))
+    return {'paddle': ours, 'numpy': _rate(np.matmul, a, b)}
+
+
+def model_gflops(model, image_size, images_per_second):
+    """(GFLOPs per image as the papers count them, achieved GFLOP/s at `images_per_second`)."""
+    from engine.flops import count_flops
+    macs = count_flops(model, image_size)
+    return macs / 1e9, 2 * macs * images_per_second / 1e9
