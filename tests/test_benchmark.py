@@ -143,3 +143,19 @@ def test_inference_through_the_exported_model(tmp_path):
     saved = json.loads((tmp_path / 'r.json').read_text())[0]
     assert saved['inference'] is True and saved['onednn'] in (True, False)
     assert 'eval through Paddle Inference' in out
+
+
+def test_flop_rate_is_twice_the_counted_macs_per_second_against_a_measured_sgemm(monkeypatch):
+    """--flop_rate: GFLOP/s = 2 x the FLOPs the papers count (multiply-accumulates) x img/s, held
+    against the better of Paddle's and numpy's sgemm rate measured on the spot."""
+    import paddle
+    from engine.families import build_from_config
+    from engine.flops import count_flops
+    from tools.benchmarking import flop_rate
+    _, model = build_from_config(MINI_CFG)
+    per_image, rate = flop_rate.model_gflops(model, 64, images_per_second=10.0)
+    assert per_image == count_flops(model, 64) / 1e9 > 0
+    assert rate == pytest.approx(2 * per_image * 10.0)
+    monkeypatch.setattr(flop_rate, 'SGEMM_SIZE', 256)          # small: the rate only needs to be real
+    rates = flop_rate.sgemm_gflops(paddle)
+    assert set(rates) == {'paddle', 'numpy'} and all(r > 0.1 for r in rates.values())

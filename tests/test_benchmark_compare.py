@@ -7,6 +7,8 @@ skipped, with a message, where torch is not installed.
 """
 import argparse
 import importlib.util
+import json
+import os
 import sys
 
 import pytest
@@ -28,7 +30,7 @@ def fake_runs(speeds):
 
     def run(job, timeout, max_bytes, command=None, env=None):
         side = 'torch' if command else 'ours'
-        row = {'model': 'pit_s', 'image size': 224, 'drop path': 0.1, 'mode': job['mode'], 'peak MB': 100.0,
+        row = {'model': 'pit_s', 'image size': 224, 'batch': 32, 'drop path': 0.1, 'mode': job['mode'], 'peak MB': 100.0,
                'img/s': next(calls[side, job['mode']])}
         if side == 'torch':
             row.update(repository='naver-ai/pit', torch='2.13.0')
@@ -162,3 +164,61 @@ def test_official_side_times_a_torch_model(tmp_path):
     finally:
         sys.modules.pop('pit', None)
         sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
+
+
+# ---- the paths, the instruction set, the JSON rows and the speed table -------------------------
+
+def test_json_rows_of_a_comparison_make_the_speed_table(monkeypatch, tmp_path, capsys):
+    from tools.benchmarking.speed_table import speed_table
+    monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
+    loads = iter([(0.1, 0, 0), (2.1, 0, 0)])
+    args = argparse.Namespace(**ARGS, isa='avx2', json=str(tmp_path / 'c.json'))
+    assert compare.compare([job('eval'), job('train')], args, 2, load=lambda: next(loads)) == 0
+    assert 'instruction set: avx2 on both sides' in capsys.readouterr().out
+    rows = json.loads((tmp_path / 'c.json').read_text())
+    assert [(r['mode'], r['round'], r['ratio']) for r in rows] == [
+        ('eval', 1, 1.2), ('train', 1, 0.8), ('eval', 2, 1.0), ('train', 2, 0.9)]
+    assert {r['isa'] for r in rows} == {'avx2'} and all(r['cpu'] for r in rows)
+    table = speed_table(rows)
+    assert 'instruction set: avx2 on both sides' in table
+    assert '| model | eval b32 | train b32 |' in table
+    assert '| pit_s | **1.00-1.20** | **0.80-0.90** |' in table          # bold: under the 1.1 goal
+    assert '| pit_s | 32 | 100 | 100 | 1.00 |' in table                 # training memory, both sides
+
+
+def test_speed_table_says_busy_and_failed_and_keeps_batches_and_isas_apart():
+    from tools.benchmarking.speed_table import speed_table
+    base = {'model': 'm', 'image size': 224, 'cpu': 'CPU X', 'ours peak MB': 1.0, 'PyTorch peak MB': 2.0,
+            'error': None}
+    rows = [dict(base, mode='eval', batch=32, isa='native', round=1, ratio=1.25),
+            dict(base, mode='eval', batch=32, isa='native', round=2, ratio=1.254),
+            dict(base, mode='eval', batch=1, isa='native', round=1, ratio=None),               # busy
+            dict(base, mode='train', batch=1, isa='native', round=1, ratio=None, error='boom'),
+            dict(base, mode='exported', batch=32, isa='avx2', round=1, ratio=1.5)]
+    table = speed_table(rows)
+    native, avx2 = table.split('instruction set: avx2')
+    assert '| m | 1.25 | busy | failed |' in native and 'exported' not in native
+    assert '| model | exported b32 |' in avx2 and '| m | 1.50 |' in avx2
+
+
+def test_modes_and_the_instruction_set_reach_every_measuring_process(monkeypatch):
+    sys.path.insert(0, os.path.join(os.path.dirname(official.__file__), '..'))
+    import benchmark
+    args = benchmark.parse_args(['-model', 'pit_s_224', '--mode', 'all'])
+    assert benchmark.modes_of(args) == ['eval', 'train', 'exported']
+    assert benchmark.modes_of(benchmark.parse_args(['-model', 'x', '--inference', '--mode', 'both'])) == \
+        ['exported', 'train']
+    from tools.benchmarking.measure import make_job
+    job_ = make_job('pit_s_224', None, 'exported', benchmark.parse_args(['-model', 'x', '--flop_rate']))
+    assert (job_['mode'], job_['inference'], job_['flop_rate']) == ('eval', True, True)
+    assert make_job('x', None, 'train', benchmark.parse_args(['-model', 'x', '--flop_rate']))['flop_rate'] is False
+    assert benchmark.ISA_ENVIRONMENT['avx2'] == {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'MKL_ENABLE_INSTRUCTIONS': 'AVX2',
+                                                 'PADDLEVIT_KERNEL_ISA': 'avx2'}
+    seen = {}
+    for name in benchmark.ISA_ENVIRONMENT['avx2']:
+        monkeypatch.setenv(name, 'before')      # put back as it was once the test ends
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(benchmark, 'measure_all', lambda args, sources: seen.update(
+        {k: os.environ.get(k) for k in benchmark.ISA_ENVIRONMENT['avx2']}) or 0)
+    assert benchmark.main(['-model', 'x', '--isa', 'avx2']) == 0
+    assert seen == benchmark.ISA_ENVIRONMENT['avx2']

@@ -29,7 +29,7 @@ def calls(monkeypatch):
     fused.available()       # built (and smoke-tested) before counting starts
     counts = {}
     for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_',
-                 'linear', 'depthwise_conv_image', 'attention', 'conv_inference'):
+                 'linear', 'depthwise_conv_image', 'attention', 'conv'):
         original = getattr(fused, name)
 
         def counted(*args, _name=name, _original=original):
@@ -234,18 +234,18 @@ def _without_gemm_kernels_where_unavailable(kernels):
     attention's softmax kernel in place of the whole attention."""
     if fused.gemm_kernels_available():
         return kernels
-    return {'scaled_softmax_' if k == 'attention' else k for k in kernels} - {'conv_inference'}
+    return {'scaled_softmax_' if k == 'attention' else k for k in kernels} - {'conv'}
 
 
 @pytest.mark.parametrize('config,kernels', [
-    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'attention', 'linear'}),
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'attention', 'linear'}),
     (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
-     {'layer_norm', 'gelu', 'attention', 'linear', 'depthwise_conv_image'}),
+     {'layer_norm', 'gelu', 'conv', 'attention', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
-     {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
+     {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     pytest.param(os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),   # full size: slow
-                 {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
-    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'depthwise_conv_tokens', 'linear'})])
+                 {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
+    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'linear'})])
 def test_models_give_the_same_gradients_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
     kernels = _without_gemm_kernels_where_unavailable(kernels)
     paddle.seed(0)
@@ -271,14 +271,14 @@ def test_models_give_the_same_gradients_with_and_without_the_kernels(config, ker
 
 
 @pytest.mark.parametrize('config,kernels', [
-    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'conv_inference', 'attention', 'linear'}),
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'attention', 'linear'}),
     (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
-     {'layer_norm', 'gelu', 'conv_inference', 'attention', 'linear', 'depthwise_conv_image'}),
+     {'layer_norm', 'gelu', 'conv', 'attention', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
-     {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
+     {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     pytest.param(os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),   # full size: slow
-                 {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
-    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv_inference', 'depthwise_conv_tokens', 'linear'})])
+                 {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
+    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'linear'})])
 def test_models_evaluate_the_same_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
     kernels = _without_gemm_kernels_where_unavailable(kernels)
     paddle.seed(0)
@@ -398,12 +398,40 @@ def test_cache_key_tells_paddle_builds_python_abis_and_cpus_apart(monkeypatch, t
             '.cpython-311t-x86_64-linux-gnu.so' if name == 'EXT_SUFFIX' else real_config_var(name))),
         'cpu flags': lambda m: m.setattr(build, 'cpu_identity', lambda: 'flags\t: fpu sse2 avx2'),
         'compiler flags': lambda m: m.setattr(build, 'CXX_FLAGS', build.CXX_FLAGS + ['-DNDEBUG']),
+        'kernel isa': lambda m: m.setenv('PADDLEVIT_KERNEL_ISA', 'avx2'),
     }
     for what, change in changes.items():
         with monkeypatch.context() as m:
             change(m)
             assert build.build_directory() != base, what
     assert build.build_directory() == base
+
+
+def test_kernel_isa_switch_picks_the_target_and_refuses_what_it_cannot_build(monkeypatch):
+    """PADDLEVIT_KERNEL_ISA=avx2 holds the kernels to AVX2 + FMA (as oneDNN and MKL are held by
+    their own variables); a value it does not know is the user's error, named with what is allowed,
+    never a silent fallback to Paddle's slower ops."""
+    for value, march in (('', '-march=native'), ('native', '-march=native'), (' AVX2 ', '-march=haswell')):
+        monkeypatch.setenv('PADDLEVIT_KERNEL_ISA', value)
+        flags = build.build_key()['flags'].split()
+        assert march in flags and sum(f.startswith('-march=') for f in flags) == 1
+    monkeypatch.setenv('PADDLEVIT_KERNEL_ISA', 'avx1024')
+    with pytest.raises(settings.KernelIsaError, match=r"PADDLEVIT_KERNEL_ISA='avx1024'.*allowed: native, avx2"):
+        build.build_key()
+    monkeypatch.setattr(fused, '_state', {'loaded': None})
+    with pytest.raises(settings.KernelIsaError):
+        fused.available()
+
+
+def test_a_bad_kernel_isa_ends_an_entry_point_with_its_message():
+    script = ('import sys; sys.path[:0] = [{!r}]\n'
+              'import engine; engine.prepare_process(); print("not reached")\n').format(
+                  os.path.join(REPO, 'image_classification'))
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PADDLEVIT_KERNEL_ISA='sse9'))
+    assert proc.returncode == 2 and 'not reached' not in proc.stdout
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[-1]]     # one line
+    assert "PADDLEVIT_KERNEL_ISA='sse9'" in proc.stderr and 'Traceback' not in proc.stderr
 
 
 def test_cpu_identity_names_the_instruction_set_on_x86_and_arm(tmp_path):

@@ -111,17 +111,21 @@ def test_cpu_settings_recycle_freed_memory_and_use_dense_kernels():
     assert int(default['faults']) > 3 * 60000, default
 
 
-@pytest.mark.parametrize('kwargs,depthwise', [
-    (dict(stride=2, padding=1), False), (dict(padding=0), False), (dict(padding='SAME', dilation=2), False),
-    (dict(padding=1, groups=4), True), (dict(stride=2, padding=1, groups=4), True),     # PiT's pooling
-    (dict(stride=(2, 3), padding=(1, 2), groups=4), True), (dict(padding='SAME', groups=4), False)])
-def test_cpu_conv_matches_stock_conv_values_and_gradients(kwargs, depthwise, monkeypatch):
-    """The bias by GEMM, or the fused depthwise kernel (groups = input channels, here x2 outputs)."""
+@pytest.mark.parametrize('kwargs,kernel', [
+    (dict(stride=2, padding=1), 'conv'), (dict(padding=0), 'conv'), (dict(padding='SAME', dilation=2), None),
+    (dict(padding=1, groups=4), 'depthwise_conv_image'),
+    (dict(stride=2, padding=1, groups=4), 'depthwise_conv_image'),     # PiT's pooling
+    (dict(stride=(2, 3), padding=(1, 2), groups=4), 'depthwise_conv_image'), (dict(padding='SAME', groups=4), None)])
+def test_cpu_conv_matches_stock_conv_values_and_gradients(kwargs, kernel, monkeypatch):
+    """The fused dense (groups 1) or depthwise kernel (groups = input channels, here x2 outputs)
+    where the conv is one they take, else the bias by GEMM."""
     from engine.cpu import kernels
     from engine.layers import Conv2D
+    if kernel == 'conv' and not kernels.gemm_kernels_available():
+        kernel = None                              # no BLAS to build the dense kernel against: Paddle's conv
     used = []
-    monkeypatch.setattr(kernels, 'depthwise_conv_image',
-                        lambda *a, _f=kernels.depthwise_conv_image: used.append(1) or _f(*a))
+    for name in ('conv', 'depthwise_conv_image'):
+        monkeypatch.setattr(kernels, name, lambda *a, _f=getattr(kernels, name), _n=name: used.append(_n) or _f(*a))
     paddle.seed(0)
     ours = Conv2D(4, 8, 3, **kwargs)
     stock = paddle.nn.Conv2D(4, 8, 3, **kwargs)
@@ -134,7 +138,7 @@ def test_cpu_conv_matches_stock_conv_values_and_gradients(kwargs, depthwise, mon
         out = layer(x)
         grads = paddle.grad([(out * out).sum()], [x, layer.weight, layer.bias])
         results.append([out.numpy()] + [g.numpy() for g in grads])
-    assert bool(used) == depthwise
+    assert used == ([kernel] if kernel else [])
     for a, b in zip(results[1], results[0]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
@@ -145,28 +149,36 @@ def test_cpu_conv_matches_stock_conv_values_and_gradients(kwargs, depthwise, mon
     (2, 32, 40, dict(kernel_size=3, padding=1, bias_attr=False)),      # rows in more than one band
     (2, 4, 9, dict(kernel_size=(3, 5), stride=(2, 1), padding=(1, 2))),
     (2, 4, 9, dict(kernel_size=3, padding=1, groups=4, bias_attr=False))])  # depthwise, no bias
-def test_cpu_conv_without_gradients_matches_stock_conv(batch, channels, size, kwargs, monkeypatch):
-    """Evaluation runs dense convs through the unfold + GEMM kernel, depthwise ones
-    through theirs, with or without a bias."""
+def test_cpu_conv_kernels_match_stock_conv_with_and_without_gradients(batch, channels, size, kwargs, monkeypatch):
+    """Dense convs run the unfold + GEMM kernel, depthwise ones theirs, with or without a
+    bias, in evaluation and in training (values, and the gradients of x, weight and bias)."""
     from engine.cpu import kernels
     from engine.layers import Conv2D
     if not kernels.gemm_kernels_available():
         pytest.skip('this Paddle ships no BLAS to build the kernel against')
     used = []
-    for name in ('conv_inference', 'depthwise_conv_image'):
+    for name in ('conv', 'depthwise_conv_image'):
         monkeypatch.setattr(kernels, name, lambda *a, _f=getattr(kernels, name), _n=name: used.append(_n) or _f(*a))
     paddle.seed(0)
     ours = Conv2D(channels, 2 * channels, **kwargs)
     stock = paddle.nn.Conv2D(channels, 2 * channels, **kwargs)
     stock.set_state_dict(ours.state_dict())
-    x = paddle.to_tensor(np.random.default_rng(1).standard_normal((batch, channels, size, size)).astype('float32'))
+    x_np = np.random.default_rng(1).standard_normal((batch, channels, size, size)).astype('float32')
+    x = paddle.to_tensor(x_np)
     with paddle.no_grad():
         out, expected = ours(x), stock(x)
-    assert used == ['depthwise_conv_image' if kwargs.get('groups') else 'conv_inference']
+    kernel = 'depthwise_conv_image' if kwargs.get('groups') else 'conv'
+    assert used == [kernel]
     np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
-    x.stop_gradient = False
-    ours(x)                                    # a gradient to compute: Paddle's conv, or the depthwise kernel
-    assert used[1:] == ([] if not kwargs.get('groups') else ['depthwise_conv_image'])
+    grad_out = paddle.to_tensor(np.random.default_rng(2).standard_normal(out.shape).astype('float32'))
+    results = []
+    for layer in (ours, stock):
+        x = paddle.to_tensor(x_np, stop_gradient=False)
+        params = [x, layer.weight] + ([layer.bias] if layer.bias is not None else [])
+        results.append([g.numpy() for g in paddle.grad([layer(x)], params, [grad_out])])
+    assert used == [kernel, kernel]
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_bias_helpers_add_the_bias_once_per_row_and_channel():

@@ -84,8 +84,9 @@ class Conv2D(nn.Conv2D):
     """`nn.Conv2D` (same parameters, same names) that runs faster on CPU: there, in
     dygraph and channels first, a depthwise conv (groups = input channels, any
     channel multiplier, stride and symmetric padding) runs a fused kernel of
-    `engine.cpu`, so does a dense one (groups 1) without gradients, and any
-    other adds its bias by GEMM (see above)."""
+    `engine.cpu`, so does a dense one (groups 1; with gradients too: Paddle's
+    backward unfolds each image on one thread), and any other adds its bias by
+    GEMM (see above)."""
 
     def forward(self, x):
         if not paddle.in_dynamic_mode() or self._data_format != 'NCHW' or self._padding_mode != 'zeros':
@@ -93,10 +94,9 @@ class Conv2D(nn.Conv2D):
         padding = _symmetric_padding(self)
         if padding is not None and list(self._dilation) == [1, 1] and cpu.wanted(x, self.weight):
             depthwise = 1 < self._groups == x.shape[1] and self.weight.shape[1] == 1
-            if depthwise or (self._groups == 1 and cpu.gemm_kernels_available()
-                             and not cpu.needs_gradient(x, self.weight, self.bias)):
+            if depthwise or (self._groups == 1 and cpu.gemm_kernels_available()):
                 kernels = cpu.kernels()
-                kernel = kernels.depthwise_conv_image if depthwise else kernels.conv_inference
+                kernel = kernels.depthwise_conv_image if depthwise else kernels.conv
                 bias = self.bias if self.bias is not None else paddle.zeros([self._out_channels], x.dtype)
                 return kernel(x, self.weight, bias, self._stride, padding)
         if not gemm_bias_wanted(self.bias):

@@ -20,6 +20,7 @@ import os
 import sys
 
 from . import isolation
+from .flop_rate import describe
 
 __all__ = ['BUSY_EXIT', 'cpu_description', 'busy_reason', 'ratio_lines', 'comparison_rows', 'compare']
 
@@ -100,9 +101,7 @@ def comparison_rows(pairs, isa, ratios_shown=True):
 
 
 def _flop_rate_lines(pairs):
-    lines = [f'{ours["model"]} {mode} round {number}: {ours["GFLOPs"]:.2f} GFLOPs per image, '
-             f'{ours["GFLOP/s"]:.1f} GFLOP/s = {ours["% of sgemm"]:.0f}% of sgemm ({ours["sgemm GFLOP/s"]:.0f} GFLOP/s '
-             f'in the same process)' for mode, number, ours, _ in pairs if 'GFLOP/s' in ours]
+    lines = [f'round {number}: {describe(ours)}' for _, number, ours, _ in pairs if describe(ours)]
     return [''] + lines if lines else []
 
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-__all__ = ['SGEMM_SIZE', 'sgemm_gflops', 'model_gflops']
+__all__ = ['SGEMM_SIZE', 'sgemm_gflops', 'model_gflops', 'describe']
 
 SGEMM_SIZE = 2048          # square, large enough to reach a BLAS's peak on a few cores
 
@@ -39,3 +39,11 @@ def model_gflops(model, image_size, images_per_second):
     from engine.flops import count_flops
     macs = count_flops(model, image_size)
     return macs / 1e9, 2 * macs * images_per_second / 1e9
+
+
+def describe(row):
+    """One line of a measured row's FLOP rate, or None where it has none."""
+    if row.get('GFLOP/s') is None:
+        return None
+    return (f'{row["model"]} {row["mode"]}: {row["GFLOPs"]:.2f} GFLOPs per image, {row["GFLOP/s"]:.1f} GFLOP/s = '
+            f'{row["% of sgemm"]:.0f}% of sgemm ({row["sgemm GFLOP/s"]:.0f} GFLOP/s in the same process)')

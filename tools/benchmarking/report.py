@@ -4,6 +4,8 @@ count over a `--sweep`, a plot of img/s and memory per image size, and the `--js
 import json
 import math
 
+from .flop_rate import describe
+
 __all__ = ['COLUMNS', 'markdown_table', 'memory_growth', 'plot', 'report']
 
 COLUMNS = ['model', 'image size', 'batch', 'mode', 'img/s', 'peak MB', 'work MB', 'params (M)']
@@ -111,6 +113,9 @@ def report(results, args, sweep):
               f'{" (oneDNN)" if r.get("onednn") else ""}, {r.get("warmup", args.warmup)} warm-up + '
               f'{r.get("iters", args.iters)} timed iterations\n')
     print(markdown_table(results))
+    rates = [line for line in map(describe, ok) if line]
+    if rates:
+        print('\n' + '\n'.join(rates))
     if sweep:
         growth = memory_growth(results)
         if growth:

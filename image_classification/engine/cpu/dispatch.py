@@ -35,13 +35,7 @@ def wanted(x, *params):
             and x.place.is_cpu_place() and kernels().available())
 
 
-def needs_gradient(*tensors):
-    """Whether autograd will differentiate through an op on `tensors` now: the kernels
-    without a backward pass (dense convolution) serve only where it will not."""
-    return paddle.is_grad_enabled() and any(t is not None and not t.stop_gradient for t in tensors)
-
-
 def gemm_kernels_available():
-    """Whether the kernels that call a GEMM (attention, and convolution without
-    gradients) were built: they need the BLAS of Paddle's wheel."""
+    """Whether the kernels that call a GEMM (attention, dense convolution) were built:
+    they need the BLAS of Paddle's wheel."""
     return kernels().gemm_kernels_available()

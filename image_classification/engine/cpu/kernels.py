@@ -126,8 +126,8 @@ def depthwise_conv_image(x, weight, bias, stride, padding):
 
 
 def gemm_kernels_available():
-    """Whether the kernels that call a GEMM (attention, and convolution without
-    gradients) were built: they need the BLAS of Paddle's wheel."""
+    """Whether the kernels that call a GEMM (attention, dense convolution) were built:
+    they need the BLAS of Paddle's wheel."""
     return bool(build.blas_flags()[0]) and available()
 
 
@@ -138,9 +138,9 @@ def attention(qkv):
     return out
 
 
-def conv_inference(x, weight, bias, stride, padding):
-    """Convolution (groups 1, dilation 1) of an NCHW float32 CPU image without gradients,
+def conv(x, weight, bias, stride, padding):
+    """Convolution (groups 1, dilation 1) of an NCHW float32 CPU image, differentiable,
     weight [O, C, kh, kw], `stride` and zero `padding` as (h, w) pairs."""
-    return _run('fused_conv_inference', x.contiguous(), weight, bias,
+    return _run('fused_conv', x.contiguous(), weight, bias,
                                         int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
                                         _threads())[0]
