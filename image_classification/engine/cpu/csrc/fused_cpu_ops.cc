@@ -13,7 +13,7 @@
 //     forward + backward 358 ms with the fused softmax (and the 204 MB score matrix kept), here 305-324;
 //   exact GELU without gradients, PiT-S stage-1 MLP: Paddle 25 ms, PyTorch 33, here 13;
 //   dense conv without gradients, PiT-S patch embedding: Paddle 60-107 ms, PyTorch 45-50, here 43-51;
-//     VVT-tiny's 7x7 stem: Paddle 106-136 ms, here 28-31.
+//     VVT-tiny's 7x7 stem: Paddle 106-136 ms, here 28-31; with gradients, see ConvBackward.
 // erf and exp are written as plain arithmetic so that the compiler vectorises the
 // loops (a libm call per element would keep them scalar; built with -fno-trapping-math).
 //
@@ -810,9 +810,12 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& qkv, const p
 // The backward unfolds the columns again from x rather than keeping them (9x the input
 // for a 3x3 kernel).  With at least as many images as threads each thread takes whole
 // images (single-threaded GEMMs, dW and db accumulated per thread); with fewer, MKL
-// threads each GEMM.  Paddle's own kernel unfolds whole images on one thread:
-// SP-ViT's 3x3 64->64 stem conv at 112x112, batch 32: forward + backward 1,897 ms,
-// PyTorch (oneDNN) 1,024, here NNN.
+// threads each GEMM.  Paddle's own kernel unfolds whole images on one thread.  Forward +
+// backward at batch 32, 2 threads, Paddle / PyTorch (oneDNN) / here, in ms:
+//   SP-ViT's 3x3 64->64 stem conv at 112x112:     1,959-2,051 / 865 / 715-722;
+//   SP-ViT's 7x7 stride-2 3->64 first conv:          733-768 / 578 / 267-276;
+//   SP-ViT's 8x8 stride-8 64->384 patch embedding:   527-554 / 833 / 435-456;
+//   PiT-S's 16x16 stride-8 3->144 patch embedding:   215-223 / 274 / 133-135.
 struct ConvShape {
   static constexpr int64_t kMinWidth = 1024;
   int64_t B, C, H, W, O, KH, KW, OH, OW, K, P, stride_h, stride_w, pad_h, pad_w, band, backward_band;
