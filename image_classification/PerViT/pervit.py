@@ -45,9 +45,8 @@ import paddle.nn.functional as F
 from engine import features as feat
 from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
-from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, add_bias_last_axis, conv_tokens,
-                           gemm_bias_wanted, linear, peripheral_attention, torch_default_init, trunc_normal_,
-                           zeros_)
+from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, conv_tokens, linear, peripheral_attention,
+                           torch_default_init, trunc_normal_, zeros_)
 
 __all__ = ['PerViT', 'build_pervit', 'peripheral_distances']
 
@@ -116,10 +115,14 @@ class PeripheralPositionEncoding(nn.Layer):
     cheaper order.  The embedding is affine in one number, so conv1 of it is a
     one-channel conv of the distances themselves, with the embedding folded into
     its taps and bias; the patches of the fixed distances under that window are
-    a constant (`distance_patches`), so conv1 is one GEMM.  Channels last, conv2
-    is a sum of one GEMM per tap (`conv_valid_last`).  Paddle's CPU conv took
-    1.2 s a training step for the twelve PPEs of PerViT-T, this order 0.39 s
-    (PyTorch: 0.24 s); the parameters and their names are the official ones.
+    a constant (`distance_patches`), so conv1 is one GEMM; the rest runs as the
+    official module does, channels first.  Paddle's CPU conv took 1.2 s a
+    training step for the twelve PPEs of PerViT-T, conv1 as a GEMM and conv2 as
+    a sum of one GEMM per tap on channels-last maps 0.39 s (PyTorch: 0.24 s);
+    conv2 by the engine's dense conv (`engine.layers.Conv2D`: the fused CPU
+    kernel, which differentiates without Paddle's one-thread unfold) took one
+    PPE's forward + backward from 35-40 to 25-30 ms (paired, batch-free: the
+    PPE reads no image); the parameters and their names are the official ones.
 
     The folded conv1 is written in a form Paddle Inference's oneDNN
     passes (3.3.1) handle in an exported model: its taps are built directly in
@@ -154,28 +157,11 @@ class PeripheralPositionEncoding(nn.Layer):
         # taps[t, o] = sum_i w1[o, i, t] * embed.weight[i]; bias[o] = b1[o] + sum_i w1[o, i, :, :].sum() * embed.bias[i]
         taps = (w1 * embed.weight.reshape([1, -1, 1, 1])).sum(axis=1).transpose([1, 2, 0]).reshape([k * k, -1])
         bias = b1 + paddle.matmul(embed.bias, w1.sum(axis=[2, 3]), transpose_y=True)
-        x = linear(distance_patches, taps, bias)                     # conv1: [N, s, s, 4h]
-        x = F.relu(self._norm(self.gn1, x))
-        x = conv_valid_last(x, self.conv2.weight, self.conv2.bias)   # conv2: [N, side, side, h]
-        x = self._norm(self.gn2, x)
-        x = x.reshape([x.shape[0], -1, x.shape[-1]]).transpose([2, 0, 1])   # [h, N queries, N keys]
+        x = linear(distance_patches, taps, bias).transpose([0, 3, 1, 2])   # conv1: [N, 4h, s, s]
+        x = F.relu(self.gn1(x))
+        x = self.gn2(self.conv2(x))                                       # [N, h, side, side]
+        x = x.reshape([x.shape[0], x.shape[1], -1]).transpose([1, 0, 2])  # [h, N queries, N keys]
         return F.sigmoid(x).unsqueeze(0)
-
-    @staticmethod
-    def _norm(gn, x):
-        return F.group_norm(x, gn._num_groups, gn._epsilon, gn.weight, gn.bias, data_format='NHWC')
-
-
-def conv_valid_last(x, weight, bias):
-    """Valid conv (stride 1, no padding) of channels-last maps x [N, H, W, C] by `weight`
-    [O, C, k, k], + bias [O]: [N, H-k+1, W-k+1, O], as a sum over the k*k taps of
-    GEMMs with the shifted maps (a concat of the shifts, or Paddle's conv on
-    channels-first maps, ran 2-3x slower forward + backward for PerViT's conv2)."""
-    k = weight.shape[-1]
-    h, w = x.shape[1] - k + 1, x.shape[2] - k + 1
-    taps = weight.transpose([2, 3, 1, 0]).reshape([k * k, -1, weight.shape[0]]).unbind(0)   # k*k of [C, O]
-    out = paddle.add_n([paddle.matmul(x[:, i:i + h, j:j + w], taps[i * k + j]) for i in range(k) for j in range(k)])
-    return add_bias_last_axis(out, bias) if gemm_bias_wanted(bias) else out + bias
 
 
 def distance_patches(side, pad, k):
