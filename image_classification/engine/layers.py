@@ -207,7 +207,7 @@ def drop_path(x, drop_prob=0., training=False):
     On CPU in dygraph (float32) a fused kernel of `engine.cpu` applies the per-sample
     scale and keeps only the B scales for the backward pass, as PyTorch does; Paddle's
     multiply keeps the whole scaled branch (ViT-S at batch 32: 9.2 MB per drop path,
-    212 MB a training step).  The scale is mask / keep_prob, so a kept branch may
+    203 MB over its 22 drop paths).  The scale is mask / keep_prob, so a kept branch may
     differ from x / keep_prob in the last bit."""
     if drop_prob == 0. or not training:
         return x

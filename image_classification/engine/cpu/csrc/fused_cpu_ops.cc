@@ -683,7 +683,7 @@ std::vector<paddle::Tensor> AbsClampBackward(const paddle::Tensor& x, const padd
 // y[b] = x[b] * scale[b] over the first axis of x: stochastic depth, scale[b] its
 // per-sample mask divided by the keep probability.  Paddle's broadcast multiply keeps
 // x (a whole residual branch) for the scale's gradient, which nobody asks for; here
-// only the B scales are kept (ViT-S at batch 32: 9.2 MB less per drop path, 23 of them).
+// only the B scales are kept (ViT-S at batch 32: 9.2 MB less per drop path, 22 of them).
 std::vector<paddle::Tensor> ScaleRowsForward(const paddle::Tensor& x, const paddle::Tensor& scale,
                                              int64_t threads) {
   check_float32(x, "x");
