@@ -82,6 +82,14 @@ def _pervit(module, name, image_size, drop_path):
         return _by_constructor(_PERVIT)(module, name, image_size, drop_path)
 
 
+def _spvit(module, name, image_size, drop_path):
+    """ZhouYuxuanYX/SP-ViT's token-labeling models run MixToken in every training forward,
+    whose box (`rand_bbox`) calls `np.int`, an alias NumPy 1.24 removed: in this measuring
+    process it is given back as the builtin it stood for."""
+    module.np.int = int
+    return _by_constructor(_SPVIT)(module, name, image_size, drop_path)
+
+
 # jeonsworld/ViT-pytorch's CONFIGS has B, L, H; Ti and S are B/16 with the DeiT widths
 _VIT_PYTORCH_WIDTHS = {'tiny': (192, 768, 3), 'small': (384, 1536, 6)}   # hidden, MLP, heads
 
@@ -102,7 +110,7 @@ ADAPTERS = {
                     _by_constructor(_VIT, pretrained=False)),
             Adapter('jeonsworld/ViT-pytorch', 'models/modeling.py', _VIT, _vit_pytorch)],
     'PerViT': [Adapter('juhongm999/pervit', 'model/models.py', _PERVIT, _pervit)],
-    'SPViT': [Adapter('ZhouYuxuanYX/SP-ViT', 'tlt/models/spvit.py', _SPVIT, _by_constructor(_SPVIT))],
+    'SPViT': [Adapter('ZhouYuxuanYX/SP-ViT', 'tlt/models/spvit.py', _SPVIT, _spvit)],
     'VVT': [Adapter('OpenNLPLab/Vicinity-Vision-Transformer', 'classification/vvt.py', _VVT,
                     _by_constructor(_VVT))],
 }
