@@ -82,11 +82,25 @@ def _pervit(module, name, image_size, drop_path):
         return _by_constructor(_PERVIT)(module, name, image_size, drop_path)
 
 
+def _pos_cnn_out_of_place(self, x, H, W):
+    """ZhouYuxuanYX/SP-ViT's `PosCNN.forward`, the same values, with the grid tokens replaced in a
+    new tensor: the official writes them into a view of its input, which the conv keeps for its
+    backward pass, so an fp32 backward raises "modified by an inplace operation"."""
+    import torch
+    B, N, C = x.shape
+    tokens = x.permute(0, 2, 1)
+    grid = tokens[:, :, N % 2:].reshape(B, C, H, W)
+    new = (self.proj(grid) + grid if self.s == 1 else self.proj(grid)).reshape(B, C, H * W)
+    return (torch.cat([tokens[:, :, :1], new], dim=2) if N % 2 == 1 else new).transpose(1, 2)
+
+
 def _spvit(module, name, image_size, drop_path):
     """ZhouYuxuanYX/SP-ViT's token-labeling models run MixToken in every training forward,
     whose box (`rand_bbox`) calls `np.int`, an alias NumPy 1.24 removed: in this measuring
-    process it is given back as the builtin it stood for."""
+    process it is given back as the builtin it stood for; its PosCNN runs out of place."""
     module.np.int = int
+    if hasattr(module, 'PosCNN'):
+        module.PosCNN.forward = _pos_cnn_out_of_place
     return _by_constructor(_SPVIT)(module, name, image_size, drop_path)
 
 
