@@ -135,6 +135,26 @@ def test_a_module_found_elsewhere_is_refused(checkout, tmp_path_factory):
         sys.path.remove(str(other))
 
 
+def test_spvit_checkout_gets_back_the_numpy_alias_its_mixtoken_calls(tmp_path):
+    """ZhouYuxuanYX/SP-ViT's training forward calls np.int (removed in NumPy 1.24)."""
+    import numpy as np
+    (tmp_path / 'tlt' / 'models').mkdir(parents=True)
+    (tmp_path / 'tlt' / 'models' / 'spvit.py').write_text(
+        'import numpy as np\n'
+        'def lvvit_s(**kwargs):\n'
+        '    return np.int(7.9), kwargs\n')
+    had_alias = 'int' in vars(np)
+    try:
+        model, repository = official.official_model('spvit_s_224', str(tmp_path), 224, drop_path=0.1)
+    finally:
+        if not had_alias:
+            vars(np).pop('int', None)
+        for name in ('tlt.models.spvit', 'tlt.models', 'tlt'):
+            sys.modules.pop(name, None)
+        sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
+    assert model[0] == 7 and model[1]['drop_path_rate'] == 0.1 and repository == 'ZhouYuxuanYX/SP-ViT'
+
+
 @pytest.mark.slow           # resolves every config of the registry
 def test_every_adapter_names_our_models():
     """The table is keyed by MODEL.NAME, which a measurement's row carries."""

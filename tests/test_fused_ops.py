@@ -16,7 +16,7 @@ import pytest
 from engine.cpu import build, dispatch, settings
 from engine.cpu import kernels as fused
 from engine.families import build_from_config
-from engine.layers import GELU, Conv2D, LayerNorm, conv_tokens, multi_head_attention
+from engine.layers import GELU, Conv2D, LayerNorm, clamp_magnitude, conv_tokens, drop_path, multi_head_attention
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
@@ -29,7 +29,7 @@ def calls(monkeypatch):
     fused.available()       # built (and smoke-tested) before counting starts
     counts = {}
     for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_',
-                 'linear', 'depthwise_conv_image', 'attention', 'conv'):
+                 'linear', 'depthwise_conv_image', 'attention', 'conv', 'abs_clamp', 'scale_rows'):
         original = getattr(fused, name)
 
         def counted(*args, _name=name, _original=original):
@@ -174,6 +174,65 @@ def test_scaled_softmax_matches_paddle_and_writes_over_its_input(shape, scale):
     np.testing.assert_array_equal(product.numpy(), result.numpy())
 
 
+def _saved_bytes(fn, *inputs):
+    """The result of fn(*inputs) and the bytes of the distinct tensors autograd keeps for its backward."""
+    kept = {}
+
+    def pack(t):
+        kept[t.data_ptr()] = t.numel().item() * t.element_size()
+        return t
+    with paddle.autograd.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*inputs)
+    return out, sum(kept.values())
+
+
+def _paddle_abs_clamp(x, low, high):
+    return paddle.sign(x) * paddle.clip(paddle.abs(x), low, high)
+
+
+def test_clamp_magnitude_matches_the_composite_and_keeps_only_its_input(calls):
+    """Values and gradients at and beyond both bounds and at 0; the values of infinities and NaN
+    (Paddle's composite gives a NaN gradient at an infinity: 0 here); one tensor kept, not four."""
+    low, high = 1e-4, 1e4
+    edges = np.array([0., -0., 1e-4, -1e-4, 1e4, -1e4, 5e-5, -2e4, 1e-30], 'float32')
+    spread = np.random.default_rng(4).standard_normal(500) * 10 ** np.linspace(-6, 6, 500)
+    x = np.concatenate([edges, spread]).astype('float32')
+    grad = paddle.to_tensor(np.random.default_rng(5).standard_normal(x.shape).astype('float32'))
+    ours = _grads(lambda t: clamp_magnitude(t, low, high), _tensors(x), grad)
+    assert calls == {'abs_clamp': 1}
+    stock = _grads(lambda t: _paddle_abs_clamp(t, low, high), _tensors(x), grad)
+    for a, b in zip(ours, stock):
+        np.testing.assert_array_equal(a, b)
+    special = paddle.to_tensor([np.inf, -np.inf, np.nan])
+    np.testing.assert_array_equal(clamp_magnitude(special, low, high).numpy(),
+                                  _paddle_abs_clamp(special, low, high).numpy())
+    x_t, = _tensors(x.reshape(-1, 1))
+    _, ours_kept = _saved_bytes(lambda t: clamp_magnitude(t, low, high), x_t)
+    _, stock_kept = _saved_bytes(lambda t: _paddle_abs_clamp(t, low, high), x_t)
+    assert ours_kept == x.nbytes and stock_kept >= 3 * x.nbytes
+
+
+def test_drop_path_scales_rows_like_paddles_ops_and_keeps_only_the_scales(monkeypatch, calls):
+    """The same draws give the same branches and gradients (to the last bit of 1 / keep_prob);
+    the kernel keeps B scales for the backward pass where Paddle's multiply keeps the branch."""
+    x = np.random.default_rng(6).standard_normal((8, 5, 6)).astype('float32')
+    grad = paddle.to_tensor(np.random.default_rng(7).standard_normal(x.shape).astype('float32'))
+    results, kept = [], []
+    for switch in ('1', '0'):
+        monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', switch)
+        paddle.seed(3)
+        x_t, = _tensors(x)
+        out, saved = _saved_bytes(lambda t: drop_path(t, 0.5, training=True), x_t)
+        results.append(_values_and_grads(out, [x_t], grad))
+        kept.append(saved)
+    assert calls == {'scale_rows': 1}
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=0)
+    dropped = np.abs(results[0][0]).reshape(8, -1).max(axis=1) == 0
+    assert 0 < dropped.sum() < 8                    # seed 3 drops some rows and keeps others
+    assert kept[0] == 8 * 4 and kept[1] >= x.nbytes
+
+
 def _sdpa(qkv):
     return F.scaled_dot_product_attention(*qkv.unbind(axis=2))
 
@@ -245,7 +304,7 @@ def _without_gemm_kernels_where_unavailable(kernels):
      {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     pytest.param(os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),   # full size: slow
                  {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
-    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'linear'})])
+    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'linear', 'abs_clamp'})])
 def test_models_give_the_same_gradients_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
     kernels = _without_gemm_kernels_where_unavailable(kernels)
     paddle.seed(0)
@@ -278,7 +337,7 @@ def test_models_give_the_same_gradients_with_and_without_the_kernels(config, ker
      {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     pytest.param(os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),   # full size: slow
                  {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
-    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'linear'})])
+    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'linear', 'abs_clamp'})])
 def test_models_evaluate_the_same_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
     kernels = _without_gemm_kernels_where_unavailable(kernels)
     paddle.seed(0)

@@ -36,7 +36,7 @@ import paddle.nn.functional as F
 from engine import features as feat
 from engine.blocks import init_weights
 from engine.recompute import GradCheckpointing, run_block
-from engine.layers import Conv2D, DropPath, GELU, LayerNorm, Linear, conv_tokens, zeros_
+from engine.layers import Conv2D, DropPath, GELU, LayerNorm, Linear, clamp_magnitude, conv_tokens, zeros_
 
 __all__ = ['VicinityVisionTransformer', 'build_vvt', 'vicinity_phases', 'vicinity_attention']
 
@@ -45,8 +45,9 @@ NORMALIZER_EPS = 1e-4
 
 
 def abs_clamp(t):
-    """sign(t) * clip(|t|, 1e-4, 1e4): the official guard against tiny and huge values."""
-    return paddle.sign(t) * paddle.clip(paddle.abs(t), CLAMP_MIN, CLAMP_MAX)
+    """sign(t) * clip(|t|, 1e-4, 1e4): the official guard against tiny and huge values
+    (`engine.layers.clamp_magnitude`: a fused kernel on CPU)."""
+    return clamp_magnitude(t, CLAMP_MIN, CLAMP_MAX)
 
 
 def vicinity_phases(height, width):

@@ -202,12 +202,20 @@ def torch_default_init(layer):
 
 
 def drop_path(x, drop_prob=0., training=False):
-    """Stochastic depth per sample: zero whole residual branches, rescale the rest."""
+    """Stochastic depth per sample: zero whole residual branches, rescale the rest.
+
+    On CPU in dygraph (float32) a fused kernel of `engine.cpu` applies the per-sample
+    scale and keeps only the B scales for the backward pass, as PyTorch does; Paddle's
+    multiply keeps the whole scaled branch (ViT-S at batch 32: 9.2 MB per drop path,
+    203 MB over its 22 drop paths).  The scale is mask / keep_prob, so a kept branch may
+    differ from x / keep_prob in the last bit."""
     if drop_prob == 0. or not training:
         return x
     keep_prob = 1 - drop_prob
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     mask = paddle.floor(keep_prob + paddle.rand(shape, dtype=x.dtype))
+    if cpu.wanted(x):
+        return cpu.kernels().scale_rows(x, mask.reshape([-1]) / keep_prob)
     return x / keep_prob * mask
 
 
@@ -282,6 +290,19 @@ def peripheral_attention(dots, position, scale):
     dots = dots * scale
     attn = paddle.exp(dots - dots.max(axis=-1, keepdim=True).detach()) * position
     return attn / paddle.clip(attn.sum(axis=-1, keepdim=True), min=1e-12)
+
+
+def clamp_magnitude(x, low, high):
+    """sign(x) * clip(|x|, low, high): magnitudes held to [low, high], signs kept (VVT's guard).
+
+    On CPU in dygraph (float32) one fused kernel computes it and keeps only `x` for the
+    backward pass; Paddle's abs, clip, sign and multiply keep four tensors the size of
+    `x` (147 MB per clamp in VVT-tiny's stage 1 at batch 32, which clamps each
+    attention output several times).  Same values and gradient (zero where x is 0 or
+    its magnitude is clipped)."""
+    if cpu.wanted(x):
+        return cpu.kernels().abs_clamp(x, low, high)
+    return paddle.sign(x) * paddle.clip(paddle.abs(x), low, high)
 
 
 def resize_pos_embed(pos_embed, new_grid, num_prefix_tokens=1, mode='bicubic'):

@@ -82,33 +82,25 @@ def _pervit(module, name, image_size, drop_path):
         return _by_constructor(_PERVIT)(module, name, image_size, drop_path)
 
 
-def _spvit(module, name, image_size, drop_path):
-    """ZhouYuxuanYX/SP-ViT as written cannot take a training step under today's torch and numpy; two
-    shims, neither changing a value nor the work done:
-
-    - MixToken's `rand_bbox` calls `np.int`, an alias numpy 1.24 removed: put back as the builtin
-      it stood for;
-    - `PosCNN.forward` (tlt/models/layers.py) writes its output into a view of its input in place
-      (`x[:, :, 1:] = ...`), overwriting the tensor its depthwise convolution saved for backward,
-      which autograd refuses ("modified by an inplace operation"): the same values are assembled
-      out of place (the class token's column, then the written ones).
-    """
-    import numpy as np
+def _pos_cnn_out_of_place(self, x, H, W):
+    """ZhouYuxuanYX/SP-ViT's `PosCNN.forward`, the same values, with the grid tokens replaced in a
+    new tensor: the official writes them into a view of its input, which the conv keeps for its
+    backward pass, so an fp32 backward raises "modified by an inplace operation"."""
     import torch
-    if 'int' not in np.__dict__:
-        np.int = int
-    pos_cnn = sys.modules[module.__name__.rsplit('.', 1)[0] + '.layers'].PosCNN
+    B, N, C = x.shape
+    tokens = x.permute(0, 2, 1)
+    grid = tokens[:, :, N % 2:].reshape(B, C, H, W)
+    new = (self.proj(grid) + grid if self.s == 1 else self.proj(grid)).reshape(B, C, H * W)
+    return (torch.cat([tokens[:, :, :1], new], dim=2) if N % 2 == 1 else new).transpose(1, 2)
 
-    def forward(self, x, H, W):
-        B, N, C = x.shape
-        x = x.permute(0, 2, 1)
-        feat_token = x[:, :, 1:] if N % 2 == 1 else x
-        cnn_feat = feat_token.reshape(B, C, H, W)
-        out = self.proj(cnn_feat) + cnn_feat if self.s == 1 else self.proj(cnn_feat)
-        out = out.reshape(B, C, H * W)
-        x = torch.cat([x[:, :, :1], out], dim=2) if N % 2 == 1 else out
-        return x.transpose(1, 2)
-    pos_cnn.forward = forward
+
+def _spvit(module, name, image_size, drop_path):
+    """ZhouYuxuanYX/SP-ViT's token-labeling models run MixToken in every training forward,
+    whose box (`rand_bbox`) calls `np.int`, an alias NumPy 1.24 removed: in this measuring
+    process it is given back as the builtin it stood for; its PosCNN runs out of place."""
+    module.np.int = int
+    if hasattr(module, 'PosCNN'):
+        module.PosCNN.forward = _pos_cnn_out_of_place
     return _by_constructor(_SPVIT)(module, name, image_size, drop_path)
 
 

@@ -6,8 +6,10 @@ takes 10 (ViT-S activation, batch 32, 2 threads), its depthwise convolution
 block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
 GELU, a Linear's bias, depthwise convs (the 'same' one on channels-last
 tokens, and any stride and channel multiplier on NCHW images), attention
-(as a whole, or its scaled softmax where attention dropout needs the scores) and
-PerViT's peripheral attention weights (figures in its header).  `build` compiles
+(as a whole, or its scaled softmax where attention dropout needs the scores),
+PerViT's peripheral attention weights, VVT's sign-keeping clamp and stochastic
+depth's per-sample scaling (the last two for the memory they keep for the backward
+pass; figures in its header).  `build` compiles
 them the first time a CPU step needs them (about 20 s, once per machine and CPU
 type) and loads them from its cache afterwards.
 
@@ -123,6 +125,18 @@ def depthwise_conv_image(x, weight, bias, stride, padding):
     return _run('fused_depthwise_conv_image', x.contiguous(), weight, bias,
                                         int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
                                         _threads())[0]
+
+
+def abs_clamp(x, low, high):
+    """sign(x) * clip(|x|, low, high) of a float32 CPU tensor, differentiable; keeps only
+    `x` for the backward pass (Paddle's four ops keep four tensors of its size)."""
+    return _run('fused_abs_clamp', x.contiguous(), float(low), float(high), _threads())[0]
+
+
+def scale_rows(x, scale):
+    """x[b] * scale[b] over the first axis of `x`, differentiable in `x` only; keeps only
+    `scale` (one value per row) for the backward pass, not `x`."""
+    return _run('fused_scale_rows', x.contiguous(), scale.contiguous(), _threads())[0]
 
 
 def gemm_kernels_available():
