@@ -108,12 +108,22 @@ def _onnx_packages():
         pytest.importorskip(name, reason=f'{name} is not installed: pip install -r requirements-onnx.txt')
 
 
-def test_exported_family_converts_to_onnx_and_matches_paddle_inference(exported):
-    """Every family converts with paddle2onnx and ONNX Runtime gives Paddle Inference's logits
-    (VVT's `1. / t` once aborted the conversion, PerViT's channels-last GroupNorm was
-    converted wrongly): `predict.py --backend onnxruntime`."""
+# paddle2onnx 2.1.0 converts `group_norm` as channels first whatever its data_format, and writes
+# a garbage epsilon (0 or 3e12) into the ONNX file: PerViT's channels-last GroupNorms (its
+# position encoding) come out wrong.  Spelt out in means (or as a LayerNorm) for the export, the
+# ONNX model was right but Paddle Inference's oneDNN passes then computed it wrong (2e-2 of the
+# largest logit) or could not run it, so PerViT keeps Paddle's op and has no ONNX path yet.
+ONNX_BROKEN = {'pervit': 'paddle2onnx 2.1.0 mis-converts channels-last group_norm (layout and epsilon)'}
+
+
+def test_exported_family_converts_to_onnx_and_matches_paddle_inference(exported, request):
+    """Every family but PerViT converts with paddle2onnx and ONNX Runtime gives Paddle
+    Inference's logits (VVT's `1. / t` once aborted the conversion): `predict.py --backend
+    onnxruntime`.  PerViT is an expected failure, strict: it reports when a paddle2onnx fixes it."""
     _onnx_packages()
     name, config, folder, x, reference = exported
+    if name in ONNX_BROKEN:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=ONNX_BROKEN[name]))
     export_model.export_onnx(os.path.join(folder, export_model.MODEL_NAME), log=pytest.fail)
     paddle_logits = predict.Classifier(folder, config, threads=1, onednn=False).logits(x)
     classifier = predict.Classifier(folder, config, threads=1, backend='onnxruntime')

@@ -34,9 +34,11 @@ ONNX (optional): `pip install "paddlevit[onnx]"` (paddle2onnx, onnxoptimizer,
 onnxruntime: requirements-onnx.txt); `tools/predict.py --backend onnxruntime`
 runs the result.  Without paddle2onnx, `--onnx` prints how to install it and
 the Paddle export stands; a graph paddle2onnx cannot convert is an error naming
-its complaint, after the Paddle export was written.  Every family converts
-under Paddle 3.3.1 with paddle2onnx 2.1.0 (two graph forms were changed for it,
-see VVT's `vicinity_attention` and PerViT's `PeripheralPositionEncoding._norm`).
+its complaint, after the Paddle export was written.  Under Paddle 3.3.1 with
+paddle2onnx 2.1.0 every family converts and matches Paddle Inference (VVT since
+its `1. / t` became `paddle.reciprocal`) except PerViT: paddle2onnx converts its
+channels-last `group_norm` as channels first with a garbage epsilon, so its
+ONNX model is refused by onnxruntime; run PerViT with Paddle Inference.
 """
 import argparse
 import os

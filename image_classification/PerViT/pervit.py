@@ -163,20 +163,7 @@ class PeripheralPositionEncoding(nn.Layer):
 
     @staticmethod
     def _norm(gn, x):
-        """GroupNorm of channels-last maps [N, H, W, C].  A traced graph (export) spells it out
-        in means and a square root: paddle2onnx 2.1.0 converts `group_norm` as if it were
-        channels first, whatever its data_format, and reads its epsilon from the wrong
-        place (0 or 3e12 in the ONNX file), so onnxruntime refused the model or gave Phi_p
-        wrong by up to 0.5.  Paddle Inference constant-folds the whole PPE, so the longer
-        form costs a deployed model nothing; dygraph keeps Paddle's NHWC kernel."""
-        if paddle.in_dynamic_mode():
-            return F.group_norm(x, gn._num_groups, gn._epsilon, gn.weight, gn.bias, data_format='NHWC')
-        _, height, width, channels = x.shape
-        groups = x.reshape([-1, height * width, gn._num_groups, channels // gn._num_groups])
-        centred = groups - groups.mean(axis=[1, 3], keepdim=True)
-        variance = paddle.square(centred).mean(axis=[1, 3], keepdim=True)
-        normed = centred / paddle.sqrt(variance + gn._epsilon)
-        return normed.reshape([-1, height, width, channels]) * gn.weight + gn.bias
+        return F.group_norm(x, gn._num_groups, gn._epsilon, gn.weight, gn.bias, data_format='NHWC')
 
 
 def conv_valid_last(x, weight, bias):
