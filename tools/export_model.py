@@ -36,9 +36,10 @@ runs the result.  Without paddle2onnx, `--onnx` prints how to install it and
 the Paddle export stands; a graph paddle2onnx cannot convert is an error naming
 its complaint, after the Paddle export was written.  Under Paddle 3.3.1 with
 paddle2onnx 2.1.0 every family converts and matches Paddle Inference (VVT since
-its `1. / t` became `paddle.reciprocal`) except PerViT: paddle2onnx converts its
-channels-last `group_norm` as channels first with a garbage epsilon, so its
-ONNX model is refused by onnxruntime; run PerViT with Paddle Inference.
+its `1. / t` became `paddle.reciprocal`) except the graphs with a GroupNorm:
+paddle2onnx writes a garbage epsilon for `group_norm` (ViT-R50's stem: every
+image gets the same logits) and converts a channels-last one as channels first
+(PerViT: onnxruntime refuses the model); run those with Paddle Inference.
 """
 import argparse
 import os

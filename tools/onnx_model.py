@@ -8,7 +8,7 @@ dependency of the package: `pip install "paddlevit[onnx]"` (or
 .onnx file, the backend stops with one message saying what to install or run.
 
 Its logits agree with Paddle Inference's within 1e-5 for a small model of every
-family but PerViT, which paddle2onnx 2.1.0 converts wrongly (see
+family but PerViT and ViT-R50, whose GroupNorms paddle2onnx 2.1.0 converts wrongly (see
 `export_model.py`; tests/test_export_families.py).
 """
 import os
