@@ -7,7 +7,9 @@ that do not fit the model must be refused before anything is written.
 import csv
 import math
 import os
+import shutil
 import sys
+import types
 
 import numpy as np
 import paddle
@@ -15,9 +17,10 @@ import pytest
 from PIL import Image
 
 from conftest import FIXTURES
-from engine.errors import cli
+from engine.errors import UserError, cli
 from port_weights.keymap import KeyMismatchError
 from tools import export_model, predict
+from tools.onnx_model import INSTALL_HINT
 
 TINY_DIR = os.path.join(FIXTURES, 'tiny_family')
 TINY_CFG = os.path.join(TINY_DIR, 'tinynet_32.yaml')
@@ -182,7 +185,18 @@ def test_onnx_without_paddle2onnx_is_skipped_with_a_message(monkeypatch):
     monkeypatch.setitem(sys.modules, 'paddle2onnx', None)   # makes `import paddle2onnx` fail
     messages = []
     assert export_model.export_onnx('/nonexistent/inference', log=messages.append) is None
-    assert 'pip install paddle2onnx' in messages[0]
+    assert INSTALL_HINT in messages[0]
+
+
+def test_onnx_conversion_that_aborts_is_an_error_not_a_crash(exported, monkeypatch, tmp_path):
+    """paddle2onnx aborts its process on an operator it cannot convert (SIGABRT, as VVT's
+    `1. / t` did): the conversion runs in a child, so this process gets an error naming it."""
+    monkeypatch.setitem(sys.modules, 'paddle2onnx', types.ModuleType('paddle2onnx'))   # "installed"
+    monkeypatch.setattr(export_model, '_CONVERT',
+                        'import os, sys; print("[ERROR][Paddle2ONNX] unsupported operators", flush=True); os.abort()')
+    with pytest.raises(RuntimeError, match=r'could not convert .* \(exit status -6\): '
+                                           r'\[ERROR\]\[Paddle2ONNX\] unsupported operators'):
+        export_model.export_onnx(os.path.join(exported, 'inference'))
 
 
 def test_onnx_export_matches(trained, exported):
@@ -194,6 +208,87 @@ def test_onnx_export_matches(trained, exported):
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype('float32')
     out = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(out, _dynamic_logits(model, x), rtol=0, atol=1e-5)
+
+
+# ---- --backend onnxruntime (tools/onnx_model.py) --------------------------------------------
+
+def _onnx_packages():
+    for name in ('paddle2onnx', 'onnxruntime'):
+        pytest.importorskip(name, reason=f'{name} is not installed: pip install -r requirements-onnx.txt')
+
+
+@pytest.fixture(scope='module')
+def onnx_exported(exported, tmp_path_factory):
+    """A copy of the exported tiny model with its inference.onnx."""
+    _onnx_packages()
+    folder = str(tmp_path_factory.mktemp('onnx') / 'tiny')
+    shutil.copytree(exported, folder)
+    export_model.export_onnx(os.path.join(folder, 'inference'), log=pytest.fail)
+    return folder
+
+
+def test_onnxruntime_backend_predicts_as_paddle_inference(onnx_exported, images, tmp_path):
+    rows = {}
+    for backend in predict.BACKENDS:
+        out = tmp_path / f'{backend}.csv'
+        assert predict.main(['--model_dir', onnx_exported, *images, '--threads', '1', '--topk', '7',
+                             '--csv', str(out), '--backend', backend]) == 0
+        rows[backend] = read_csv(out)
+    for paddle_row, onnx_row in zip(rows['paddle'], rows['onnxruntime']):
+        assert onnx_row[:2] == paddle_row[:2]                        # path, top-1 class
+        np.testing.assert_allclose([float(p) for p in onnx_row[2::2]], [float(p) for p in paddle_row[2::2]],
+                                   rtol=0, atol=2e-6)                # the CSV's 6 decimals
+
+
+def test_onnxruntime_backend_without_the_package_is_one_message(exported, images, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)         # makes `import onnxruntime` fail
+    with pytest.raises(SystemExit) as info:
+        cli(predict.main, ['--model_dir', exported, images[0], '--backend', 'onnxruntime'])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'needs the onnxruntime package' in err and INSTALL_HINT in err and 'Traceback' not in err
+
+
+def test_onnxruntime_backend_without_the_onnx_file_says_how_to_make_it(exported, images, tmp_path, capsys):
+    pytest.importorskip('onnxruntime', reason='onnxruntime is not installed: pip install -r requirements-onnx.txt')
+    folder = tmp_path / 'no_onnx'
+    shutil.copytree(exported, folder, ignore=shutil.ignore_patterns('*.onnx'))
+    with pytest.raises(SystemExit) as info:
+        cli(predict.main, ['--model_dir', str(folder), images[0], '--backend', 'onnxruntime'])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f'error: {folder / "inference.onnx"} not found: --backend onnxruntime runs the ONNX model '
+                        f'that `tools/export_model.py ... -output {folder} --onnx` writes '
+                        f'(paddle2onnx needed: {INSTALL_HINT})')
+
+
+@pytest.mark.parametrize('flag', [['--device', 'gpu'], ['--no-onednn']])
+def test_onnxruntime_backend_refuses_paddle_only_flags(exported, images, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        predict.main(['--model_dir', exported, images[0], '--backend', 'onnxruntime', *flag])
+    assert info.value.code == 2
+    assert '--backend onnxruntime runs on the CPU' in capsys.readouterr().err
+
+
+def test_benchmark_exported_step_on_onnxruntime(capsys):
+    """`tools/benchmark.py --mode exported --backend onnxruntime` times the converted model."""
+    _onnx_packages()
+    from tools.benchmarking.inference import inference_step
+    model = _PlainConvNet()
+    model.eval()
+    x = np.random.default_rng(9).standard_normal((2, 3, 32, 32)).astype('float32')
+    step, onednn = inference_step(model, 32, x, 'cpu', 1, backend='onnxruntime')
+    assert onednn is None
+    np.testing.assert_allclose(step(), _dynamic_logits(model, x), rtol=0, atol=1e-5)
+
+
+def test_benchmark_onnxruntime_without_paddle2onnx_is_a_user_error(monkeypatch):
+    from tools.benchmarking.inference import inference_step
+    monkeypatch.setitem(sys.modules, 'paddle2onnx', None)
+    model = _PlainConvNet()
+    model.eval()
+    with pytest.raises(UserError, match=r'--backend onnxruntime: paddle2onnx is not installed: pip install'):
+        inference_step(model, 32, np.zeros((1, 3, 32, 32), np.float32), 'cpu', 1, backend='onnxruntime')
 
 
 # ---- the oneDNN fallback (predict.InferenceModel) -------------------------------------------
@@ -238,7 +333,7 @@ def test_onednn_failure_falls_back_once_naming_the_error(trained, exported, monk
     x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype('float32')
     for batch in (x, x[:1], x):
         np.testing.assert_allclose(classifier.logits(batch), _dynamic_logits(model, batch), rtol=0, atol=1e-5)
-    assert not classifier.onednn
+    assert not classifier.model.onednn
     assert messages == [f'oneDNN could not {what} (onednn_op.fused_matmul raises an exception dnnl::error; '
                         'RuntimeError: std::exception); running without oneDNN']
     assert 'dnnl::error' not in capfd.readouterr().err      # said once, in the message
@@ -254,12 +349,12 @@ def test_a_failure_not_of_onednn_is_raised_as_it_is(trained, exported, capfd):
     with pytest.raises((RuntimeError, ValueError)) as info:
         classifier.logits(bad)
     assert 'std::exception' not in str(info.value)            # Paddle's own message on the shape
-    assert classifier.onednn and not messages
+    assert classifier.model.onednn and not messages
     x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype('float32')
     np.testing.assert_allclose(classifier.logits(x), _dynamic_logits(model, x), rtol=0, atol=1e-5)
     with pytest.raises((RuntimeError, ValueError)):            # after a good batch: no retry
         classifier.logits(bad)
-    assert classifier.onednn and not messages
+    assert classifier.model.onednn and not messages
 
 
 class _FoldedReshapeTranspose(paddle.nn.Layer):
@@ -298,7 +393,7 @@ def test_onednn_that_cannot_build_the_graph_is_dropped(trained, unbuildable):
     classifier = predict.Classifier(folder, trained[0], threads=1, log=messages.append)
     x = np.random.default_rng(7).standard_normal((2, 3, 32, 32)).astype('float32')
     np.testing.assert_allclose(classifier.logits(x), _dynamic_logits(model, x), rtol=0, atol=1e-5)
-    assert not classifier.onednn and len(messages) == 1
+    assert not classifier.model.onednn and len(messages) == 1
     assert messages[0].startswith('oneDNN could not build the predictor (')
     assert messages[0].endswith('RuntimeError: std::exception); running without oneDNN')
 

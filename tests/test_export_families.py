@@ -48,6 +48,7 @@ CASES = {   # name: (config, opts)
                  'MODEL.WM', '1.5', 'MODEL.DEPTH', '5', 'MODEL.GROUP_W', '12']),
 }
 RTOL = 1e-4   # of the largest logit; measured: at most 2e-6 with oneDNN, 1e-6 without
+ONNX_ATOL = 1e-5   # ONNX Runtime against Paddle Inference (the issue's bound); measured: at most 1e-6
 
 
 def _randomised(model, rng):
@@ -94,7 +95,41 @@ def test_exported_family_predicts_as_the_dynamic_model(exported, onednn):
     error = np.abs(logits - reference).max() / np.abs(reference).max()
     assert error <= RTOL, f'{name}: max |diff| / max |logit| = {error:.2e}'
     # the export must run on oneDNN itself (the fastest CPU path), not only through the fallback
-    assert classifier.onednn == onednn, f'{name}: {messages}'
+    assert classifier.model.onednn == onednn, f'{name}: {messages}'
     assert not messages
     np.testing.assert_allclose(classifier.logits(x[:1]), reference[:1], rtol=0,
                                atol=RTOL * np.abs(reference).max())      # another batch size
+
+
+def _onnx_packages():
+    """Skips (naming what is missing) unless paddle2onnx and onnxruntime are installed; CI has
+    them (requirements-dev.txt includes requirements-onnx.txt)."""
+    for name in ('paddle2onnx', 'onnxruntime'):
+        pytest.importorskip(name, reason=f'{name} is not installed: pip install -r requirements-onnx.txt')
+
+
+# paddle2onnx 2.1.0 converts `group_norm` as channels first whatever its data_format, and writes
+# a garbage epsilon (0 or 3e12) into the ONNX file: the GroupNorms of ViT-R50's ResNet stem
+# (every image gave the same logits) and PerViT's channels-last ones (its position encoding)
+# come out wrong.  Spelt out in means (or as a LayerNorm) for the export, the
+# ONNX model was right but Paddle Inference's oneDNN passes then computed it wrong (2e-2 of the
+# largest logit) or could not run it, so PerViT keeps Paddle's op and has no ONNX path yet.
+ONNX_BROKEN = {'pervit': 'paddle2onnx 2.1.0 mis-converts channels-last group_norm (layout and epsilon)',
+               'vit_r50': "paddle2onnx 2.1.0 writes a garbage epsilon for group_norm (the R50 stem's)"}
+
+
+def test_exported_family_converts_to_onnx_and_matches_paddle_inference(exported, request):
+    """Every family but those with a GroupNorm converts with paddle2onnx and ONNX Runtime gives
+    Paddle Inference's logits (VVT's `1. / t` once aborted the conversion): `predict.py --backend
+    onnxruntime`.  PerViT and ViT-R50 are expected failures, strict: they report when a paddle2onnx
+    release fixes them."""
+    _onnx_packages()
+    name, config, folder, x, reference = exported
+    if name in ONNX_BROKEN:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=ONNX_BROKEN[name]))
+    export_model.export_onnx(os.path.join(folder, export_model.MODEL_NAME), log=pytest.fail)
+    paddle_logits = predict.Classifier(folder, config, threads=1, onednn=False).logits(x)
+    classifier = predict.Classifier(folder, config, threads=1, backend='onnxruntime')
+    for batch in (x, x[:1]):
+        np.testing.assert_allclose(classifier.logits(batch), paddle_logits[:len(batch)], rtol=0, atol=ONNX_ATOL,
+                                   err_msg=name)

@@ -33,7 +33,7 @@ def _copy(tmp_path):
     root = tmp_path / 'repo'
     (root / 'tools').mkdir(parents=True)
     shutil.copy(os.path.join(REPO, 'tools', 'setup_env.sh'), root / 'tools')
-    for name in ('requirements.txt', 'requirements-dev.txt'):
+    for name in ('requirements.txt', 'requirements-dev.txt', 'requirements-onnx.txt'):
         shutil.copy(os.path.join(REPO, name), root)
     python = tmp_path / 'python3'
     python.write_text(FAKE_PYTHON)
@@ -93,7 +93,7 @@ def test_gpu_wheel_from_paddles_index_replaces_the_cpu_wheel(tmp_path):
 
 
 def test_requirements_name_no_paddle_package():
-    for name in ('requirements.txt', 'requirements-dev.txt'):
+    for name in ('requirements.txt', 'requirements-dev.txt', 'requirements-onnx.txt'):
         with open(os.path.join(REPO, name)) as f:
             specs = [line.split('#')[0].strip() for line in f]
         assert not [s for s in specs if re.match(r'paddlepaddle', s, re.I)], name

@@ -108,6 +108,9 @@ def parse_args(argv=None):
     p.add_argument('--inference', action='store_true',
                    help='eval through Paddle Inference on the exported model (oneDNN on CPU), '
                         'as tools/predict.py runs it: the eval of --mode becomes exported')
+    p.add_argument('--backend', choices=['paddle', 'onnxruntime'], default='paddle',
+                   help='exported: the runtime, as tools/predict.py --backend: Paddle Inference (default) or '
+                        'ONNX Runtime on the model paddle2onnx converts (needs paddlevit[onnx])')
     p.add_argument('--isa', choices=list(ISA_ENVIRONMENT), default='native',
                    help='the instruction set every side may use: native (all the CPU has), or avx2, which '
                         'holds oneDNN, MKL (Paddle\'s and PyTorch\'s) and our fused kernels to AVX2 as on '

@@ -30,13 +30,20 @@ nothing is resized unless asked: with `--adapt`, image-size-dependent tensors
 first resized by the model's `adapt_state_dict`, each change printed; export at
 the resolution the model was fine-tuned at whenever you can.
 
-ONNX (optional): `pip install paddle2onnx onnx onnxoptimizer` (and
-`onnxruntime` to run it).  The conversion uses onnxoptimizer; paddle2onnx's
-default optimiser would pip-install packages while it runs.  Without
-paddle2onnx, `--onnx` prints how to install it and the Paddle export stands.
+ONNX (optional): `pip install "paddlevit[onnx]"` (paddle2onnx, onnxoptimizer,
+onnxruntime: requirements-onnx.txt); `tools/predict.py --backend onnxruntime`
+runs the result.  Without paddle2onnx, `--onnx` prints how to install it and
+the Paddle export stands; a graph paddle2onnx cannot convert is an error naming
+its complaint, after the Paddle export was written.  Under Paddle 3.3.1 with
+paddle2onnx 2.1.0 every family converts and matches Paddle Inference (VVT since
+its `1. / t` became `paddle.reciprocal`) except the graphs with a GroupNorm:
+paddle2onnx writes a garbage epsilon for `group_norm` (ViT-R50's stem: every
+image gets the same logits) and converts a channels-last one as channels first
+(PerViT: onnxruntime refuses the model); run those with Paddle Inference.
 """
 import argparse
 import os
+import subprocess
 import sys
 
 import engine
@@ -48,8 +55,10 @@ from engine.weights import load_weights  # noqa: E402
 
 try:
     from .model_args import add_model_arguments, create_model, model_sources  # imported as tools.export_model
+    from .onnx_model import INSTALL_HINT
 except ImportError:
     from model_args import add_model_arguments, create_model, model_sources   # run as a script
+    from onnx_model import INSTALL_HINT
 
 __all__ = ['MODEL_NAME', 'export', 'export_onnx']
 
@@ -73,22 +82,33 @@ def _model_file(prefix):
     raise FileNotFoundError(f'no {prefix}.json or {prefix}.pdmodel')
 
 
+# paddle2onnx runs in a child process: an operator it cannot convert aborts the process it runs in
+# (SIGABRT from its C++ code, no Python exception), which must not take the Paddle export with it
+_CONVERT = ('import sys, paddle2onnx; paddle2onnx.export(sys.argv[1], sys.argv[2], save_file=sys.argv[3], '
+            'opset_version=int(sys.argv[4]), enable_onnx_checker=True, optimize_tool="onnxoptimizer")')
+
+
 def export_onnx(prefix, opset=13, log=print):
-    """Convert the exported `prefix` to `prefix.onnx`; returns its path, or None without paddle2onnx."""
+    """Convert the exported `prefix` to `prefix.onnx`; returns its path, or None without paddle2onnx.
+
+    paddle2onnx's optimiser is onnxoptimizer: its default one pip-installs packages
+    while it runs.  Its log is shown only when the conversion fails (an exit
+    status, or no file: it logs some errors instead of raising them)."""
     try:
-        import paddle2onnx
+        import paddle2onnx  # noqa: F401  (converted in a child process; only its presence is checked here)
     except ImportError:
-        log('ONNX export skipped: paddle2onnx is not installed. '
-            'Install it with `pip install paddle2onnx onnx onnxoptimizer` and run again with --onnx.')
+        log(f'ONNX export skipped: paddle2onnx is not installed. Install it with {INSTALL_HINT} '
+            'and run again with --onnx.')
         return None
     save_file = prefix + '.onnx'
     if os.path.exists(save_file):
         os.remove(save_file)
-    # paddle2onnx logs conversion errors instead of raising them: check the file it leaves
-    paddle2onnx.export(_model_file(prefix), prefix + '.pdiparams', save_file=save_file,
-                       opset_version=opset, enable_onnx_checker=True, optimize_tool='onnxoptimizer')
-    if not os.path.isfile(save_file) or os.path.getsize(save_file) == 0:
-        raise RuntimeError(f'paddle2onnx could not convert {prefix} (see its log above)')
+    done = subprocess.run([sys.executable, '-c', _CONVERT, _model_file(prefix), prefix + '.pdiparams', save_file,
+                           str(opset)], capture_output=True, text=True)
+    if done.returncode != 0 or not os.path.isfile(save_file) or os.path.getsize(save_file) == 0:
+        errors = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if 'ERROR' in ln or 'Error' in ln]
+        raise RuntimeError(f'paddle2onnx could not convert {prefix} (exit status {done.returncode}): '
+                           + ('; '.join(errors[:3]) or 'no error named'))
     return save_file
 
 

@@ -1,8 +1,9 @@
-"""Classify images with a model exported by `tools/export_model.py`, through Paddle Inference.
+"""Classify images with a model exported by `tools/export_model.py`, through Paddle Inference
+(or ONNX Runtime).
 
     python tools/predict.py --model_dir ./inference/pit_s_224 cat.jpg dog.png photos/ val_list.txt ... \\
         [-model pit_s_224 | -cfg my_pit_s_224.yaml] [-opts KEY VALUE ...] [--labels names.txt] [--topk 5] \\
-        [--batch_size 32] [--csv top5.csv] [--quiet]
+        [--batch_size 32] [--csv top5.csv] [--quiet] [--threads N] [--backend paddle|onnxruntime]
 
 Inputs are image files, folders (every image below them, sorted) and list files
 (`path [label]` lines, paths relative to the list's folder): see
@@ -32,6 +33,10 @@ cannot run its first batch (its fusion passes have bugs that depend on the
 graph, see `InferenceModel`), the model runs on plain kernels instead, after
 one message naming the error; `--no-onednn` skips oneDNN.  `--device gpu`
 runs on the first GPU of a CUDA build of Paddle.
+
+`--backend onnxruntime` runs `inference.onnx` (written by `export_model.py
+--onnx`) through ONNX Runtime on the CPU instead (`onnx_model.py`; the packages
+are the optional extra `paddlevit[onnx]`), `--threads` threads.
 """
 import argparse
 import csv
@@ -49,15 +54,21 @@ from paddle import inference  # noqa: E402
 import paddlevit  # noqa: E402
 from engine.data import DecodeError, decode_image, describe_eval_transform  # noqa: E402
 from engine.cpu.settings import configure as configure_cpu, cpu_threads  # noqa: E402
+from engine.errors import UserError  # noqa: E402
 
 try:
     from .model_args import add_model_arguments, model_config, model_sources  # imported as tools.predict
+    from .onnx_model import OnnxModel
     from .prediction_inputs import NO_LABEL, input_datasets
 except ImportError:
     from model_args import add_model_arguments, model_config, model_sources   # run as a script
+    from onnx_model import OnnxModel
     from prediction_inputs import NO_LABEL, input_datasets
 
-__all__ = ['Classifier', 'InferenceModel', 'create_predictor', 'load_config', 'read_labels', 'run', 'softmax', 'topk']
+__all__ = ['BACKENDS', 'Classifier', 'InferenceModel', 'create_predictor', 'load_config', 'open_model',
+           'read_labels', 'run', 'softmax', 'topk']
+
+BACKENDS = ('paddle', 'onnxruntime')
 
 MODEL_NAME = 'inference'
 
@@ -196,13 +207,29 @@ def _attempt(fn):
     return result, error, logged
 
 
-class Classifier(InferenceModel):
-    """An exported model with the eval preprocessing of its config (oneDNN as `InferenceModel`)."""
+def open_model(model_dir, backend='paddle', device='cpu', threads=None, onednn=True, log=print):
+    """The exported model of `model_dir` on `backend`: an `InferenceModel` (Paddle Inference) or an
+    `OnnxModel` (ONNX Runtime, CPU only); either gives `logits(images)`."""
+    if backend == 'paddle':
+        return InferenceModel(model_dir, device, threads, onednn, log)
+    if backend != 'onnxruntime':
+        raise ValueError(f'backend {backend!r}: one of {", ".join(BACKENDS)}')
+    if device != 'cpu':
+        raise UserError(f'--backend onnxruntime runs on the CPU only, not on --device {device}')
+    return OnnxModel(model_dir, threads or cpu_threads())
 
-    def __init__(self, model_dir, config, device='cpu', threads=None, onednn=True, log=print):
-        super().__init__(model_dir, device, threads, onednn, log)
+
+class Classifier:
+    """An exported model (`open_model`) with the eval preprocessing of its config."""
+
+    def __init__(self, model_dir, config, device='cpu', threads=None, onednn=True, log=print, backend='paddle'):
+        self.model = open_model(model_dir, backend, device, threads, onednn, log)
         self.config = config
         self.transform = paddlevit.create_transform(paddlevit.data_config(config))
+
+    def logits(self, images):
+        """Logits [N, classes] for a float32 [N, 3, S, S] batch of preprocessed images."""
+        return self.model.logits(images)
 
     def preprocess(self, paths):
         """[N, 3, S, S] float32 batch of the image files, through the config's eval transform."""
@@ -322,15 +349,21 @@ def main(argv=None):
     parser.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: all cores)')
     parser.add_argument('--no-onednn', action='store_true', help='CPU: plain kernels instead of oneDNN')
+    parser.add_argument('--backend', choices=BACKENDS, default='paddle',
+                        help='paddle: Paddle Inference (default); onnxruntime: ONNX Runtime on the inference.onnx '
+                             'of export_model.py --onnx (CPU)')
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.topk < 1:
         parser.error('--batch_size and --topk must be at least 1')
+    if args.backend == 'onnxruntime' and (args.device != 'cpu' or args.no_onednn):
+        parser.error('--backend onnxruntime runs on the CPU, without --device gpu or --no-onednn (Paddle\'s)')
 
     if args.device == 'cpu':
         configure_cpu()
     config = load_config(args.model_dir, model_sources(args), args.opts)
     labels = read_labels(args.labels, config.MODEL.NUM_CLASSES) if args.labels else None
-    classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=not args.no_onednn)
+    classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=not args.no_onednn,
+                            backend=args.backend)
     datasets = input_datasets(args.images, config, classifier.transform)
     print(f'preprocessing: {describe_eval_transform(config)}')
     csv_file = open(args.csv, 'w', newline='', encoding='utf-8') if args.csv else None

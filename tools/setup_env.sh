@@ -35,7 +35,7 @@ paddle_name() {
 if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
-want=$({ cat requirements.txt requirements-dev.txt pyproject.toml; echo "paddle: $PADDLE_PACKAGE $PADDLE_INDEX_URL"; } \
+want=$({ cat requirements.txt requirements-dev.txt requirements-onnx.txt pyproject.toml; echo "paddle: $PADDLE_PACKAGE $PADDLE_INDEX_URL"; } \
        | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
     pip=(.venv/bin/python -m pip)

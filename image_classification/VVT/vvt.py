@@ -77,7 +77,9 @@ def vicinity_attention(q, k, v, phases):
     k4 = paddle.concat([k * c for c in columns], axis=-1)
     kv = abs_clamp(paddle.matmul(k4, v, transpose_x=True))                # [B, h, 4d, d]
     k_sum = k4.sum(axis=2, keepdim=True)                                  # [B, h, 1, 4d]
-    z = abs_clamp(1. / (paddle.matmul(q4, k_sum, transpose_y=True) + NORMALIZER_EPS))  # [B, h, N, 1]
+    # reciprocal, not `1. / t`: traced, a scalar over a tensor becomes `full_batch_size_like` + divide,
+    # an op paddle2onnx 2.1.0 cannot convert (it aborted the ONNX export of every VVT)
+    z = abs_clamp(paddle.reciprocal(paddle.matmul(q4, k_sum, transpose_y=True) + NORMALIZER_EPS))  # [B, h, N, 1]
     out = abs_clamp(paddle.matmul(q4, kv))                                # [B, h, N, d]
     return abs_clamp(out * z)
 

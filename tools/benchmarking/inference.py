@@ -1,31 +1,41 @@
-"""The eval step of `--inference`: the model exported and run through Paddle Inference, the
-deployment path of `tools/export_model.py` + `tools/predict.py`."""
+"""The eval step of `--inference`: the model exported and run through Paddle Inference (or, with
+`--backend onnxruntime`, ONNX Runtime), the deployment path of `tools/export_model.py` +
+`tools/predict.py`."""
+import os
 import shutil
 import sys
 import tempfile
 
+from engine.errors import UserError
+
 try:
     from .. import export_model, predict        # imported as tools.benchmarking
+    from ..onnx_model import INSTALL_HINT
 except ImportError:
     import export_model                          # under tools/benchmark.py, whose folder is sys.path[0]
     import predict
+    from onnx_model import INSTALL_HINT
 
 __all__ = ['inference_step']
 
 
-def inference_step(model, size, images, device, threads):
-    """One Paddle Inference run of `model`, exported to a temporary folder as
-    `tools/export_model.py` does and loaded as `tools/predict.py` does: oneDNN on
-    CPU unless `predict.InferenceModel` finds that it cannot build or run this
-    graph (then without it, with its message on stderr).  Returns (step, whether
-    oneDNN runs it; None on GPU)."""
+def inference_step(model, size, images, device, threads, backend='paddle'):
+    """One run of `model` exported to a temporary folder as `tools/export_model.py` does
+    (`--onnx` too for onnxruntime) and loaded as `tools/predict.py --backend` does:
+    Paddle Inference on oneDNN on CPU unless `predict.InferenceModel` finds that it
+    cannot build or run this graph (then without it, with its message on stderr), or
+    ONNX Runtime.  Returns (step, whether oneDNN runs it; None on GPU or ONNX Runtime)."""
     folder = tempfile.mkdtemp(prefix='benchmark_export_')
     try:
-        export_model.export(model, size, folder)
-        runner = predict.InferenceModel(folder, device, threads, onednn=device == 'cpu',
-                                        log=lambda message: print(message, file=sys.stderr, flush=True))
+        prefix = export_model.export(model, size, folder)
+        if backend == 'onnxruntime' and export_model.export_onnx(prefix, log=lambda _: None) is None:
+            raise UserError(f'--backend onnxruntime: paddle2onnx is not installed: {INSTALL_HINT}')
+        runner = predict.open_model(folder, backend, device, threads, onednn=device == 'cpu',
+                                    log=lambda message: print(message, file=sys.stderr, flush=True))
         runner.logits(images)                      # the first batch settles oneDNN or not
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    if backend == 'onnxruntime':
+        return (lambda: runner.logits(images)), None
     predictor = runner.predictor
     return (lambda: predict.run(predictor, images)), (runner.onednn if device == 'cpu' else None)

@@ -34,6 +34,7 @@ def make_job(source, image_size, mode, args):
             'mode': 'train' if mode == 'train' else 'eval', 'inference': mode == 'exported',
             'batch_size': args.batch_size, 'warmup': args.warmup, 'iters': args.iters,
             'threads': args.threads, 'to_static': args.to_static, 'device': args.device,
+            'backend': getattr(args, 'backend', 'paddle') if mode == 'exported' else None,
             'flop_rate': bool(getattr(args, 'flop_rate', False)) and mode != 'train'}
 
 
@@ -74,7 +75,8 @@ def measure(job):
     onednn = None
     if job['mode'] == 'eval' and job.get('inference'):
         from .inference import inference_step
-        step, onednn = inference_step(model, size, images.numpy(), device, job['threads'])
+        step, onednn = inference_step(model, size, images.numpy(), device, job['threads'],
+                                      job.get('backend') or 'paddle')
     elif job['mode'] == 'eval':
         model.eval()
 
@@ -118,7 +120,8 @@ def measure(job):
         'peak MB': peak / 2 ** 20, 'work MB': (peak - base) / 2 ** 20,
         'params (M)': params / 1e6, 'threads': job['threads'], 'device': device,
         'to_static': job['to_static'], 'inference': exported,
-        'onednn': onednn, 'seconds per iter': seconds / job['iters'],
+        'onednn': onednn, 'backend': job.get('backend') if exported else None,
+        'seconds per iter': seconds / job['iters'],
         'warmup': job['warmup'], 'iters': job['iters'], 'recompute': bool(config.TRAIN.RECOMPUTE),
         'drop path': config.MODEL.DROPPATH,
     }

@@ -102,6 +102,9 @@ def plot(results, path):
     plt.close(fig)
 
 
+RUNTIMES = {'paddle': 'Paddle Inference', 'onnxruntime': 'ONNX Runtime'}   # exported rows, by backend
+
+
 def report(results, args, sweep):
     """Print the markdown table (and the memory growth of a sweep), write --plot and --json."""
     ok = [r for r in results if 'error' not in r]
@@ -109,7 +112,7 @@ def report(results, args, sweep):
         r = ok[0]
         print(f'batch {r["batch"]}, {r["threads"]} threads, device {r["device"]}, '
               f'{"to_static" if r["to_static"] else "dygraph"}'
-              f'{", eval through Paddle Inference" if r.get("inference") else ""}'
+              f'{", eval through " + RUNTIMES[r.get("backend") or "paddle"] if r.get("inference") else ""}'
               f'{" (oneDNN)" if r.get("onednn") else ""}, {r.get("warmup", args.warmup)} warm-up + '
               f'{r.get("iters", args.iters)} timed iterations\n')
     print(markdown_table(results))
