@@ -42,6 +42,7 @@ image gets the same logits) and converts a channels-last one as channels first
 (PerViT: onnxruntime refuses the model); run those with Paddle Inference.
 """
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -95,7 +96,7 @@ def export_onnx(prefix, opset=13, log=print):
     while it runs.  Its log is shown only when the conversion fails (an exit
     status, or no file: it logs some errors instead of raising them)."""
     try:
-        import paddle2onnx  # noqa: F401  (converted in a child process; only its presence is checked here)
+        importlib.import_module('paddle2onnx')   # converted in a child process: only its presence is checked here
     except ImportError:
         log(f'ONNX export skipped: paddle2onnx is not installed. Install it with {INSTALL_HINT} '
             'and run again with --onnx.')

@@ -1,7 +1,6 @@
 """The eval step of `--inference`: the model exported and run through Paddle Inference (or, with
 `--backend onnxruntime`, ONNX Runtime), the deployment path of `tools/export_model.py` +
 `tools/predict.py`."""
-import os
 import shutil
 import sys
 import tempfile
