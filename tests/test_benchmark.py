@@ -145,6 +145,7 @@ def test_inference_through_the_exported_model(tmp_path):
     assert 'eval through Paddle Inference' in out
 
 
+@pytest.mark.slow       # traces the model to count its FLOPs
 def test_flop_rate_is_twice_the_counted_macs_per_second_against_a_measured_sgemm(monkeypatch):
     """--flop_rate: GFLOP/s = 2 x the FLOPs the papers count (multiply-accumulates) x img/s, held
     against the better of Paddle's and numpy's sgemm rate measured on the spot."""
