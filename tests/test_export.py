@@ -561,3 +561,32 @@ def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
     assert capsys.readouterr().err == ''
     predict.Progress(4, width=8).draw(2)
     assert capsys.readouterr().err.startswith('\r[####....] 2/4 images, ')
+
+
+def test_onednn_or_plain_kernels_by_the_family_rule(exported, images, monkeypatch):
+    """predict.py's CPU default is an explicit rule by family (`onednn_by_default`), which
+    `--onednn on|off` (and `--no-onednn`) override; the benchmark's exported step follows it."""
+    import paddlevit
+    for name, onednn in (('vvt_tiny_224', False), ('pervit_tiny_224', False), ('vit_small_patch16_224', True),
+                         ('pit_s_224', True), ('spvit_s_224', True)):
+        assert predict.onednn_by_default(paddlevit.model_config(name)) is onednn, name
+    assert predict.onednn_by_default(None) is True
+    chosen = []
+
+    class Chosen(Exception):
+        pass
+
+    def open_model(model_dir, backend, device, threads, onednn, log):
+        chosen.append(onednn)
+        raise Chosen
+    monkeypatch.setattr(predict, 'open_model', open_model)
+    family = predict.load_config(exported).MODEL.TYPE
+    for flags, expected in (([], family not in predict.PLAIN_KERNEL_FAMILIES), (['--onednn', 'on'], True),
+                            (['--onednn', 'off'], False), (['--no-onednn'], False)):
+        with pytest.raises(Chosen):
+            predict.main(['--model_dir', exported, images[0], *flags])
+        assert chosen.pop() is expected, flags
+    monkeypatch.setattr(predict, 'PLAIN_KERNEL_FAMILIES', frozenset({family}))
+    with pytest.raises(Chosen):
+        predict.main(['--model_dir', exported, images[0]])
+    assert chosen.pop() is False

@@ -27,11 +27,13 @@ classes are printed, one per line: rank, class index, softmax probability and,
 with `--labels` (a text file with one class name per line, line i = class i),
 the name.
 
-The CPU path uses oneDNN (the fastest measured) on this process's cores.
+On the CPU, Paddle Inference runs oneDNN or its plain kernels by the rule
+`onednn_by_default` (by family, from the config: the faster measured), on this
+process's cores; `--onednn on|off` overrides it (`--no-onednn` = off).
 Where Paddle Inference's oneDNN cannot build the predictor for a model or
 cannot run its first batch (its fusion passes have bugs that depend on the
 graph, see `InferenceModel`), the model runs on plain kernels instead, after
-one message naming the error; `--no-onednn` skips oneDNN.  `--device gpu`
+one message naming the error.  `--device gpu`
 runs on the first GPU of a CUDA build of Paddle.
 
 `--backend onnxruntime` runs `inference.onnx` (written by `export_model.py
@@ -65,12 +67,28 @@ except ImportError:
     from onnx_model import OnnxModel
     from prediction_inputs import NO_LABEL, input_datasets
 
-__all__ = ['BACKENDS', 'Classifier', 'InferenceModel', 'create_predictor', 'load_config', 'open_model',
-           'read_labels', 'run', 'softmax', 'topk']
+__all__ = ['BACKENDS', 'Classifier', 'InferenceModel', 'PLAIN_KERNEL_FAMILIES', 'create_predictor', 'load_config',
+           'onednn_by_default', 'open_model', 'read_labels', 'run', 'softmax', 'topk']
 
 BACKENDS = ('paddle', 'onnxruntime')
 
 MODEL_NAME = 'inference'
+
+# Families whose exported graphs Paddle Inference (3.3.1) runs faster on its plain CPU kernels than
+# with oneDNN.  img/s of the exported model, 2 threads, AMD EPYC (Zen 4), two alternating rounds,
+# plain / oneDNN:  PerViT-T batch 1 17.1-18.9 / 7.9-8.0, batch 32 13.9-16.0 / 11.2-13.3;  VVT-tiny
+# batch 1 6.1-7.2 / 4.0, batch 32 5.4-5.8 / 5.4-5.5 (their grouped norms, position maps and linear
+# attention run as many small ops, each reordered into and out of oneDNN's layouts).  The others
+# gain from oneDNN's fused attention and GEMMs: ViT-S/16 9.3-9.8 / 10.9-11.1 and 11.7-12.3 /
+# 16.5-17.4, PiT-S 11.7-12.2 / 13.4-14.1 and 16.1-18.6 / 22.7-25.6, SP-ViT-S 6.8-7.9 / 8.8-9.2
+# and 7.2 / 11.9-12.4.
+PLAIN_KERNEL_FAMILIES = frozenset({'PerViT', 'VVT'})
+
+
+def onednn_by_default(config):
+    """Whether the CPU runs the exported model of `config` with oneDNN: yes, except for the
+    families of `PLAIN_KERNEL_FAMILIES` (by its MODEL.TYPE); yes for None (no config, no family)."""
+    return config is None or config.MODEL.TYPE not in PLAIN_KERNEL_FAMILIES
 
 
 def load_config(model_dir, source=None, opts=None):
@@ -348,22 +366,25 @@ def main(argv=None):
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: all cores)')
-    parser.add_argument('--no-onednn', action='store_true', help='CPU: plain kernels instead of oneDNN')
+    parser.add_argument('--onednn', choices=('auto', 'on', 'off'), default='auto',
+                        help='CPU, Paddle Inference: oneDNN (on) or plain kernels (off); auto (default): by the '
+                             'model\'s family, the faster measured (onednn_by_default)')
+    parser.add_argument('--no-onednn', dest='onednn', action='store_const', const='off', help='= --onednn off')
     parser.add_argument('--backend', choices=BACKENDS, default='paddle',
                         help='paddle: Paddle Inference (default); onnxruntime: ONNX Runtime on the inference.onnx '
                              'of export_model.py --onnx (CPU)')
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.topk < 1:
         parser.error('--batch_size and --topk must be at least 1')
-    if args.backend == 'onnxruntime' and (args.device != 'cpu' or args.no_onednn):
-        parser.error('--backend onnxruntime runs on the CPU, without --device gpu or --no-onednn (Paddle\'s)')
+    if args.backend == 'onnxruntime' and (args.device != 'cpu' or args.onednn != 'auto'):
+        parser.error('--backend onnxruntime runs on the CPU, without --device gpu or --onednn (Paddle\'s)')
 
     if args.device == 'cpu':
         configure_cpu()
     config = load_config(args.model_dir, model_sources(args), args.opts)
     labels = read_labels(args.labels, config.MODEL.NUM_CLASSES) if args.labels else None
-    classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=not args.no_onednn,
-                            backend=args.backend)
+    onednn = onednn_by_default(config) if args.onednn == 'auto' else args.onednn == 'on'
+    classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=onednn, backend=args.backend)
     datasets = input_datasets(args.images, config, classifier.transform)
     print(f'preprocessing: {describe_eval_transform(config)}')
     csv_file = open(args.csv, 'w', newline='', encoding='utf-8') if args.csv else None
