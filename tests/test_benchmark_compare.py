@@ -47,7 +47,7 @@ SPEEDS = {('ours', 'eval'): [12.0, 10.0], ('torch', 'eval'): [10.0, 10.0],
 
 def test_ratios_per_round_and_their_range(monkeypatch, capsys):
     monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
-    loads = iter([(0.1, 0, 0), (2.3, 0, 0)])                 # after: the 2 measuring threads + 0.3
+    loads = iter([0.1, 0.3])
     status = compare.compare([job('eval'), job('train')], argparse.Namespace(**ARGS), 2,
                              load=lambda: next(loads))
     out = capsys.readouterr().out
@@ -56,13 +56,13 @@ def test_ratios_per_round_and_their_range(monkeypatch, capsys):
     assert '| pit_s | train | 2 | 4.50 | 5.00 | 0.90 |' in out
     assert 'ours / PyTorch, eval: 1.00-1.20 over 2 round(s)' in out
     assert 'ours / PyTorch, train: 0.80-0.90 over 2 round(s)' in out
-    assert 'load average 0.10 before, 2.30 after' in out and out.startswith('CPU: ')
+    assert 'cores busy with other work: 0.10 before, 0.30 after' in out and out.startswith('CPU: ')
 
 
-@pytest.mark.parametrize('before, after', [(0.9, 1.0), (0.1, 2.9)])
+@pytest.mark.parametrize('before, after', [(0.9, 0.1), (0.1, 0.9)])
 def test_busy_machine_gets_no_ratio(monkeypatch, capsys, before, after):
     monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
-    loads = iter([(before, 0, 0), (after, 0, 0)])
+    loads = iter([before, after])
     status = compare.compare([job('eval'), job('train')], argparse.Namespace(**ARGS), 2,
                              load=lambda: next(loads))
     out = capsys.readouterr().out
@@ -72,15 +72,28 @@ def test_busy_machine_gets_no_ratio(monkeypatch, capsys, before, after):
     assert 'no ratio reported: the machine was busy' in out and '--max_load 0.25 per core = 0.50' in out
     # a user who accepts the load gets the ratios
     monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
-    loads = iter([(before, 0, 0), (after, 0, 0)])
+    loads = iter([before, after])
     accepting = argparse.Namespace(**{**ARGS, 'max_load': float('inf')})
     assert compare.compare([job('eval')], accepting, 2, load=lambda: next(loads)) == 0
 
 
 def test_busy_threshold_is_per_core():
-    assert compare.busy_reason(0.5, 2.5, threads=2, cores=2, max_load=0.25) is None
-    assert compare.busy_reason(0.6, 0.0, threads=2, cores=2, max_load=0.25) is not None
-    assert compare.busy_reason(0.6, 0.0, threads=2, cores=4, max_load=0.25) is None
+    assert compare.busy_reason(0.5, 0.4, cores=2, max_load=0.25) is None
+    assert compare.busy_reason(0.6, 0.0, cores=2, max_load=0.25) is not None
+    assert compare.busy_reason(0.0, 0.6, cores=2, max_load=0.25) is not None
+    assert compare.busy_reason(0.6, 0.0, cores=4, max_load=0.25) is None
+
+
+def test_busy_cores_is_the_share_not_idle_over_the_window(tmp_path, monkeypatch):
+    """Two reads of /proc/stat's cpu line: busy = 1 - (idle + iowait) / total of the change, x cores."""
+    stat = tmp_path / 'stat'
+    lines = iter(['cpu  100 0 100 700 100 0 0 0 0 0\n',          # total 1000, idle + iowait 800
+                  'cpu  250 0 150 1000 100 0 0 0 0 0\n'])         # +500, of which +300 idle
+    monkeypatch.setattr(compare.time, 'sleep', lambda s: stat.write_text(next(lines)))
+    stat.write_text(next(lines))
+    monkeypatch.setattr(compare.os, 'cpu_count', lambda: 2)
+    assert compare.busy_cores(1.0, str(stat)) == pytest.approx(0.8)    # (1 - 300/500) x 2 cores
+    assert compare.busy_cores(1.0, str(tmp_path / 'absent')) == compare.os.getloadavg()[0]
 
 
 def test_cpu_model_and_vector_extensions(tmp_path):
@@ -191,7 +204,7 @@ def test_official_side_times_a_torch_model(tmp_path):
 def test_json_rows_of_a_comparison_make_the_speed_table(monkeypatch, tmp_path, capsys):
     from tools.benchmarking.speed_table import speed_table
     monkeypatch.setattr(compare.isolation, 'run_isolated', fake_runs(SPEEDS))
-    loads = iter([(0.1, 0, 0), (2.1, 0, 0)])
+    loads = iter([0.1, 0.1])
     args = argparse.Namespace(**ARGS, isa='avx2', json=str(tmp_path / 'c.json'))
     assert compare.compare([job('eval'), job('train')], args, 2, load=lambda: next(loads)) == 0
     assert 'instruction set: avx2 on both sides' in capsys.readouterr().out

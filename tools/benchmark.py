@@ -41,7 +41,7 @@ GFLOP/s achieved and its share of the machine's sgemm rate measured in the same 
 A model whose training output is not plain logits (a distilled (class, distillation)
 pair, token labeling's dense output) is trained on its class logits.
 `--torch-src DIR` times the official PyTorch model built from that checkout the same way,
-alternating rounds, and prints the ratios ours / PyTorch with the CPU and the load average;
+alternating rounds, and prints the ratios ours / PyTorch with the CPU and how busy it was;
 it refuses to report them (exit status 3) when the machine was busy (`compare.py`).  Its
 `--json` files, given together to `--load_json`, make the speed table of the README:
 one row per model, a column per path x batch size x instruction set (`speed_table.py`).
@@ -140,7 +140,7 @@ def parse_args(argv=None):
     p.add_argument('--rounds', type=int, default=2, help='--torch-src: alternating rounds of ours and PyTorch')
     p.add_argument('--max_load', type=float, default=0.25,
                    help='--torch-src: refuse the ratios when other processes loaded the machine more than this, '
-                        'per core (1-minute load average; inf accepts any)')
+                        'per core (cores busy over 2 s before and after, from /proc/stat; inf accepts any)')
     p.add_argument('--_worker', default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

@@ -5,24 +5,27 @@ Each round measures ours, then the official model, for every mode, each in a fre
 rounds, instead of all of ours then all of theirs, spreads a slow spell of the machine over
 both sides; the ratio ours / PyTorch of each round is printed, and their range (not a mean:
 the spread is the measurement's honesty).  Alongside: the CPU model and its vector
-extensions (the hand-written kernels and oneDNN both depend on them), and the load average.
+extensions (the hand-written kernels and oneDNN both depend on them), and how busy the machine was.
 
 A ratio measured while other processes ran is not a figure anyone can reproduce, so the
 comparison refuses to report ratios (exit status `BUSY_EXIT`, the timings still printed) when
-the machine was busy:  the load others put on it, estimated as the larger of the 1-minute load
-average before the first measurement and the one after the last minus the measurement's own
-threads, exceeds `--max_load` per core (default 0.25, i.e. half a core on two cores).  The
-estimate after is lenient: a 1-minute average has not yet risen to the measurement's own
-thread count after a short run.  `--max_load inf` accepts any load, for users who know.
+the machine was busy: the cores kept busy while nothing of the comparison ran, measured over
+two seconds from /proc/stat just before the first measurement and just after the last (the
+larger counts; steal time, another VM on the same cores, counts as busy), exceeds `--max_load`
+per core (default 0.25, i.e. half a core on two cores).  Not the 1-minute load average: it
+decays over minutes, so it still carried the previous comparison's own load when comparisons
+ran back to back, and lags behind a job that just started.  `--max_load inf` accepts any load,
+for users who know.
 """
 import json
 import os
 import sys
+import time
 
 from . import isolation
 from .flop_rate import describe
 
-__all__ = ['BUSY_EXIT', 'cpu_description', 'busy_reason', 'ratio_lines', 'comparison_rows', 'compare']
+__all__ = ['BUSY_EXIT', 'cpu_description', 'busy_cores', 'busy_reason', 'ratio_lines', 'comparison_rows', 'compare']
 
 BUSY_EXIT = 3
 VECTOR_EXTENSIONS = ('sse4_2', 'avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni',
@@ -47,16 +50,35 @@ def cpu_description(cpuinfo='/proc/cpuinfo'):
     return f'{model} (vector extensions: {" ".join(present) or "none of " + " ".join(VECTOR_EXTENSIONS)})'
 
 
-def busy_reason(load_before, load_after, threads, cores, max_load):
+def busy_cores(seconds=2.0, stat='/proc/stat'):
+    """How many cores other processes keep busy now: the share of the CPU time not idle (nor
+    waiting on I/O) over `seconds`, from the 'cpu' line of /proc/stat, times the cores; the
+    1-minute load average where /proc/stat cannot be read (not Linux)."""
+    def times():
+        with open(stat, encoding='ascii') as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]          # total, idle + iowait
+    try:
+        total, idle = times()
+        time.sleep(seconds)
+        total2, idle2 = times()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    if total2 <= total:
+        return 0.0
+    return (1 - (idle2 - idle) / (total2 - total)) * (os.cpu_count() or 1)
+
+
+def busy_reason(busy_before, busy_after, cores, max_load):
     """Why the machine counts as busy (see the module docstring), or None."""
-    others = max(load_before, load_after - threads)
+    others = max(busy_before, busy_after)
     limit = max_load * cores
     if others <= limit:
         return None
-    return (f'the machine was busy: other processes put a load of about {others:.2f} on its {cores} cores '
-            f'(1-minute load average {load_before:.2f} before, {load_after:.2f} after, minus the '
-            f'{threads} measuring threads), over --max_load {max_load} per core = {limit:.2f}; '
-            f'rerun on a quiet machine, or pass --max_load inf to accept it')
+    return (f'the machine was busy: other processes kept about {others:.2f} of its {cores} cores busy '
+            f'({busy_before:.2f} before the first measurement, {busy_after:.2f} after the last), over '
+            f'--max_load {max_load} per core = {limit:.2f}; rerun on a quiet machine, or pass --max_load inf '
+            f'to accept it')
 
 
 def ratio_lines(pairs, ratios_shown=True):
@@ -105,7 +127,7 @@ def _flop_rate_lines(pairs):
     return [''] + lines if lines else []
 
 
-def compare(jobs, args, cores, load=os.getloadavg):
+def compare(jobs, args, cores, load=busy_cores):
     """Run `jobs` (ours, one per mode of one model, from `measure.make_job`) against the official
     model for `args.rounds` rounds; print the report; return the exit status."""
     isa = getattr(args, 'isa', 'native')
@@ -114,7 +136,7 @@ def compare(jobs, args, cores, load=os.getloadavg):
     command = [args.torch_python, '-m', 'tools.benchmarking.official']
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
     max_bytes = isolation.default_memory_limit(args.max_memory_gb)
-    load_before = load()[0]
+    load_before = load()
     pairs = []
     for number in range(1, args.rounds + 1):
         for job in jobs:
@@ -134,12 +156,12 @@ def compare(jobs, args, cores, load=os.getloadavg):
             print(f'# round {number} {mode}: ours {ours.get("img/s", 0):.2f} img/s, '
                   f'PyTorch {theirs.get("img/s", 0):.2f} img/s', file=sys.stderr, flush=True)
             pairs.append((mode, number, ours, theirs))
-    load_after = load()[0]
+    load_after = load()
     first = next((t for _, _, _, t in pairs if 'error' not in t), {})
     print(f'official model: {first.get("repository", "?")} under torch {first.get("torch", "?")}; '
           f'batch {jobs[0]["batch_size"]}, {jobs[0]["warmup"]} warm-up + {jobs[0]["iters"]} timed steps')
-    print(f'load average {load_before:.2f} before, {load_after:.2f} after\n')
-    reason = busy_reason(load_before, load_after, args.threads, cores, args.max_load)
+    print(f'cores busy with other work: {load_before:.2f} before, {load_after:.2f} after\n')
+    reason = busy_reason(load_before, load_after, cores, args.max_load)
     print('\n'.join(ratio_lines(pairs, ratios_shown=reason is None) + _flop_rate_lines(pairs)))
     if getattr(args, 'json', None):
         with open(args.json, 'w', encoding='utf-8') as f:
