@@ -123,7 +123,7 @@ def comparison_rows(pairs, isa, ratios_shown=True):
 
 
 def _flop_rate_lines(pairs):
-    lines = [f'round {number}: {describe(ours)}' for _, number, ours, _ in pairs if describe(ours)]
+    lines = [f'round {number}: {line}' for _, number, ours, _ in pairs if (line := describe(ours))]
     return [''] + lines if lines else []
 
 

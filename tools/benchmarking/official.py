@@ -58,6 +58,7 @@ _SPVIT = {f'spvit_{v}_{s}': (f'lvvit_{v}', {'local_up_to_layer': layer, 'img_siz
 _VVT = {f'vvt_{v}_{s}': (f'vvt_{v}', {'img_size': s})
         for v in ('tiny', 'small', 'medium', 'large') for s in (224, 384)}
 
+
 @contextlib.contextmanager
 def _cuda_placements_on_cpu():
     """juhongm999/pervit builds constant tensors with `.cuda()` / `.to('cuda')` in its constructors
