@@ -65,3 +65,15 @@ def python_traceback_free(log):
     if any(line.startswith('Traceback (most recent call last)') for line in lines):
         return False
     return 'C++ Traceback' not in log or 'SIGTERM' in lines[-1]
+
+
+def kernel_ops_in_graph(folder):
+    """The fused CPU kernels (the ops csrc/fused_cpu_ops.cc builds) that the graph exported into
+    `folder` calls, read from PIR's JSON, where an op is written `"#":"<dialect id>.<name>"`."""
+    import re
+    with open(os.path.join(REPO, 'image_classification', 'engine', 'cpu', 'csrc', 'fused_cpu_ops.cc'),
+              encoding='utf-8') as f:
+        ops = set(re.findall(r'^PD_BUILD_OP\((\w+)\)', f.read(), re.M))
+    with open(os.path.join(folder, 'inference.json'), encoding='utf-8') as f:
+        called = set(re.findall(r'"#":"\d+\.(\w+)"', f.read()))
+    return ops & called

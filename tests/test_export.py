@@ -571,6 +571,8 @@ def test_onednn_or_plain_kernels_by_the_family_rule(exported, images, monkeypatc
                          ('pit_s_224', True), ('spvit_s_224', True)):
         assert predict.onednn_by_default(paddlevit.model_config(name)) is onednn, name
     assert predict.onednn_by_default(None) is True
+    for name in ('vvt_tiny_224', 'vit_small_patch16_224', 'spvit_s_224'):      # an export with --cpu_kernels
+        assert predict.onednn_by_default(paddlevit.model_config(name), cpu_kernels=True) is False, name
     chosen = []
 
     class Chosen(Exception):

@@ -21,7 +21,8 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, kernel_ops_in_graph
+from engine.cpu import dispatch as cpu_dispatch
 from engine.families import build_from_config
 from tools import export_model, predict
 
@@ -82,12 +83,15 @@ def exported(request, tmp_path_factory):
     x = rng.standard_normal((2, config.DATA.IMAGE_CHANNELS, size, size)).astype('float32')
     with paddle.no_grad():
         reference = model(paddle.to_tensor(x)).numpy()
-    return name, config, folder, x, reference
+    kernels = str(tmp_path_factory.mktemp(f'export_{name}_cpu_kernels'))
+    if cpu_dispatch.enabled() and cpu_dispatch.kernels().available():
+        export_model.export(model, size, kernels, cpu_kernels=True)
+    return name, config, folder, x, reference, kernels
 
 
 @pytest.mark.parametrize('onednn', [True, False], ids=['onednn', 'plain'])
 def test_exported_family_predicts_as_the_dynamic_model(exported, onednn):
-    name, config, folder, x, reference = exported
+    name, config, folder, x, reference, _ = exported
     messages = []
     classifier = predict.Classifier(folder, config, threads=1, onednn=onednn, log=messages.append)
     logits = classifier.logits(x)
@@ -99,6 +103,40 @@ def test_exported_family_predicts_as_the_dynamic_model(exported, onednn):
     assert not messages
     np.testing.assert_allclose(classifier.logits(x[:1]), reference[:1], rtol=0,
                                atol=RTOL * np.abs(reference).max())      # another batch size
+
+
+# the fused kernels each family's CPU export (--cpu_kernels) must hold: its transformer blocks'
+# Linear, GELU and LayerNorm, and the family's own (attention, convs, VVT's clamp, PerViT's
+# peripheral attention); RegNetY (a teacher) builds on Paddle's nn.Conv2D, which oneDNN fuses with
+# its BatchNorm, so its graph has none and runs as its portable one
+FAMILY_KERNELS = {
+    'vit': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_attention'},
+    'vit_r50': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_attention', 'fused_conv'},
+    'pit': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_attention', 'fused_depthwise_conv_image'},
+    'pit_distilled': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_attention'},
+    'pervit': {'fused_linear', 'fused_gelu', 'fused_peripheral_attention', 'fused_conv'},
+    'spvit': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_attention', 'fused_conv'},
+    'vvt': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_depthwise_conv_tokens', 'fused_abs_clamp'},
+    'regnety': set(),
+}
+
+
+@pytest.mark.parametrize('onednn', [False, True], ids=['plain', 'onednn'])
+def test_cpu_kernels_export_of_every_family_predicts_as_the_dynamic_model(exported, onednn):
+    """`export_model.py --cpu_kernels`: the family's fused kernels are ops of the graph, and Paddle
+    Inference gives the dynamic model's logits with them, with oneDNN and without."""
+    name, config, _, x, reference, kernels = exported
+    if not os.path.isfile(os.path.join(kernels, 'inference.pdiparams')):
+        pytest.skip('the fused CPU kernels are not available on this machine')
+    missing = sorted(FAMILY_KERNELS[name] - kernel_ops_in_graph(kernels))
+    assert not missing, f'{name}: the exported graph lacks {missing}'
+    messages = []
+    classifier = predict.Classifier(kernels, config, threads=2, onednn=onednn, log=messages.append)
+    for batch in (x, x[:1]):
+        logits = classifier.logits(batch)
+        error = np.abs(logits - reference[:len(batch)]).max() / np.abs(reference).max()
+        assert error <= RTOL, f'{name}: max |diff| / max |logit| = {error:.2e}'
+    assert classifier.model.onednn == onednn and not messages, f'{name}: {messages}'
 
 
 def _onnx_packages():
@@ -124,7 +162,7 @@ def test_exported_family_converts_to_onnx_and_matches_paddle_inference(exported,
     onnxruntime`.  PerViT and ViT-R50 are expected failures, strict: they report when a paddle2onnx
     release fixes them."""
     _onnx_packages()
-    name, config, folder, x, reference = exported
+    name, config, folder, x, reference, _ = exported
     if name in ONNX_BROKEN:
         request.applymarker(pytest.mark.xfail(strict=True, reason=ONNX_BROKEN[name]))
     export_model.export_onnx(os.path.join(folder, export_model.MODEL_NAME), log=pytest.fail)

@@ -52,6 +52,9 @@ engine.prepare_process()   # before paddle is imported
 import paddle  # noqa: E402
 from paddle.static import InputSpec  # noqa: E402
 
+from engine.cpu import exported  # noqa: E402
+from engine.cpu.dispatch import kernels_in_graph  # noqa: E402
+from engine.errors import UserError  # noqa: E402
 from engine.weights import load_weights  # noqa: E402
 
 try:
@@ -66,13 +69,27 @@ __all__ = ['MODEL_NAME', 'export', 'export_onnx']
 MODEL_NAME = 'inference'    # file stem of the exported files
 
 
-def export(model, image_size, output_dir, name=MODEL_NAME):
-    """Save `model` (in eval mode) for [batch, 3, S, S] float32 input; returns the path prefix."""
+def export(model, image_size, output_dir, name=MODEL_NAME, cpu_kernels=False):
+    """Save `model` (in eval mode) for [batch, 3, S, S] float32 input; returns the path prefix.
+
+    `cpu_kernels`: record the fused CPU kernels in the graph where dygraph on the CPU runs
+    them (`engine.cpu.dispatch.kernels_in_graph`), with `cpu_kernels.json` beside it
+    (`engine.cpu.exported`); the model must be on the CPU (`paddle.set_device('cpu')`)."""
     model.eval()
+    if cpu_kernels:
+        if paddle.get_device() != 'cpu':
+            raise UserError(f'--cpu_kernels exports for the CPU: run on the CPU, not {paddle.get_device()}')
+        exported.ensure_available('--cpu_kernels')
     os.makedirs(output_dir, exist_ok=True)
     prefix = os.path.join(output_dir, name)
     spec = InputSpec([None, 3, image_size, image_size], 'float32', name='x')
-    paddle.jit.save(model, prefix, input_spec=[spec])
+    if cpu_kernels:
+        with kernels_in_graph():
+            paddle.jit.save(model, prefix, input_spec=[spec])
+        exported.write_record(output_dir)
+    else:
+        paddle.jit.save(model, prefix, input_spec=[spec])
+        exported.remove_record(output_dir)
     return prefix
 
 
@@ -125,12 +142,20 @@ def main(argv=None):
                         help='resize image-size-dependent tensors of -pretrained to this model')
     parser.add_argument('--onnx', action='store_true', help='also write inference.onnx (paddle2onnx)')
     parser.add_argument('--opset', type=int, default=13, help='ONNX opset version (default 13)')
+    parser.add_argument('--cpu_kernels', action='store_true',
+                        help='a CPU-only graph that runs the fused CPU kernels of engine/cpu (faster on '
+                             'the CPU; tools/predict.py of this repository only)')
     args = parser.parse_args(argv)
+    if args.cpu_kernels and args.onnx:
+        parser.error('--onnx converts the portable graph: paddle2onnx knows nothing of the fused CPU '
+                     'kernels of --cpu_kernels')
+    if args.cpu_kernels:
+        paddle.set_device('cpu')
 
     model = create_model(model_sources(args), args.opts, image_size=args.image_size, num_classes=args.num_classes)
     load_weights(model, args.pretrained, what='pretrained', resize=args.adapt)
     config = model.config
-    prefix = export(model, config.DATA.IMAGE_SIZE, args.output)
+    prefix = export(model, config.DATA.IMAGE_SIZE, args.output, cpu_kernels=args.cpu_kernels)
     with open(os.path.join(args.output, 'config.yaml'), 'w', encoding='utf-8') as f:
         f.write(config.dump())
     print(f'exported {config.MODEL.NAME} ({config.MODEL.NUM_CLASSES} classes, input '

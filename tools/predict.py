@@ -28,8 +28,12 @@ with `--labels` (a text file with one class name per line, line i = class i),
 the name.
 
 On the CPU, Paddle Inference runs oneDNN or its plain kernels by the rule
-`onednn_by_default` (by family, from the config: the faster measured), on this
-process's cores; `--onednn on|off` overrides it (`--no-onednn` = off).
+`onednn_by_default` (by family, from the config, and plain for a graph exported
+with `--cpu_kernels`: the faster measured), on this process's cores; `--onednn
+on|off` overrides it (`--no-onednn` = off).  A graph exported with
+`--cpu_kernels` (`cpu_kernels.json` beside it) calls this repository's fused CPU
+kernels: it runs on the CPU only, once `engine.cpu.exported` has checked that
+they are the ones it was traced with and registered them (built on first use).
 Where Paddle Inference's oneDNN cannot build the predictor for a model or
 cannot run its first batch (its fusion passes have bugs that depend on the
 graph, see `InferenceModel`), the model runs on plain kernels instead, after
@@ -55,22 +59,21 @@ from paddle import inference  # noqa: E402
 
 import paddlevit  # noqa: E402
 from engine.data import DecodeError, decode_image, describe_eval_transform  # noqa: E402
+from engine.cpu import exported  # noqa: E402
 from engine.cpu.settings import configure as configure_cpu, cpu_threads  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 
 try:
     from .model_args import add_model_arguments, model_config, model_sources  # imported as tools.predict
-    from .onnx_model import OnnxModel
+    from .onnx_model import BACKENDS, OnnxModel
     from .prediction_inputs import NO_LABEL, input_datasets
 except ImportError:
     from model_args import add_model_arguments, model_config, model_sources   # run as a script
-    from onnx_model import OnnxModel
+    from onnx_model import BACKENDS, OnnxModel
     from prediction_inputs import NO_LABEL, input_datasets
 
 __all__ = ['BACKENDS', 'Classifier', 'InferenceModel', 'PLAIN_KERNEL_FAMILIES', 'create_predictor', 'load_config',
            'onednn_by_default', 'open_model', 'read_labels', 'run', 'softmax', 'topk']
-
-BACKENDS = ('paddle', 'onnxruntime')
 
 MODEL_NAME = 'inference'
 
@@ -82,13 +85,20 @@ MODEL_NAME = 'inference'
 # gain from oneDNN's fused attention and GEMMs: ViT-S/16 9.3-9.8 / 10.9-11.1 and 11.7-12.3 /
 # 16.5-17.4, PiT-S 11.7-12.2 / 13.4-14.1 and 16.1-18.6 / 22.7-25.6, SP-ViT-S 6.8-7.9 / 8.8-9.2
 # and 7.2 / 11.9-12.4.
+# A graph exported with --cpu_kernels runs on plain kernels whatever the family: there oneDNN ran
+# no family faster and slowed two down (img/s, same machine, two alternating rounds, plain / oneDNN,
+# batch 32: VVT-tiny 15.3 / 5.4-5.5, PerViT-T 30.4-33.8 / 26.7-27.6, ViT-S/16 15.8-18.0 / 16.3-16.7,
+# PiT-S 21.6-22.9 / 22.0-22.9, SP-ViT-S 9.4-11.0 / 9.7-10.1; batch 1: VVT-tiny 11.5-12.4 / 4.1,
+# PerViT-T 28.1-29.1 / 23.1-24.6, ViT-S 14.9-15.3 / 14.0-14.2, PiT-S 19.6-20.0 / 18.1-18.9, SP-ViT-S
+# 8.5-8.7 / 7.9-8.0): its GEMMs, norms and attention are already the fused kernels.
 PLAIN_KERNEL_FAMILIES = frozenset({'PerViT', 'VVT'})
 
 
-def onednn_by_default(config):
-    """Whether the CPU runs the exported model of `config` with oneDNN: yes, except for the
-    families of `PLAIN_KERNEL_FAMILIES` (by its MODEL.TYPE); yes for None (no config, no family)."""
-    return config is None or config.MODEL.TYPE not in PLAIN_KERNEL_FAMILIES
+def onednn_by_default(config, cpu_kernels=False):
+    """Whether the CPU runs the exported model of `config` with oneDNN: no for a graph exported
+    with --cpu_kernels (`cpu_kernels`); else yes, except for the families of
+    `PLAIN_KERNEL_FAMILIES` (by its MODEL.TYPE); yes for None (no config, no family)."""
+    return not cpu_kernels and (config is None or config.MODEL.TYPE not in PLAIN_KERNEL_FAMILIES)
 
 
 def load_config(model_dir, source=None, opts=None):
@@ -112,7 +122,8 @@ def load_config(model_dir, source=None, opts=None):
 
 
 def create_predictor(model_dir, device='cpu', threads=None, onednn=True, paddle_log=False):
-    """A Paddle Inference predictor for `model_dir/inference.{json,pdiparams}`.
+    """A Paddle Inference predictor for `model_dir/inference.{json,pdiparams}` (an export with
+    `--cpu_kernels` only on the CPU, after `engine.cpu.exported.prepare` registered the kernels).
 
     `paddle_log`: leave Paddle's C++ log as it is instead of silencing it
     (`disable_glog_info`, which also lowers the log level for the rest of the
@@ -123,6 +134,7 @@ def create_predictor(model_dir, device='cpu', threads=None, onednn=True, paddle_
     if model_file is None or not os.path.isfile(prefix + '.pdiparams'):
         raise FileNotFoundError(f'{model_dir} holds no {MODEL_NAME}.json/.pdiparams: '
                                 'make it with tools/export_model.py')
+    exported.prepare(model_dir, device)     # a graph with the fused CPU kernels: checked, kernels registered
     config = inference.Config(model_file, prefix + '.pdiparams')
     if not paddle_log:
         config.disable_glog_info()
@@ -383,7 +395,8 @@ def main(argv=None):
         configure_cpu()
     config = load_config(args.model_dir, model_sources(args), args.opts)
     labels = read_labels(args.labels, config.MODEL.NUM_CLASSES) if args.labels else None
-    onednn = onednn_by_default(config) if args.onednn == 'auto' else args.onednn == 'on'
+    cpu_kernels = exported.read_record(args.model_dir) is not None
+    onednn = onednn_by_default(config, cpu_kernels) if args.onednn == 'auto' else args.onednn == 'on'
     classifier = Classifier(args.model_dir, config, args.device, args.threads, onednn=onednn, backend=args.backend)
     datasets = input_datasets(args.images, config, classifier.transform)
     print(f'preprocessing: {describe_eval_transform(config)}')

@@ -15,8 +15,9 @@ to choose: `choose()` picks a backend from the case, by the rules below, and
 
 Backends:
   CPU_KERNELS   our fused CPU kernels (engine/cpu/): float32 on the CPU in
-                dygraph only; `engine.cpu.dispatch.wanted` checks the same, so they are never
-                reached for a GPU tensor.
+                dygraph, or in a graph traced for the CPU inside
+                `engine.cpu.dispatch.kernels_in_graph()`; `engine.cpu.dispatch.wanted` checks
+                the same, so they are never reached for a GPU tensor.
   FLASH         `paddle.nn.functional.flash_attention.flash_attention` (kernel `flash_attn`).
   MEM_EFFICIENT `paddle.incubate.nn.memory_efficient_attention` (kernel
                 `memory_efficient_attention`, CUTLASS, from xformers).
@@ -27,7 +28,8 @@ Rules (each one names where it comes from):
   * Inside `explicit_attention()` -> MATH on every device: the caller (an explanation
     method, `engine/explain/`) needs the probability matrix A formed as a tensor in the
     graph, passed through the attention's dropout layer where a hook can read it.
-  * CPU, float32, dygraph, fused kernels built -> CPU_KERNELS.  Any other CPU case,
+  * CPU, float32, dygraph (or a graph traced inside `kernels_in_graph()`), fused kernels
+    built -> CPU_KERNELS.  Any other CPU case,
     and any device that is neither CPU nor CUDA GPU (XPU, custom devices) -> MATH.
   * A Paddle version outside 3.0 - 3.3 (the sources these rules were read from) ->
     MATH on GPU: a kernel's contract we have not read is not called.  A develop
@@ -194,7 +196,8 @@ def choose(case):
         return MATH, 'explicit attention requested: plain ops, the probabilities formed as a tensor'
     if case.device == 'cpu':
         if case.cpu_kernels:
-            return CPU_KERNELS, 'float32 on CPU in dygraph: the fused CPU kernels'
+            return CPU_KERNELS, ('float32 on CPU in dygraph: the fused CPU kernels' if paddle.in_dynamic_mode()
+                                 else 'float32 in a CPU export with --cpu_kernels: the fused CPU kernels')
         return MATH, f'CPU ({case.dtype}, or a traced graph): plain ops'
     if case.device != 'gpu':
         return MATH, 'not a CUDA GPU: plain ops, which every device has'

@@ -86,11 +86,12 @@ class Conv2D(nn.Conv2D):
     channel multiplier, stride and symmetric padding) runs a fused kernel of
     `engine.cpu`, so does a dense one (groups 1; with gradients too: Paddle's
     backward unfolds each image on one thread), and any other adds its bias by
-    GEMM (see above)."""
+    GEMM (see above).  A traced graph keeps the plain op, except inside
+    `engine.cpu.dispatch.kernels_in_graph()`, where it records the fused kernel."""
 
     def forward(self, x):
-        if not paddle.in_dynamic_mode() or self._data_format != 'NCHW' or self._padding_mode != 'zeros':
-            return super().forward(x)                  # traced graphs keep the plain op
+        if self._data_format != 'NCHW' or self._padding_mode != 'zeros':
+            return super().forward(x)
         padding = _symmetric_padding(self)
         if padding is not None and list(self._dilation) == [1, 1] and cpu.wanted(x, self.weight):
             depthwise = 1 < self._groups == x.shape[1] and self.weight.shape[1] == 1

@@ -19,7 +19,7 @@
 //
 // float32 only; engine/cpu/build.py compiles this file on first use, and the
 // engine's layers fall back to Paddle's own ops for anything else (other dtypes,
-// GPU, traced graphs).
+// GPU, traced graphs but those of an export with --cpu_kernels).
 #include <omp.h>
 
 #include <algorithm>
@@ -180,8 +180,8 @@ std::vector<paddle::Tensor> LayerNormBackward(const paddle::Tensor& x, const pad
 std::vector<std::vector<int64_t>> LayerNormShapes(const std::vector<int64_t>& x,
                                                   const std::vector<int64_t>& weight,
                                                   const std::vector<int64_t>& bias) {
-  int64_t rows = 1;
-  for (size_t i = 0; i + 1 < x.size(); ++i) rows *= x[i];
+  int64_t rows = 1;   // -1 when a size is known only at run time (a traced graph's batch)
+  for (size_t i = 0; i + 1 < x.size() && rows > 0; ++i) rows = x[i] < 0 ? -1 : rows * x[i];
   return {x, {rows}, {rows}};
 }
 
@@ -1030,6 +1030,62 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x, const paddle::
 }
 #endif  // PADDLEVIT_WITH_CBLAS
 
+// Output shapes and dtypes of the forward ops, for a graph being traced (an export with
+// --cpu_kernels, engine/cpu/exported.py): Paddle asks every op of more than one input or output
+// for them, and aborts the process where they are missing.  A size of -1 is known only when the
+// graph runs (the batch); it stays -1 in every size computed from it.
+namespace shapes {
+
+using Shape = std::vector<int64_t>;
+
+int64_t product(const Shape& dims, size_t from, size_t to) {
+  int64_t n = 1;
+  for (size_t i = from; i < to; ++i) {
+    if (dims[i] < 0) return -1;
+    n *= dims[i];
+  }
+  return n;
+}
+
+int64_t conv_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad) {
+  return in < 0 ? -1 : (in + 2 * pad - kernel) / stride + 1;
+}
+
+std::vector<Shape> LikeX(const Shape& x, const Shape& a, const Shape& b) { return {x}; }
+std::vector<Shape> ScaleRows(const Shape& x, const Shape& scale) { return {x}; }
+
+std::vector<Shape> Linear(const Shape& x, const Shape& weight, const Shape& bias) {
+  Shape out(x);
+  out.back() = weight.back();
+  return {out};
+}
+
+std::vector<Shape> PeripheralAttention(const Shape& dots, const Shape& position) {
+  const Shape rows{product(dots, 0, dots.size() - 1)};
+  return {dots, rows, rows};
+}
+
+std::vector<Shape> Attention(const Shape& qkv) {      // [B, N, 3, heads, d]
+  return {{qkv[0], qkv[1], qkv[3], qkv[4]}, {qkv[0], qkv[3], qkv[1]}};
+}
+
+// dense and depthwise convolution alike: x [B, C, H, W], weight [O, C / groups, kh, kw]
+std::vector<Shape> Conv(const Shape& x, const Shape& weight, const Shape& bias, int64_t stride_h, int64_t stride_w,
+                        int64_t pad_h, int64_t pad_w, int64_t threads) {
+  return {{x[0], weight[0], conv_size(x[2], weight[2], stride_h, pad_h), conv_size(x[3], weight[3], stride_w, pad_w)}};
+}
+
+std::vector<paddle::DataType> OfX1(const paddle::DataType& x) { return {x, x}; }
+std::vector<paddle::DataType> OfX2(const paddle::DataType& x, const paddle::DataType& a) { return {x}; }
+std::vector<paddle::DataType> OfX3(const paddle::DataType& x, const paddle::DataType& a, const paddle::DataType& b) {
+  return {x};
+}
+std::vector<paddle::DataType> PeripheralAttentionDtypes(const paddle::DataType& dots, const paddle::DataType& p) {
+  return {dots, dots, dots};
+}
+
+}  // namespace shapes
+
 PD_BUILD_OP(fused_layer_norm)
     .Inputs({"X", "Weight", "Bias"})
     .Outputs({"Out", "Mean", "Rstd"})
@@ -1060,7 +1116,9 @@ PD_BUILD_OP(fused_depthwise_conv_tokens)
     .Inputs({"X", "Weight", "Bias"})
     .Outputs({"Out"})
     .Attrs({"height: int64_t", "width: int64_t", "threads: int64_t"})
-    .SetKernelFn(PD_KERNEL(DepthwiseConvForward));
+    .SetKernelFn(PD_KERNEL(DepthwiseConvForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(shapes::LikeX))
+    .SetInferDtypeFn(PD_INFER_DTYPE(shapes::OfX3));
 
 PD_BUILD_GRAD_OP(fused_depthwise_conv_tokens)
     .Inputs({"X", "Weight", paddle::Grad("Out")})
@@ -1072,7 +1130,9 @@ PD_BUILD_OP(fused_peripheral_attention)
     .Inputs({"Dots", "Position"})
     .Outputs({"Attn", "RowMax", "RowSum"})
     .Attrs({"scale: float", "threads: int64_t"})
-    .SetKernelFn(PD_KERNEL(PeripheralAttentionForward));
+    .SetKernelFn(PD_KERNEL(PeripheralAttentionForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(shapes::PeripheralAttention))
+    .SetInferDtypeFn(PD_INFER_DTYPE(shapes::PeripheralAttentionDtypes));
 
 PD_BUILD_GRAD_OP(fused_peripheral_attention)
     .Inputs({"Dots", "Position", "Attn", "RowMax", "RowSum", paddle::Grad("Attn")})
@@ -1097,7 +1157,9 @@ PD_BUILD_OP(fused_linear)
     .Inputs({"X", "Weight", "Bias"})
     .Outputs({"Out"})
     .Attrs({"threads: int64_t"})
-    .SetKernelFn(PD_KERNEL(LinearForward));
+    .SetKernelFn(PD_KERNEL(LinearForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(shapes::Linear))
+    .SetInferDtypeFn(PD_INFER_DTYPE(shapes::OfX3));
 
 PD_BUILD_GRAD_OP(fused_linear)
     .Inputs({"X", "Weight", paddle::Grad("Out")})
@@ -1109,7 +1171,9 @@ PD_BUILD_OP(fused_depthwise_conv_image)
     .Inputs({"X", "Weight", "Bias"})
     .Outputs({"Out"})
     .Attrs({"stride_h: int64_t", "stride_w: int64_t", "pad_h: int64_t", "pad_w: int64_t", "threads: int64_t"})
-    .SetKernelFn(PD_KERNEL(DepthwiseConvImageForward));
+    .SetKernelFn(PD_KERNEL(DepthwiseConvImageForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(shapes::Conv))
+    .SetInferDtypeFn(PD_INFER_DTYPE(shapes::OfX3));
 
 PD_BUILD_GRAD_OP(fused_depthwise_conv_image)
     .Inputs({"X", "Weight", paddle::Grad("Out")})
@@ -1133,7 +1197,9 @@ PD_BUILD_OP(fused_scale_rows)
     .Inputs({"X", "Scale"})
     .Outputs({"Out"})
     .Attrs({"threads: int64_t"})
-    .SetKernelFn(PD_KERNEL(ScaleRowsForward));
+    .SetKernelFn(PD_KERNEL(ScaleRowsForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(shapes::ScaleRows))
+    .SetInferDtypeFn(PD_INFER_DTYPE(shapes::OfX2));
 
 PD_BUILD_GRAD_OP(fused_scale_rows)
     .Inputs({"Scale", paddle::Grad("Out")})
@@ -1146,7 +1212,9 @@ PD_BUILD_OP(fused_attention)
     .Inputs({"QKV"})
     .Outputs({"Out", "LSE"})
     .Attrs({"threads: int64_t"})
-    .SetKernelFn(PD_KERNEL(AttentionForward));
+    .SetKernelFn(PD_KERNEL(AttentionForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(shapes::Attention))
+    .SetInferDtypeFn(PD_INFER_DTYPE(shapes::OfX1));
 
 PD_BUILD_GRAD_OP(fused_attention)
     .Inputs({"QKV", "Out", "LSE", paddle::Grad("Out")})
@@ -1158,7 +1226,9 @@ PD_BUILD_OP(fused_conv)
     .Inputs({"X", "Weight", "Bias"})
     .Outputs({"Out"})
     .Attrs({"stride_h: int64_t", "stride_w: int64_t", "pad_h: int64_t", "pad_w: int64_t", "threads: int64_t"})
-    .SetKernelFn(PD_KERNEL(ConvForward));
+    .SetKernelFn(PD_KERNEL(ConvForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(shapes::Conv))
+    .SetInferDtypeFn(PD_INFER_DTYPE(shapes::OfX3));
 
 PD_BUILD_GRAD_OP(fused_conv)
     .Inputs({"X", "Weight", paddle::Grad("Out")})
