@@ -145,6 +145,20 @@ def test_inference_through_the_exported_model(tmp_path):
     assert 'eval through Paddle Inference' in out
 
 
+@pytest.mark.slow       # a child process that exports the model with the fused kernels and runs it
+def test_exported_with_the_cpu_kernels_is_its_own_path(tmp_path):
+    """--cpu_kernels: the graph of export_model.py --cpu_kernels, run on plain kernels (predict's
+    rule for it), reported as its own path; ONNX Runtime cannot run it."""
+    out = run_tool('-cfg', MINI_CFG, '--mode', 'exported', '--cpu_kernels', '--batch_size', '2', '--warmup', '1',
+                   '--iters', '1', '--threads', '1', '--json', str(tmp_path / 'r.json'))
+    saved = json.loads((tmp_path / 'r.json').read_text())[0]
+    assert saved['mode'] == 'exported --cpu_kernels' and saved['cpu_kernels'] is True, out
+    assert saved['onednn'] is False and saved['img/s'] > 0
+    proc = subprocess.run([sys.executable, TOOL, '-cfg', MINI_CFG, '--mode', 'exported', '--cpu_kernels',
+                           '--backend', 'onnxruntime'], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and 'only Paddle Inference runs, not --backend onnxruntime' in proc.stderr
+
+
 @pytest.mark.slow       # traces the model to count its FLOPs
 def test_flop_rate_is_twice_the_counted_macs_per_second_against_a_measured_sgemm(monkeypatch):
     """--flop_rate: GFLOP/s = 2 x the FLOPs the papers count (multiply-accumulates) x img/s, held

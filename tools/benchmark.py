@@ -34,7 +34,8 @@ other size-dependent tensors are right.  By default the model runs in dygraph, a
 launcher trains and evaluates it; `--to_static` runs it through `paddle.jit.to_static`
 (on this CPU it sped inference up by 0-5% and slowed training down by 20-50%).
 `--mode exported` (or `--inference`) measures eval through Paddle Inference on the exported
-model, the deployment path of `tools/export_model.py` + `tools/predict.py` (`inference.py`);
+model, the deployment path of `tools/export_model.py` + `tools/predict.py` (`inference.py`;
+`--cpu_kernels`: the graph of `export_model.py --cpu_kernels`, which runs our fused CPU kernels);
 `--mode all` measures eval, train and exported.  `--flop_rate` adds, to eval and exported, the
 GFLOP/s achieved and its share of the machine's sgemm rate measured in the same process
 (`flop_rate.py`).  `--isa avx2` holds every side to AVX2, as on CPUs without AVX-512.
@@ -61,6 +62,7 @@ try:                                                  # imported as tools.benchm
     from .benchmarking.measure import make_job, measure
     from .benchmarking.speed_table import speed_table
     from .model_args import add_model_arguments, model_sources
+    from .onnx_model import BACKENDS
 except ImportError:                                   # run as a script: its folder is sys.path[0]
     from benchmarking import isolation, report
     from benchmarking.compare import compare
@@ -68,6 +70,7 @@ except ImportError:                                   # run as a script: its fol
     from benchmarking.measure import make_job, measure
     from benchmarking.speed_table import speed_table
     from model_args import add_model_arguments, model_sources
+    from onnx_model import BACKENDS
 
 
 def cpu_count():
@@ -108,9 +111,12 @@ def parse_args(argv=None):
     p.add_argument('--inference', action='store_true',
                    help='eval through Paddle Inference on the exported model (oneDNN on CPU), '
                         'as tools/predict.py runs it: the eval of --mode becomes exported')
-    p.add_argument('--backend', choices=['paddle', 'onnxruntime'], default='paddle',
+    p.add_argument('--backend', choices=BACKENDS, default='paddle',
                    help='exported: the runtime, as tools/predict.py --backend: Paddle Inference (default) or '
                         'ONNX Runtime on the model paddle2onnx converts (needs paddlevit[onnx])')
+    p.add_argument('--cpu_kernels', action='store_true',
+                   help='exported: the graph export_model.py --cpu_kernels writes, in which the fused CPU '
+                        'kernels are ops (CPU only, Paddle Inference only)')
     p.add_argument('--isa', choices=list(ISA_ENVIRONMENT), default='native',
                    help='the instruction set every side may use: native (all the CPU has), or avx2, which '
                         'holds oneDNN, MKL (Paddle\'s and PyTorch\'s) and our fused kernels to AVX2 as on '
@@ -142,7 +148,10 @@ def parse_args(argv=None):
                    help='--torch-src: refuse the ratios when other processes loaded the machine more than this, '
                         'per core (cores busy over 2 s before and after, from /proc/stat; inf accepts any)')
     p.add_argument('--_worker', default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.cpu_kernels and args.backend != 'paddle':
+        p.error('--cpu_kernels writes a graph that only Paddle Inference runs, not --backend ' + args.backend)
+    return args
 
 
 def main(argv=None):

@@ -17,8 +17,11 @@ import numpy as np
 
 from engine.errors import UserError
 
-__all__ = ['ONNX_FILE', 'OnnxModel', 'INSTALL_HINT']
+__all__ = ['BACKENDS', 'ONNX_FILE', 'OnnxModel', 'INSTALL_HINT']
 
+# the runtimes of `predict.py --backend` and `benchmark.py --backend`: Paddle Inference, this one
+# (here, not in predict.py, which imports Paddle: benchmark.py parses its flags before that)
+BACKENDS = ('paddle', 'onnxruntime')
 ONNX_FILE = 'inference.onnx'
 INSTALL_HINT = 'pip install "paddlevit[onnx]" (or: pip install -r requirements-onnx.txt)'
 

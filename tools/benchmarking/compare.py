@@ -24,6 +24,7 @@ import time
 
 from . import isolation
 from .flop_rate import describe
+from .measure import path_of
 
 __all__ = ['BUSY_EXIT', 'cpu_description', 'busy_cores', 'busy_reason', 'ratio_lines', 'comparison_rows', 'compare']
 
@@ -152,7 +153,7 @@ def compare(jobs, args, cores, load=busy_cores):
             if theirs.get('user error'):        # no official model for ours, or a wrong checkout
                 print(theirs['error'], file=sys.stderr)
                 return 2
-            mode = 'exported' if job.get('inference') and job['mode'] == 'eval' else job['mode']
+            mode = path_of(job)
             print(f'# round {number} {mode}: ours {ours.get("img/s", 0):.2f} img/s, '
                   f'PyTorch {theirs.get("img/s", 0):.2f} img/s', file=sys.stderr, flush=True)
             pairs.append((mode, number, ours, theirs))

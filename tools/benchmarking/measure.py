@@ -23,7 +23,7 @@ try:
 except ImportError:
     import model_args                          # under tools/benchmark.py, whose folder is sys.path[0]
 
-__all__ = ['make_job', 'measure', 'class_logits']
+__all__ = ['make_job', 'measure', 'class_logits', 'path_of']
 
 
 def make_job(source, image_size, mode, args):
@@ -35,7 +35,16 @@ def make_job(source, image_size, mode, args):
             'batch_size': args.batch_size, 'warmup': args.warmup, 'iters': args.iters,
             'threads': args.threads, 'to_static': args.to_static, 'device': args.device,
             'backend': getattr(args, 'backend', 'paddle') if mode == 'exported' else None,
+            'cpu_kernels': bool(getattr(args, 'cpu_kernels', False)) and mode == 'exported',
             'flop_rate': bool(getattr(args, 'flop_rate', False)) and mode != 'train'}
+
+
+def path_of(job):
+    """What `job` measures, as reports name it: eval, train, exported (a portable export), or
+    exported --cpu_kernels (an export with the fused CPU kernels)."""
+    if job['mode'] == 'train' or not job.get('inference'):
+        return job['mode']
+    return 'exported --cpu_kernels' if job.get('cpu_kernels') else 'exported'
 
 
 def class_logits(out):
@@ -76,7 +85,7 @@ def measure(job):
     if job['mode'] == 'eval' and job.get('inference'):
         from .inference import inference_step
         step, onednn = inference_step(model, size, images.numpy(), device, job['threads'],
-                                      job.get('backend') or 'paddle')
+                                      job.get('backend') or 'paddle', bool(job.get('cpu_kernels')))
     elif job['mode'] == 'eval':
         model.eval()
 
@@ -116,11 +125,12 @@ def measure(job):
     exported = bool(job.get('inference')) and job['mode'] == 'eval'
     row = {
         'model': config.MODEL.NAME, 'cfg': job['cfg'], 'image size': size, 'batch': batch,
-        'mode': 'exported' if exported else job['mode'], 'img/s': batch * job['iters'] / seconds,
+        'mode': path_of(job), 'img/s': batch * job['iters'] / seconds,
         'peak MB': peak / 2 ** 20, 'work MB': (peak - base) / 2 ** 20,
         'params (M)': params / 1e6, 'threads': job['threads'], 'device': device,
         'to_static': job['to_static'], 'inference': exported,
         'onednn': onednn, 'backend': job.get('backend') if exported else None,
+        'cpu_kernels': bool(job.get('cpu_kernels')) and exported,
         'seconds per iter': seconds / job['iters'],
         'warmup': job['warmup'], 'iters': job['iters'], 'recompute': bool(config.TRAIN.RECOMPUTE),
         'drop path': config.MODEL.DROPPATH,

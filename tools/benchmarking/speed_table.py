@@ -1,7 +1,7 @@
 """The speed table of the README, from the `--json` files of `--torch-src` comparisons.
 
 One table per instruction set (`--isa`) and CPU: a row per model, a column per path (eval, train,
-exported) and batch size, each cell the range of the paired ratios ours / PyTorch over the rounds
+exported, exported --cpu_kernels) and batch size, each cell the range of the paired ratios ours / PyTorch over the rounds
 (one figure when all rounds agree to two decimals), bold below 1.1, the goal.  Then the training
 memory: the peak resident MB of both sides, their range over the rounds, per model and batch.
 A comparison that could not report its ratios (a busy machine) or failed is shown as such.
@@ -9,7 +9,7 @@ A comparison that could not report its ratios (a busy machine) or failed is show
 __all__ = ['GOAL', 'speed_table']
 
 GOAL = 1.1                          # every path at least 1.1x PyTorch
-PATHS = ('eval', 'train', 'exported')
+PATHS = ('eval', 'train', 'exported', 'exported --cpu_kernels')
 
 
 def _span(values, digits=2, unit=''):
