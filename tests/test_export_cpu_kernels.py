@@ -55,8 +55,8 @@ def test_only_the_kernels_export_holds_the_kernels(tiny):
     _, _, portable, kernels = tiny
     assert kernel_ops_in_graph(portable) == set()
     assert not os.path.exists(os.path.join(portable, cpu_exported.RECORD))
-    # TinyNet: its Mlp's Linear layers and GELU, its attention (its nn.Linear / nn.LayerNorm stay Paddle's)
-    assert {'fused_linear', 'fused_gelu', 'fused_attention'} <= kernel_ops_in_graph(kernels)
+    # TinyNet: its Mlp's Linear and GELU + Linear, its attention (its nn.Linear / nn.LayerNorm stay Paddle's)
+    assert {'fused_linear', 'fused_gelu_linear', 'fused_attention'} <= kernel_ops_in_graph(kernels)
     assert cpu_exported.read_record(kernels)['source_sha256'] == cpu_exported._source_sha256()
 
 

@@ -106,17 +106,17 @@ def test_exported_family_predicts_as_the_dynamic_model(exported, onednn):
 
 
 # the fused kernels each family's CPU export (--cpu_kernels) must hold: its transformer blocks'
-# Linear, GELU and LayerNorm, and the family's own (attention, convs, VVT's clamp, PerViT's
+# Linear, GELU + Linear (an MLP's second half) and LayerNorm, and the family's own (attention, convs, VVT's clamp, PerViT's
 # peripheral attention); RegNetY (a teacher) builds on Paddle's nn.Conv2D, which oneDNN fuses with
 # its BatchNorm, so its graph has none and runs as its portable one
 FAMILY_KERNELS = {
-    'vit': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_attention'},
-    'vit_r50': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_attention', 'fused_conv'},
-    'pit': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_attention', 'fused_depthwise_conv_image'},
-    'pit_distilled': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_attention'},
-    'pervit': {'fused_linear', 'fused_gelu', 'fused_peripheral_attention', 'fused_conv'},
-    'spvit': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_attention', 'fused_conv'},
-    'vvt': {'fused_linear', 'fused_gelu', 'fused_layer_norm', 'fused_depthwise_conv_tokens', 'fused_abs_clamp'},
+    'vit': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention'},
+    'vit_r50': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention', 'fused_conv'},
+    'pit': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention', 'fused_depthwise_conv_image'},
+    'pit_distilled': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention'},
+    'pervit': {'fused_linear', 'fused_gelu_linear', 'fused_peripheral_attention', 'fused_conv'},
+    'spvit': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention', 'fused_conv'},
+    'vvt': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_depthwise_conv_tokens', 'fused_abs_clamp'},
     'regnety': set(),
 }
 

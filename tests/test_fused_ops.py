@@ -16,7 +16,8 @@ import pytest
 from engine.cpu import build, dispatch, settings
 from engine.cpu import kernels as fused
 from engine.families import build_from_config
-from engine.layers import GELU, Conv2D, LayerNorm, clamp_magnitude, conv_tokens, drop_path, multi_head_attention
+from engine.layers import (GELU, Conv2D, LayerNorm, Linear, Mlp, clamp_magnitude, conv_tokens, drop_path,
+                           gelu_linear, multi_head_attention)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
@@ -29,7 +30,7 @@ def calls(monkeypatch):
     fused.available()       # built (and smoke-tested) before counting starts
     counts = {}
     for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_',
-                 'linear', 'depthwise_conv_image', 'attention', 'conv', 'abs_clamp', 'scale_rows'):
+                 'linear', 'depthwise_conv_image', 'attention', 'conv', 'abs_clamp', 'scale_rows', 'gelu_linear'):
         original = getattr(fused, name)
 
         def counted(*args, _name=name, _original=original):
@@ -233,6 +234,43 @@ def test_drop_path_scales_rows_like_paddles_ops_and_keeps_only_the_scales(monkey
     assert kept[0] == 8 * 4 and kept[1] >= x.nbytes
 
 
+def test_gelu_then_linear_matches_the_two_layers_and_keeps_only_the_gelus_input(monkeypatch, calls):
+    """An MLP's second half in one kernel: Paddle's values and gradients (x, weight, bias), with
+    gelu(x) computed again in the backward pass instead of kept; a hooked layer runs as it is."""
+    paddle.seed(8)
+    act, fc = GELU(), Linear(24, 10)
+    x = np.random.default_rng(8).standard_normal((3, 7, 24)).astype('float32') * 3
+    grad = paddle.to_tensor(np.random.default_rng(9).standard_normal((3, 7, 10)).astype('float32'))
+    results, kept = [], []
+    for switch in ('1', '0'):
+        monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', switch)
+        x_t, = _tensors(x)
+        out, saved = _saved_bytes(lambda t: gelu_linear(act, fc, t), x_t)
+        results.append(_values_and_grads(out, [x_t, fc.weight, fc.bias], grad))
+        kept.append(saved)
+    assert calls == {'gelu_linear': 1}
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    weight_bytes = 24 * 10 * 4
+    assert kept[0] == x.nbytes + weight_bytes and kept[1] >= 2 * x.nbytes + weight_bytes
+    monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', '1')
+    handle = act.register_forward_post_hook(lambda layer, inputs, output: None)
+    gelu_linear(act, fc, paddle.to_tensor(x))
+    handle.remove()
+    assert calls == {'gelu_linear': 1, 'gelu': 1, 'linear': 1}
+
+
+def test_mlp_fuses_its_second_half_unless_dropout_is_drawn(calls):
+    mlp = Mlp(16, 32, drop=0.1)
+    x = paddle.randn([2, 5, 16])
+    mlp.eval()
+    mlp(x)
+    assert calls == {'linear': 1, 'gelu_linear': 1}
+    mlp.train()
+    mlp(x)
+    assert calls == {'linear': 3, 'gelu_linear': 1, 'gelu': 1}
+
+
 def _sdpa(qkv):
     return F.scaled_dot_product_attention(*qkv.unbind(axis=2))
 
@@ -297,14 +335,14 @@ def _without_gemm_kernels_where_unavailable(kernels):
 
 
 @pytest.mark.parametrize('config,kernels', [
-    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'attention', 'linear'}),
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu_linear', 'conv', 'attention', 'linear'}),
     (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
-     {'layer_norm', 'gelu', 'conv', 'attention', 'linear', 'depthwise_conv_image'}),
+     {'layer_norm', 'gelu_linear', 'conv', 'attention', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
-     {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
+     {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     pytest.param(os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),   # full size: slow
-                 {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
-    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'linear', 'abs_clamp'})])
+                 {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
+    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'linear', 'abs_clamp'})])
 def test_models_give_the_same_gradients_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
     kernels = _without_gemm_kernels_where_unavailable(kernels)
     paddle.seed(0)
@@ -330,14 +368,14 @@ def test_models_give_the_same_gradients_with_and_without_the_kernels(config, ker
 
 
 @pytest.mark.parametrize('config,kernels', [
-    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'attention', 'linear'}),
+    (os.path.join(FIXTURES, 'vit_mini', 'vit_mini.yaml'), {'layer_norm', 'gelu_linear', 'conv', 'attention', 'linear'}),
     (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
-     {'layer_norm', 'gelu', 'conv', 'attention', 'linear', 'depthwise_conv_image'}),
+     {'layer_norm', 'gelu_linear', 'conv', 'attention', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
-     {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
+     {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
     pytest.param(os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),   # full size: slow
-                 {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
-    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu', 'conv', 'depthwise_conv_tokens', 'linear', 'abs_clamp'})])
+                 {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
+    (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'linear', 'abs_clamp'})])
 def test_models_evaluate_the_same_with_and_without_the_kernels(config, kernels, monkeypatch, calls):
     kernels = _without_gemm_kernels_where_unavailable(kernels)
     paddle.seed(0)
@@ -355,7 +393,8 @@ def test_models_evaluate_the_same_with_and_without_the_kernels(config, kernels, 
 
 
 def test_traced_graphs_and_other_dtypes_keep_paddles_ops(calls):
-    """Exports must not need the library: to_static traces the stock ops; float64 takes them too."""
+    """A portable export must not need the library: to_static traces the stock ops outside
+    `dispatch.kernels_in_graph()`; float64 takes them too."""
     net = nn.Sequential(LayerNorm(8), GELU())
     net.train()
     program = paddle.jit.to_static(net.forward, full_graph=True, input_spec=[

@@ -5,7 +5,8 @@ takes 10 (ViT-S activation, batch 32, 2 threads), its depthwise convolution
 1.8 s on VVT-tiny's token grid, and PerViT's attention normalisation 0.2 s a
 block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
 GELU, a Linear's bias, depthwise convs (the 'same' one on channels-last
-tokens, and any stride and channel multiplier on NCHW images), attention
+tokens, and any stride and channel multiplier on NCHW images), GELU followed by a
+Linear (an MLP's second half, for the memory it keeps), attention
 (as a whole, or its scaled softmax where attention dropout needs the scores),
 PerViT's peripheral attention weights, VVT's sign-keeping clamp and stochastic
 depth's per-sample scaling (the last two for the memory they keep for the backward
@@ -130,6 +131,12 @@ def scaled_softmax_(x, scale):
 def linear(x, weight, bias):
     """x @ weight [K, N] + bias [N] over the last axis of `x`, differentiable."""
     return _run('fused_linear', _dense(x), weight, bias, _threads())[0]
+
+
+def gelu_linear(x, weight, bias):
+    """gelu(x) @ weight [K, N] + bias [N] over the last axis of `x` (exact GELU), differentiable;
+    keeps only `x` for the backward pass, which computes gelu(x) again."""
+    return _run('fused_gelu_linear', _dense(x), weight, bias, _threads())[0]
 
 
 def depthwise_conv_image(x, weight, bias, stride, padding):

@@ -8,6 +8,7 @@
 //   PerViT's peripheral attention weights:  Paddle 198 ms, here 16;
 //   attention's softmax(scale * q k^T), PiT-S stage 1: Paddle 158 ms, here 58 (in place);
 //   Linear with bias, PiT-S stage-1 qkv: 86 ms with the bias by GEMM, here 72 (70 without bias);
+//   GELU then Linear (an MLP's second half) keeping only the GELU's input, see GeluLinearForward;
 //   PiT-S's first pooling conv (3x3 depthwise, stride 2, x2 channels): Paddle 132 ms, here 44;
 //   attention, PiT-S stage 1 (N = 730): forward 132 ms unfused, PyTorch 114, here 102-110;
 //     forward + backward 358 ms with the fused softmax (and the 204 MB score matrix kept), here 305-324;
@@ -526,6 +527,31 @@ std::vector<paddle::Tensor> LinearBackward(const paddle::Tensor& x, const paddle
     }
   }
   return {grad_x, grad_weight, tensor_of(sum_over_threads(partial, workers).data(), {N})};
+}
+
+// GELU then Linear, out = gelu(x) @ W + b: the second half of a transformer MLP, keeping only x
+// for the backward pass, which computes gelu(x) again (one elementwise pass).  Run as two ops,
+// GELU keeps x (for its gradient) and the Linear keeps gelu(x) (for its weight gradient): the
+// MLP's hidden activation twice (ViT-S at batch 32: 37 MB a block; VVT-tiny's stage 1, with its
+// 8x MLP, 103 MB a block).
+std::vector<paddle::Tensor> GeluLinearForward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                              const paddle::Tensor& bias, int64_t threads) {
+  return LinearForward(GeluForward(x, threads)[0], weight, bias, threads);
+}
+
+std::vector<paddle::Tensor> GeluLinearBackward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                               const paddle::Tensor& grad_out, int64_t threads) {
+  auto grads = LinearBackward(GeluForward(x, threads)[0], weight, grad_out, threads);   // d gelu(x), dW, db
+  // dx = d gelu(x) * (Phi(x) + x * phi(x)), in place over the fresh d gelu(x)
+  const float* X = x.data<float>();
+  float* D = grads[0].data<float>();
+  const int64_t n = x.numel();
+#pragma omp parallel for simd schedule(static) num_threads(thread_count(threads))
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = X[i];
+    D[i] *= normal_cdf(v) + v * kInvSqrt2Pi * exp_approx(-0.5f * v * v);
+  }
+  return grads;
 }
 
 // Depthwise conv of an NCHW image with a channel multiplier (groups = input
@@ -1166,6 +1192,20 @@ PD_BUILD_GRAD_OP(fused_linear)
     .Outputs({paddle::Grad("X"), paddle::Grad("Weight"), paddle::Grad("Bias")})
     .Attrs({"threads: int64_t"})
     .SetKernelFn(PD_KERNEL(LinearBackward));
+
+PD_BUILD_OP(fused_gelu_linear)
+    .Inputs({"X", "Weight", "Bias"})
+    .Outputs({"Out"})
+    .Attrs({"threads: int64_t"})
+    .SetKernelFn(PD_KERNEL(GeluLinearForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(shapes::Linear))
+    .SetInferDtypeFn(PD_INFER_DTYPE(shapes::OfX3));
+
+PD_BUILD_GRAD_OP(fused_gelu_linear)
+    .Inputs({"X", "Weight", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Weight"), paddle::Grad("Bias")})
+    .Attrs({"threads: int64_t"})
+    .SetKernelFn(PD_KERNEL(GeluLinearBackward));
 
 PD_BUILD_OP(fused_depthwise_conv_image)
     .Inputs({"X", "Weight", "Bias"})
