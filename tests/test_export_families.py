@@ -111,10 +111,11 @@ def test_exported_family_predicts_as_the_dynamic_model(exported, onednn):
 # its BatchNorm, so its graph has none and runs as its portable one
 FAMILY_KERNELS = {
     'vit': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention'},
-    'vit_r50': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention', 'fused_conv'},
+    'vit_r50': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention', 'fused_conv',
+                'fused_group_norm'},
     'pit': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention', 'fused_depthwise_conv_image'},
     'pit_distilled': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention'},
-    'pervit': {'fused_linear', 'fused_gelu_linear', 'fused_peripheral_attention', 'fused_conv'},
+    'pervit': {'fused_linear', 'fused_gelu_linear', 'fused_peripheral_attention', 'fused_conv', 'fused_group_norm'},
     'spvit': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_attention', 'fused_conv'},
     'vvt': {'fused_linear', 'fused_gelu_linear', 'fused_layer_norm', 'fused_depthwise_conv_tokens', 'fused_abs_clamp'},
     'regnety': set(),

@@ -16,7 +16,7 @@ import pytest
 from engine.cpu import build, dispatch, settings
 from engine.cpu import kernels as fused
 from engine.families import build_from_config
-from engine.layers import (GELU, Conv2D, LayerNorm, Linear, Mlp, clamp_magnitude, conv_tokens, drop_path,
+from engine.layers import (GELU, Conv2D, GroupNorm, LayerNorm, Linear, Mlp, clamp_magnitude, conv_tokens, drop_path,
                            gelu_linear, multi_head_attention)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +30,8 @@ def calls(monkeypatch):
     fused.available()       # built (and smoke-tested) before counting starts
     counts = {}
     for name in ('layer_norm', 'gelu', 'depthwise_conv_tokens', 'peripheral_attention', 'scaled_softmax_',
-                 'linear', 'depthwise_conv_image', 'attention', 'conv', 'abs_clamp', 'scale_rows', 'gelu_linear'):
+                 'linear', 'depthwise_conv_image', 'attention', 'conv', 'abs_clamp', 'scale_rows', 'gelu_linear',
+                 'group_norm'):
         original = getattr(fused, name)
 
         def counted(*args, _name=name, _original=original):
@@ -260,6 +261,27 @@ def test_gelu_then_linear_matches_the_two_layers_and_keeps_only_the_gelus_input(
     assert calls == {'gelu_linear': 1, 'gelu': 1, 'linear': 1}
 
 
+@pytest.mark.parametrize('shape, groups, epsilon', [((196, 12, 16, 16), 12, 1e-5), ((5, 3, 14, 14), 3, 1e-5),
+                                                    ((2, 64, 9, 7), 32, 1e-6), ((3, 6, 10), 2, 1e-5), ((1, 4, 1, 1), 2, 1e-5)])
+def test_group_norm_matches_paddle(shape, groups, epsilon, monkeypatch, calls):
+    """Values and the three gradients: one group per channel (PerViT's position encoding), several
+    channels per group (ViT-R50's stem), a 1-D map, a group of two single pixels."""
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype('float32')
+    grad = paddle.to_tensor(rng.standard_normal(shape).astype('float32'))
+    norm = GroupNorm(groups, shape[1], epsilon=epsilon)
+    norm.weight.set_value(rng.standard_normal(shape[1]).astype('float32'))
+    norm.bias.set_value(rng.standard_normal(shape[1]).astype('float32'))
+    results = []
+    for switch in ('1', '0'):
+        monkeypatch.setenv('PADDLEVIT_FUSED_CPU_OPS', switch)
+        x_t, = _tensors(x)
+        results.append(_values_and_grads(norm(x_t), [x_t, norm.weight, norm.bias], grad))
+    assert calls == {'group_norm': 1}
+    for name, a, b in zip(('out', 'x', 'weight', 'bias'), *results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4 * max(1., np.abs(b).max()), err_msg=name)
+
+
 def test_mlp_fuses_its_second_half_unless_dropout_is_drawn(calls):
     mlp = Mlp(16, 32, drop=0.1)
     x = paddle.randn([2, 5, 16])
@@ -339,7 +361,7 @@ def _without_gemm_kernels_where_unavailable(kernels):
     (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
      {'layer_norm', 'gelu_linear', 'conv', 'attention', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
-     {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
+     {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear', 'group_norm'}),
     pytest.param(os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),   # full size: slow
                  {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
     (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'linear', 'abs_clamp'})])
@@ -372,7 +394,7 @@ def test_models_give_the_same_gradients_with_and_without_the_kernels(config, ker
     (os.path.join(CONFIGS, 'PiT', 'configs', 'pit_ti_224.yaml'),
      {'layer_norm', 'gelu_linear', 'conv', 'attention', 'linear', 'depthwise_conv_image'}),
     (os.path.join(FIXTURES, 'pervit_mini', 'pervit_mini.yaml'),
-     {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear'}),
+     {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'peripheral_attention', 'linear', 'group_norm'}),
     pytest.param(os.path.join(CONFIGS, 'SPViT', 'configs', 'spvit_s_224.yaml'),   # full size: slow
                  {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'attention', 'linear'}, marks=pytest.mark.slow),
     (os.path.join(FIXTURES, 'vvt_mini', 'vvt_mini.yaml'), {'layer_norm', 'gelu_linear', 'conv', 'depthwise_conv_tokens', 'linear', 'abs_clamp'})])

@@ -148,6 +148,7 @@ def test_cpu_conv_matches_stock_conv_values_and_gradients(kwargs, kernel, monkey
     (1, 3, 32, dict(kernel_size=7, stride=4, padding=3)),              # fewer images than threads
     (2, 32, 40, dict(kernel_size=3, padding=1, bias_attr=False)),      # rows in more than one band
     (2, 4, 9, dict(kernel_size=(3, 5), stride=(2, 1), padding=(1, 2))),
+    (2, 3, 10, dict(kernel_size=5, stride=3, padding=(2, 6))),         # whole output columns in the padding
     (2, 4, 9, dict(kernel_size=3, padding=1, groups=4, bias_attr=False))])  # depthwise, no bias
 def test_cpu_conv_kernels_match_stock_conv_with_and_without_gradients(batch, channels, size, kwargs, monkeypatch):
     """Dense convs run the unfold + GEMM kernel, depthwise ones theirs, with or without a

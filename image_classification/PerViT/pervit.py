@@ -45,8 +45,8 @@ import paddle.nn.functional as F
 from engine import features as feat
 from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
-from engine.layers import (Conv2D, DropPath, LayerNorm, Linear, Mlp, conv_tokens, linear, peripheral_attention,
-                           torch_default_init, trunc_normal_, zeros_)
+from engine.layers import (Conv2D, DropPath, GroupNorm, LayerNorm, Linear, Mlp, conv_tokens, linear,
+                           peripheral_attention, torch_default_init, trunc_normal_, zeros_)
 
 __all__ = ['PerViT', 'build_pervit', 'peripheral_distances']
 
@@ -140,9 +140,9 @@ class PeripheralPositionEncoding(nn.Layer):
         super().__init__()
         hidden = num_heads * 4
         self.conv1 = Conv2D(hidden, hidden, kernel_size)        # valid convs: no padding
-        self.gn1 = nn.GroupNorm(hidden, hidden)
+        self.gn1 = GroupNorm(hidden, hidden)
         self.conv2 = Conv2D(hidden, num_heads, kernel_size)
-        self.gn2 = nn.GroupNorm(num_heads, num_heads)
+        self.gn2 = GroupNorm(num_heads, num_heads)
         for conv in (self.conv1, self.conv2):
             nn.initializer.Constant(0.02)(conv.weight)
             zeros_(conv.bias)

@@ -31,7 +31,7 @@ from engine import features as feat
 from engine.blocks import Block, init_weights
 from engine.optim import layer_id_of_blocks
 from engine.recompute import GradCheckpointing, run_block
-from engine.layers import Conv2D, LayerNorm, Linear, add_position_embedding, to_2tuple
+from engine.layers import Conv2D, GroupNorm, LayerNorm, Linear, add_position_embedding, to_2tuple
 
 __all__ = ['VisionTransformer', 'ResNetV2', 'build_vit', 'zoom_linear']
 
@@ -70,16 +70,16 @@ class Bottleneck(nn.Layer):
 
     def __init__(self, cin, cout, cmid, stride=1):
         super().__init__()
-        self.gn1 = nn.GroupNorm(32, cmid, epsilon=1e-6)
+        self.gn1 = GroupNorm(32, cmid, epsilon=1e-6)
         self.conv1 = _conv(cin, cmid, 1)
-        self.gn2 = nn.GroupNorm(32, cmid, epsilon=1e-6)
+        self.gn2 = GroupNorm(32, cmid, epsilon=1e-6)
         self.conv2 = _conv(cmid, cmid, 3, stride)
-        self.gn3 = nn.GroupNorm(32, cout, epsilon=1e-6)
+        self.gn3 = GroupNorm(32, cout, epsilon=1e-6)
         self.conv3 = _conv(cmid, cout, 1)
         self.relu = nn.ReLU()
         if stride != 1 or cin != cout:
             self.downsample = _conv(cin, cout, 1, stride)
-            self.gn_proj = nn.GroupNorm(cout, cout, epsilon=1e-5)
+            self.gn_proj = GroupNorm(cout, cout, epsilon=1e-5)
         else:
             self.downsample = None
 
@@ -103,7 +103,7 @@ class ResNetV2(nn.Layer):
         self.out_channels = width * 16
         self.root = nn.Sequential(
             ('conv', StdConv2D(in_chans, width, 7, stride=2, padding=3, bias_attr=False)),
-            ('gn', nn.GroupNorm(32, width, epsilon=1e-6)),
+            ('gn', GroupNorm(32, width, epsilon=1e-6)),
             ('relu', nn.ReLU()),
             ('pool', nn.MaxPool2D(kernel_size=3, stride=2, padding=0)))
         stages, cin = [], width

@@ -6,7 +6,7 @@ takes 10 (ViT-S activation, batch 32, 2 threads), its depthwise convolution
 block.  `csrc/fused_cpu_ops.cc` holds one-pass kernels for LayerNorm, exact
 GELU, a Linear's bias, depthwise convs (the 'same' one on channels-last
 tokens, and any stride and channel multiplier on NCHW images), GELU followed by a
-Linear (an MLP's second half, for the memory it keeps), attention
+Linear (an MLP's second half, for the memory it keeps), GroupNorm (channels first), attention
 (as a whole, or its scaled softmax where attention dropout needs the scores),
 PerViT's peripheral attention weights, VVT's sign-keeping clamp and stochastic
 depth's per-sample scaling (the last two for the memory they keep for the backward
@@ -99,6 +99,14 @@ def layer_norm(x, weight, bias, epsilon):
     """LayerNorm over the last axis of `x` (contiguous float32 on CPU), differentiable."""
     out, _mean, _rstd = _run(
         'fused_layer_norm', _dense(x), weight, bias, float(epsilon), _threads())
+    return out
+
+
+def group_norm(x, weight, bias, epsilon, groups):
+    """GroupNorm of a channels-first `x` [N, C, ...] in `groups` groups, per-channel weight and
+    bias [C], differentiable."""
+    out, _mean, _rstd = _run('fused_group_norm', _dense(x), weight, bias, float(epsilon), int(groups),
+                             _threads())
     return out
 
 
