@@ -62,11 +62,15 @@ def test_only_the_kernels_export_holds_the_kernels(tiny):
 
 @pytest.mark.parametrize('onednn', [False, True], ids=['plain', 'onednn'])
 def test_kernels_export_predicts_as_the_dynamic_model(tiny, onednn):
+    """Both exports give the dynamic model's logits; the kernels one on plain kernels only."""
     model, _, portable, kernels = tiny
+    if onednn:
+        with pytest.raises(UserError, match='runs on plain kernels only'):
+            predict.InferenceModel(kernels, threads=2, onednn=True)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype('float32')
     with paddle.no_grad():
         reference = model(paddle.to_tensor(x)).numpy()
-    for folder in (kernels, portable):
+    for folder in ((portable,) if onednn else (kernels, portable)):
         runner = predict.InferenceModel(folder, threads=2, onednn=onednn, log=pytest.fail)
         np.testing.assert_allclose(runner.logits(x), reference, rtol=0, atol=1e-5, err_msg=folder)
         np.testing.assert_allclose(runner.logits(x[:1]), reference[:1], rtol=0, atol=1e-5, err_msg=folder)
@@ -142,7 +146,7 @@ def test_kernels_and_onnx_are_refused_together(capsys):
 
 def test_predict_runs_a_kernels_export_on_plain_kernels_by_default(tiny, tmp_path, monkeypatch):
     """`onednn_by_default(config, cpu_kernels=True)` is False for every family (oneDNN ran none
-    faster); predict.py reads that from the folder's record; `--onednn on` still overrides."""
+    faster); predict.py reads that from the folder's record."""
     _, _, portable, kernels = tiny
     image = str(tmp_path / 'x.png')
     from PIL import Image
@@ -156,7 +160,7 @@ def test_predict_runs_a_kernels_export_on_plain_kernels_by_default(tiny, tmp_pat
         chosen.append(onednn)
         raise Chosen
     monkeypatch.setattr(predict, 'open_model', open_model)
-    for folder, flags, expected in ((kernels, [], False), (kernels, ['--onednn', 'on'], True), (portable, [], True)):
+    for folder, flags, expected in ((kernels, [], False), (portable, ['--onednn', 'off'], False), (portable, [], True)):
         with pytest.raises(Chosen):
             predict.main(['--model_dir', folder, image, *flags])
         assert chosen.pop() is expected, (folder, flags)

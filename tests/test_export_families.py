@@ -23,6 +23,7 @@ import pytest
 
 from conftest import FIXTURES, REPO, kernel_ops_in_graph
 from engine.cpu import dispatch as cpu_dispatch
+from engine.errors import UserError
 from engine.families import build_from_config
 from tools import export_model, predict
 
@@ -122,22 +123,24 @@ FAMILY_KERNELS = {
 }
 
 
-@pytest.mark.parametrize('onednn', [False, True], ids=['plain', 'onednn'])
-def test_cpu_kernels_export_of_every_family_predicts_as_the_dynamic_model(exported, onednn):
+def test_cpu_kernels_export_of_every_family_predicts_as_the_dynamic_model(exported):
     """`export_model.py --cpu_kernels`: the family's fused kernels are ops of the graph, and Paddle
-    Inference gives the dynamic model's logits with them, with oneDNN and without."""
+    Inference gives the dynamic model's logits with them, on plain kernels (oneDNN is refused for
+    such graphs: it computed ViT-R50's wrong)."""
     name, config, _, x, reference, kernels = exported
     if not os.path.isfile(os.path.join(kernels, 'inference.pdiparams')):
         pytest.skip('the fused CPU kernels are not available on this machine')
     missing = sorted(FAMILY_KERNELS[name] - kernel_ops_in_graph(kernels))
     assert not missing, f'{name}: the exported graph lacks {missing}'
     messages = []
-    classifier = predict.Classifier(kernels, config, threads=2, onednn=onednn, log=messages.append)
+    classifier = predict.Classifier(kernels, config, threads=2, onednn=False, log=messages.append)
     for batch in (x, x[:1]):
         logits = classifier.logits(batch)
         error = np.abs(logits - reference[:len(batch)]).max() / np.abs(reference).max()
         assert error <= RTOL, f'{name}: max |diff| / max |logit| = {error:.2e}'
-    assert classifier.model.onednn == onednn and not messages, f'{name}: {messages}'
+    assert not classifier.model.onednn and not messages, f'{name}: {messages}'
+    with pytest.raises(UserError, match='runs on plain kernels only'):
+        predict.Classifier(kernels, config, threads=2, onednn=True)
 
 
 def _onnx_packages():

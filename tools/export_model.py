@@ -2,7 +2,7 @@
 
     python tools/export_model.py -model pit_s_224 -pretrained pit_s_224.pdparams \\
         -output ./inference/pit_s_224 [-image_size 384] [-num_classes 100] [-opts KEY VALUE ...] \\
-        [--onnx [--opset 13]]
+        [--onnx [--opset 13] | --cpu_kernels]
     python tools/export_model.py -cfg image_classification/PiT/configs/pit_s_224.yaml ...   # or a YAML
 
 Writes into `-output`:
@@ -12,12 +12,22 @@ Writes into `-output`:
     config.yaml           the full config used, so `tools/predict.py` preprocesses
                           images exactly as this model expects
     inference.onnx        with --onnx (needs paddle2onnx, see below)
+    cpu_kernels.json      with --cpu_kernels: the kernel source the graph calls
 
 The model is built by `paddlevit.create_model` from its name (`-model`, as
 `paddlevit.list_models()` gives) or a config file (`-cfg`, any family), put in
 eval mode and saved by `paddle.jit.save` for an input of shape
 [batch, 3, IMAGE_SIZE, IMAGE_SIZE], any batch.  Run it with `tools/predict.py`
 or any Paddle Inference deployment.
+
+`--cpu_kernels` writes a CPU-only graph instead: where dygraph on the CPU runs
+the fused kernels of `engine/cpu` (Linear, LayerNorm, GELU, attention, convs,
+the families' own), the graph calls them as ops (`engine.cpu.dispatch.kernels_in_graph`),
+and Paddle Inference runs them once `tools/predict.py` has checked
+`cpu_kernels.json` and registered them (`engine.cpu.exported`): the same logits,
+2-3x the img/s of the default export for VVT and PerViT on the machine of the
+README's Speed section.  It runs on the CPU only, with this repository's kernels
+of the same source; not with ONNX.
 
 The weights go through the engine's one loader, `engine.weights.load_weights`,
 and must fit the model exactly: every parameter present, with the shape the
