@@ -6,8 +6,12 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
+TINY_DIR = os.path.join(FIXTURES, 'tiny_family')          # a test-only family with every layer kind
+TINY_CFG = os.path.join(TINY_DIR, 'tinynet_32.yaml')
 for _path in (REPO, os.path.join(REPO, 'image_classification')):
     if _path not in sys.path:
         sys.path.insert(0, _path)
@@ -77,3 +81,47 @@ def kernel_ops_in_graph(folder):
     with open(os.path.join(folder, 'inference.json'), encoding='utf-8') as f:
         called = set(re.findall(r'"#":"\d+\.(\w+)"', f.read()))
     return ops & called
+
+
+@pytest.fixture(scope='module')
+def tiny_family():
+    """The test-only family TinyNet (tests/fixtures/tiny_family) registered while a module runs."""
+    from engine import families
+    families.FAMILIES['TinyNet'] = (TINY_DIR, 'tinynet', 'build_tinynet')
+    yield
+    del families.FAMILIES['TinyNet']
+
+
+@pytest.fixture(scope='module')
+def tiny_trained(tiny_family, tmp_path_factory):
+    """(config, TinyNet in eval mode, its .pdparams path) with non-trivial BatchNorm statistics."""
+    import paddle
+    from engine.families import build_from_config
+    paddle.seed(1)
+    config, model = build_from_config(TINY_CFG)
+    model.bn._mean.set_value(paddle.uniform([16], min=-0.5, max=0.5))
+    model.bn._variance.set_value(paddle.uniform([16], min=0.5, max=2.0))
+    model.eval()
+    path = str(tmp_path_factory.mktemp('weights') / 'tiny.pdparams')
+    paddle.save(model.state_dict(), path)
+    return config, model, path
+
+
+@pytest.fixture
+def predict_onednn(monkeypatch):
+    """A function of `tools/predict.py` arguments: whether predict.py would open the model with
+    oneDNN (it is stopped right there, `open_model` replaced)."""
+    from tools import predict
+
+    class Chosen(Exception):
+        pass
+
+    def open_model(model_dir, backend, device, threads, onednn, log):
+        raise Chosen(onednn)
+    monkeypatch.setattr(predict, 'open_model', open_model)
+
+    def onednn(argv):
+        with pytest.raises(Chosen) as info:
+            predict.main(argv)
+        return info.value.args[0]
+    return onednn

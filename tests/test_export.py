@@ -16,41 +16,15 @@ import paddle
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES
+from conftest import TINY_CFG
 from engine.errors import UserError, cli
 from port_weights.keymap import KeyMismatchError
 from tools import export_model, predict
 from tools.onnx_model import INSTALL_HINT
 
-TINY_DIR = os.path.join(FIXTURES, 'tiny_family')
-TINY_CFG = os.path.join(TINY_DIR, 'tinynet_32.yaml')
-
-
 @pytest.fixture(scope='module')
-def tiny_family():
-    from engine import families
-    families.FAMILIES['TinyNet'] = (TINY_DIR, 'tinynet', 'build_tinynet')
-    yield
-    del families.FAMILIES['TinyNet']
-
-
-@pytest.fixture(scope='module')
-def trained(tiny_family, tmp_path_factory):
-    """(config, model in eval mode, .pdparams path) with non-trivial BatchNorm statistics."""
-    from engine.families import build_from_config
-    paddle.seed(1)
-    config, model = build_from_config(TINY_CFG)
-    model.bn._mean.set_value(paddle.uniform([16], min=-0.5, max=0.5))
-    model.bn._variance.set_value(paddle.uniform([16], min=0.5, max=2.0))
-    model.eval()
-    path = str(tmp_path_factory.mktemp('weights') / 'tiny.pdparams')
-    paddle.save(model.state_dict(), path)
-    return config, model, path
-
-
-@pytest.fixture(scope='module')
-def exported(trained, tmp_path_factory):
-    _, _, weights = trained
+def exported(tiny_trained, tmp_path_factory):
+    _, _, weights = tiny_trained
     out = str(tmp_path_factory.mktemp('export') / 'tiny')
     export_model.main(['-cfg', TINY_CFG, '-pretrained', weights, '-output', out])
     return out
@@ -67,8 +41,8 @@ def test_export_writes_files(exported):
 
 
 @pytest.mark.parametrize('onednn', [True, False])
-def test_inference_matches_dynamic_model(trained, exported, onednn):
-    _, model, _ = trained
+def test_inference_matches_dynamic_model(tiny_trained, exported, onednn):
+    _, model, _ = tiny_trained
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype('float32')
     predictor = predict.create_predictor(exported, threads=1, onednn=onednn)
     out = predict.run(predictor, x)
@@ -104,8 +78,8 @@ def images(tmp_path_factory):
     return paths
 
 
-def test_predict_preprocesses_as_the_config_says(trained, exported, images):
-    _, model, _ = trained
+def test_predict_preprocesses_as_the_config_says(tiny_trained, exported, images):
+    _, model, _ = tiny_trained
     classifier = predict.Classifier(exported, predict.load_config(exported), threads=1)
     indices, probs = classifier.predict(images, k=7)
     ref = predict.softmax(_dynamic_logits(model, np.stack([_reference_preprocess(p) for p in images])))
@@ -157,23 +131,23 @@ def _export_with_state(state, tmp_path):
     return str(info.value)
 
 
-def test_wrong_shape_is_refused(trained, tmp_path):
-    state = dict(trained[1].state_dict())
+def test_wrong_shape_is_refused(tiny_trained, tmp_path):
+    state = dict(tiny_trained[1].state_dict())
     state['bn.weight'] = paddle.ones([8])                  # the model has 16 channels there
     message = _export_with_state(state, tmp_path)
     assert 'bn.weight: (8,)' in message and '(16,) in model' in message
 
 
-def test_head_of_another_class_count_is_refused(trained, tmp_path):
+def test_head_of_another_class_count_is_refused(tiny_trained, tmp_path):
     # exporting never drops a head: a random one would predict nonsense (-num_classes must fit)
-    state = dict(trained[1].state_dict())
+    state = dict(tiny_trained[1].state_dict())
     state['head.weight'] = paddle.zeros([16, 8])           # 8 classes, the config has 7
     message = _export_with_state(state, tmp_path)
     assert 'head.weight: (16, 8) in' in message and '(16, 7) in the model' in message
 
 
-def test_missing_and_unexpected_keys_are_refused(trained, tmp_path):
-    state = dict(trained[1].state_dict())
+def test_missing_and_unexpected_keys_are_refused(tiny_trained, tmp_path):
+    state = dict(tiny_trained[1].state_dict())
     del state['bn._variance']
     state['head.extra'] = paddle.zeros([1])
     message = _export_with_state(state, tmp_path)
@@ -199,10 +173,10 @@ def test_onnx_conversion_that_aborts_is_an_error_not_a_crash(exported, monkeypat
         export_model.export_onnx(os.path.join(exported, 'inference'))
 
 
-def test_onnx_export_matches(trained, exported):
+def test_onnx_export_matches(tiny_trained, exported):
     pytest.importorskip('paddle2onnx')
     ort = pytest.importorskip('onnxruntime')
-    _, model, _ = trained
+    _, model, _ = tiny_trained
     onnx_file = export_model.export_onnx(os.path.join(exported, 'inference'))
     session = ort.InferenceSession(onnx_file, providers=['CPUExecutionProvider'])
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype('float32')
@@ -325,8 +299,8 @@ def _onednn_breaks(monkeypatch, when):
 
 
 @pytest.mark.parametrize('when, what', [('build', 'build the predictor'), ('run', 'run this model')])
-def test_onednn_failure_falls_back_once_naming_the_error(trained, exported, monkeypatch, capfd, when, what):
-    config, model, _ = trained
+def test_onednn_failure_falls_back_once_naming_the_error(tiny_trained, exported, monkeypatch, capfd, when, what):
+    config, model, _ = tiny_trained
     _onednn_breaks(monkeypatch, when)
     messages = []
     classifier = predict.Classifier(exported, config, threads=1, log=messages.append)
@@ -339,10 +313,10 @@ def test_onednn_failure_falls_back_once_naming_the_error(trained, exported, monk
     assert 'dnnl::error' not in capfd.readouterr().err      # said once, in the message
 
 
-def test_a_failure_not_of_onednn_is_raised_as_it_is(trained, exported, capfd):
+def test_a_failure_not_of_onednn_is_raised_as_it_is(tiny_trained, exported, capfd):
     """A batch that fails without oneDNN too (4 channels for a 3-channel model) raises the
     plain predictor's error, with no message, and oneDNN stays in use."""
-    config, model, _ = trained
+    config, model, _ = tiny_trained
     messages = []
     classifier = predict.Classifier(exported, config, threads=1, log=messages.append)
     bad = np.zeros((1, 4, 32, 32), np.float32)
@@ -386,11 +360,11 @@ def unbuildable(tmp_path):
     pytest.skip(f'Paddle {paddle.__version__} builds the folded reshape-transpose matmul with oneDNN')
 
 
-def test_onednn_that_cannot_build_the_graph_is_dropped(trained, unbuildable):
+def test_onednn_that_cannot_build_the_graph_is_dropped(tiny_trained, unbuildable):
     """The real failure, through a real predictor."""
     model, folder = unbuildable
     messages = []
-    classifier = predict.Classifier(folder, trained[0], threads=1, log=messages.append)
+    classifier = predict.Classifier(folder, tiny_trained[0], threads=1, log=messages.append)
     x = np.random.default_rng(7).standard_normal((2, 3, 32, 32)).astype('float32')
     np.testing.assert_allclose(classifier.logits(x), _dynamic_logits(model, x), rtol=0, atol=1e-5)
     assert not classifier.model.onednn and len(messages) == 1
@@ -563,7 +537,7 @@ def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
     assert capsys.readouterr().err.startswith('\r[####....] 2/4 images, ')
 
 
-def test_onednn_or_plain_kernels_by_the_family_rule(exported, images, monkeypatch):
+def test_onednn_or_plain_kernels_by_the_family_rule(exported, images, monkeypatch, predict_onednn):
     """predict.py's CPU default is an explicit rule by family (`onednn_by_default`), which
     `--onednn on|off` (and `--no-onednn`) override; the benchmark's exported step follows it."""
     import paddlevit
@@ -573,22 +547,9 @@ def test_onednn_or_plain_kernels_by_the_family_rule(exported, images, monkeypatc
     assert predict.onednn_by_default(None) is True
     for name in ('vvt_tiny_224', 'vit_small_patch16_224', 'spvit_s_224'):      # an export with --cpu_kernels
         assert predict.onednn_by_default(paddlevit.model_config(name), cpu_kernels=True) is False, name
-    chosen = []
-
-    class Chosen(Exception):
-        pass
-
-    def open_model(model_dir, backend, device, threads, onednn, log):
-        chosen.append(onednn)
-        raise Chosen
-    monkeypatch.setattr(predict, 'open_model', open_model)
     family = predict.load_config(exported).MODEL.TYPE
     for flags, expected in (([], family not in predict.PLAIN_KERNEL_FAMILIES), (['--onednn', 'on'], True),
                             (['--onednn', 'off'], False), (['--no-onednn'], False)):
-        with pytest.raises(Chosen):
-            predict.main(['--model_dir', exported, images[0], *flags])
-        assert chosen.pop() is expected, flags
+        assert predict_onednn(['--model_dir', exported, images[0], *flags]) is expected, flags
     monkeypatch.setattr(predict, 'PLAIN_KERNEL_FAMILIES', frozenset({family}))
-    with pytest.raises(Chosen):
-        predict.main(['--model_dir', exported, images[0]])
-    assert chosen.pop() is False
+    assert predict_onednn(['--model_dir', exported, images[0]]) is False

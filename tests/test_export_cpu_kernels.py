@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import FIXTURES, kernel_ops_in_graph
+from conftest import TINY_CFG, kernel_ops_in_graph
 from engine.cpu import dispatch, exported as cpu_exported
 from engine.errors import UserError, cli
 from tools import export_model, predict
@@ -21,30 +21,12 @@ from tools import export_model, predict
 pytestmark = pytest.mark.skipif(not dispatch.enabled() or not dispatch.kernels().available(),
                                 reason='the fused CPU kernels are not available on this machine')
 
-TINY_DIR = os.path.join(FIXTURES, 'tiny_family')
-TINY_CFG = os.path.join(TINY_DIR, 'tinynet_32.yaml')
-
 
 @pytest.fixture(scope='module')
-def tiny_family():
-    from engine import families
-    families.FAMILIES['TinyNet'] = (TINY_DIR, 'tinynet', 'build_tinynet')
-    yield
-    del families.FAMILIES['TinyNet']
-
-
-@pytest.fixture(scope='module')
-def tiny(tiny_family, tmp_path_factory):
+def tiny(tiny_trained, tmp_path_factory):
     """(model in eval mode, weights path, portable export, kernels export)."""
-    from engine.families import build_from_config
-    paddle.seed(2)
-    _, model = build_from_config(TINY_CFG)
-    model.bn._mean.set_value(paddle.uniform([16], min=-0.5, max=0.5))
-    model.bn._variance.set_value(paddle.uniform([16], min=0.5, max=2.0))
-    model.eval()
+    _, model, weights = tiny_trained
     root = tmp_path_factory.mktemp('cpu_kernels')
-    weights = str(root / 'tiny.pdparams')
-    paddle.save(model.state_dict(), weights)
     portable, kernels = str(root / 'portable'), str(root / 'kernels')
     export_model.main(['-cfg', TINY_CFG, '-pretrained', weights, '-output', portable])
     export_model.main(['-cfg', TINY_CFG, '-pretrained', weights, '-output', kernels, '--cpu_kernels'])
@@ -144,23 +126,12 @@ def test_kernels_and_onnx_are_refused_together(capsys):
 
 
 
-def test_predict_runs_a_kernels_export_on_plain_kernels_by_default(tiny, tmp_path, monkeypatch):
+def test_predict_runs_a_kernels_export_on_plain_kernels_by_default(tiny, tmp_path, predict_onednn):
     """`onednn_by_default(config, cpu_kernels=True)` is False for every family (oneDNN ran none
     faster); predict.py reads that from the folder's record."""
     _, _, portable, kernels = tiny
     image = str(tmp_path / 'x.png')
     from PIL import Image
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
-    chosen = []
-
-    class Chosen(Exception):
-        pass
-
-    def open_model(model_dir, backend, device, threads, onednn, log):
-        chosen.append(onednn)
-        raise Chosen
-    monkeypatch.setattr(predict, 'open_model', open_model)
     for folder, flags, expected in ((kernels, [], False), (portable, ['--onednn', 'off'], False), (portable, [], True)):
-        with pytest.raises(Chosen):
-            predict.main(['--model_dir', folder, image, *flags])
-        assert chosen.pop() is expected, (folder, flags)
+        assert predict_onednn(['--model_dir', folder, image, *flags]) is expected, (folder, flags)

@@ -7,12 +7,11 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
-from conftest import FIXTURES, REPO
+from conftest import REPO, TINY_CFG
 from engine.layers import Mlp, multi_head_attention
 from engine import flops
 from tools import flops as flops_tool
 
-TINY_DIR = os.path.join(FIXTURES, 'tiny_family')
 
 
 class HandCounted(nn.Layer):
@@ -193,11 +192,8 @@ def test_vit_matches_published(dim, heads, params, gflops):
 
 
 @pytest.fixture
-def tiny_cfg():
-    from engine import families
-    families.FAMILIES['TinyNet'] = (TINY_DIR, 'tinynet', 'build_tinynet')
-    yield os.path.join(TINY_DIR, 'tinynet_32.yaml')
-    del families.FAMILIES['TinyNet']
+def tiny_cfg(tiny_family):
+    return TINY_CFG
 
 
 def test_cli_prints_params_and_flops(tiny_cfg, capsys):
