@@ -124,10 +124,7 @@ class ConvMlp(nn.Layer):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x, height, width):
-        x = conv_tokens(self.dwconv, self.fc1(x), (height, width))
-        if self.training and self.drop.p > 0:
-            return self.drop(self.fc2(self.drop(self.act(x))))
-        return gelu_linear(self.act, self.fc2, x)     # the dropouts are identities
+        return gelu_linear(self.act, self.fc2, conv_tokens(self.dwconv, self.fc1(x), (height, width)), self.drop)
 
 
 class Block(nn.Layer):

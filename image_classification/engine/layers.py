@@ -146,15 +146,19 @@ def _hooked(layer):
     return bool(getattr(layer, '_forward_pre_hooks', None) or getattr(layer, '_forward_post_hooks', None))
 
 
-def gelu_linear(act, linear, x):
-    """`linear(act(x))`, the second half of a transformer MLP, for the layers `act` and `linear`.
+def gelu_linear(act, linear, x, drop=None):
+    """`linear(act(x))`, the second half of a transformer MLP, for the layers `act` and `linear`;
+    with the MLP's dropout layer `drop`, its whole tail, `drop(linear(drop(act(x))))`.
 
     With an exact `GELU` and a `Linear` with bias, on CPU (dygraph, or an export with the kernels),
-    float32, one fused kernel of `engine.cpu` computes it and keeps only `x` for the backward pass,
-    computing GELU again there; the two layers run as two ops keep both `x` (GELU's gradient needs
-    it) and act(x) (the Linear's weight gradient does): one hidden activation less per MLP (ViT-S
-    at batch 32: 37 MB a block).  The same values.  Where either layer has a forward hook (the
-    explanation tools read act's output), or anything else, the layers run as they are."""
+    float32, and no dropout drawn (eval, or rate 0), one fused kernel of `engine.cpu` computes it
+    and keeps only `x` for the backward pass, computing GELU again there; the two layers run as two
+    ops keep both `x` (GELU's gradient needs it) and act(x) (the Linear's weight gradient does): one
+    hidden activation less per MLP (ViT-S at batch 32: 37 MB a block).  The same values.  Where
+    either layer has a forward hook (the explanation tools read act's output), or anything else,
+    the layers run as they are."""
+    if drop is not None and drop.training and drop.p > 0:
+        return drop(linear(drop(act(x))))
     if (type(act) is GELU and not act._approximate and isinstance(linear, nn.Linear) and linear.bias is not None
             and not _hooked(act) and not _hooked(linear) and cpu.wanted(x, linear.weight, linear.bias)):
         return cpu.kernels().gelu_linear(x, linear.weight, linear.bias)
@@ -285,10 +289,7 @@ class Mlp(nn.Layer):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
-        x = self.fc1(x)
-        if self.training and self.drop.p > 0:
-            return self.drop(self.fc2(self.drop(self.act(x))))
-        return gelu_linear(self.act, self.fc2, x)     # the dropouts are identities
+        return gelu_linear(self.act, self.fc2, self.fc1(x), self.drop)
 
 
 def multi_head_attention(qkv, attn_drop=0., training=False):

@@ -86,8 +86,9 @@ def prepare(folder, device):
         raise UserError(f'{what} runs on the CPU only, not on {device}: export it again without '
                         '--cpu_kernels for a GPU')
     ensure_available(what)
-    if record['source_sha256'] != _source_sha256():
+    source = _source_sha256()
+    if record['source_sha256'] != source:
         raise UserError(f'{what} was traced with another version of the fused CPU kernels (source '
                         f'sha256 {record["source_sha256"][:12]}..., this repository\'s '
-                        f'{_source_sha256()[:12]}...): export it again with this version')
+                        f'{source[:12]}...): export it again with this version')
     return True
